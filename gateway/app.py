@@ -1,0 +1,145 @@
+"""The gateway application: routes, middlewares and the long-lived resources they share."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from gateway.body import BodyError
+from gateway.dialects import shared_logs as shared_logs_route
+from gateway.dialects.astralog import ASTRALOG
+from gateway.dialects.base import Dialect, Problem
+from gateway.dialects.dynatrace import DYNATRACE
+from gateway.dialects.goodlogs import GOODLOGS_EVENTS
+from gateway.dialects.timberlogs import TIMBERLOGS
+from gateway.ingest import REQUEST_ID, Handler, Ingestor, new_request_id
+from gateway.read import ReadApi, ReadBackend, StoreReader, WorkerReader
+from millrace.config import Settings
+from millrace.kafka.topics import ENVELOPE_OVERHEAD
+from millrace.keys import KeyStore
+
+log = structlog.get_logger()
+
+SETTINGS = web.AppKey("settings", Settings)
+PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+KEYS = web.AppKey("keys", KeyStore)
+INGESTOR = web.AppKey("ingestor", Ingestor)
+READ_API = web.AppKey("read_api", ReadApi)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    except Exception:
+        # A bug must cost one request, never the process; the id ties the answer to the log line.
+        log.exception("unhandled_error", stage="receiving", path=request.path, request_id=request_id)
+        response = web.json_response(
+            {"error": {"code": "INTERNAL_ERROR", "message": f"internal error (request {request_id})"}},
+            status=500,
+        )
+    response.headers["X-Request-Id"] = request_id
+    log.debug(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+        request_id=request_id,
+    )
+    return response
+
+
+async def _kafka(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.linger_ms,
+        compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
+        max_request_size=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
+        request_timeout_ms=int(settings.produce_timeout_s * 1000),
+    )
+    keys = KeyStore(settings)
+    await producer.start()
+    try:
+        await keys.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    app[PRODUCER] = producer
+    app[KEYS] = keys
+    app[INGESTOR] = Ingestor(settings, keys.ring, producer)
+    reader: ReadBackend = WorkerReader(settings) if settings.embedded_store else StoreReader(settings)
+    app[READ_API] = ReadApi(keys.ring, reader)
+    yield
+    # Runs after the server stopped accepting and in-flight handlers finished:
+    # flush what is still lingering in the producer, then let go of Kafka.
+    await reader.close()
+    await keys.stop()
+    await producer.flush()
+    await producer.stop()
+    log.info("gateway_stopped")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Ready when Kafka answers a metadata request now, not merely when it once did."""
+    producer = request.app[PRODUCER]
+    try:
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
+    except Exception as exc:
+        return web.json_response(
+            {"status": "unavailable", "kafka": f"unreachable: {type(exc).__name__}"}, status=503
+        )
+    return web.json_response({"status": "ready", "kafka": "ok", "keys": len(request.app[KEYS].ring)})
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_kafka)
+
+    def ingest(dialect: Dialect) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await request.app[INGESTOR].ingest(request, dialect)
+
+        return handle
+
+    async def shared_logs(request: web.Request) -> web.StreamResponse:
+        ingestor = request.app[INGESTOR]
+        try:
+            body = await ingestor.read(request)
+        except BodyError as exc:
+            dialect = shared_logs_route.by_headers(request) or TIMBERLOGS
+            return dialect.error(Problem(exc.status, exc.code, exc.message))
+        return await ingestor.ingest(request, shared_logs_route.choose(request, body), body)
+
+    async def read_logs(request: web.Request) -> web.Response:
+        return await request.app[READ_API].logs(request)
+
+    app.router.add_post("/v1/drain", ingest(ASTRALOG))
+    app.router.add_post("/v1/logs", shared_logs)
+    app.router.add_post("/v1/events", ingest(GOODLOGS_EVENTS))
+    app.router.add_post("/api/v2/logs/ingest", ingest(DYNATRACE))
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/api/v1/logs", read_logs)
+    return app

@@ -1,0 +1,47 @@
+"""What the gateway needs to know about a dialect to answer like the original API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from workers.formats import Parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A refusal, before it is dressed in the dialect's error format."""
+
+    status: int
+    code: str
+    message: str
+    retry_after: int | None = None
+    details: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str  # carried in the envelope; the parser registry key
+    scope: str  # key scope the endpoint requires
+    token: Callable[[web.Request], str | None]  # the API key as this dialect sends it
+    success: Callable[[Parsed, int], web.Response]  # (parsed, received_at_ns) -> answer
+    error: Callable[[Problem], web.Response]
+    max_body: int | None = None  # a dialect's own documented cap, below the global one
+
+
+def json_response(status: int, body: Any, retry_after: int | None = None) -> web.Response:
+    import orjson  # local: keeps this module's import surface small for the dialect files
+
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def bearer(request: web.Request) -> str | None:
+    """`Authorization: Bearer <key>` (scheme case-insensitive)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

@@ -1,0 +1,64 @@
+"""`POST /v1/logs` is claimed by three APIs; this decides whose request it is.
+
+The rule, in order (README "Which API is `POST /v1/logs`?"):
+1. an `X-TG2G-Api-Key` header: TG2G;
+2. an `X-API-Key` header or a `?format=` parameter: Timberlogs (only it has either);
+3. a Content-Type only Timberlogs accepts (NDJSON, syslog, text, CSV, OBL): Timberlogs;
+4. a JSON object body with a `batch` array: GoodLogs; with `source`/`entity` beside
+   `logs` (the TG2G shape) and no Bearer key: TG2G, so its 401 reads right;
+5. anything else: Timberlogs, whose content sniffing takes any format.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway.dialects.base import Dialect
+from gateway.dialects.goodlogs import GOODLOGS_LOGS
+from gateway.dialects.tg2g import HEADER as TG2G_HEADER
+from gateway.dialects.tg2g import TG2G
+from gateway.dialects.timberlogs import TIMBERLOGS
+
+_TIMBERLOGS_ONLY_TYPES = frozenset(
+    {
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/x-syslog",
+        "text/plain",
+        "text/csv",
+        "text/tab-separated-values",
+        "application/x-obl",
+    }
+)
+
+
+def by_headers(request: web.Request) -> Dialect | None:
+    """The dialect when headers and query alone decide it (rules 1-3), else None."""
+    if TG2G_HEADER in request.headers:
+        return TG2G
+    if "X-API-Key" in request.headers or "format" in request.query:
+        return TIMBERLOGS
+    if request.content_type in _TIMBERLOGS_ONLY_TYPES:
+        return TIMBERLOGS
+    return None
+
+
+def choose(request: web.Request, body: bytes) -> Dialect:
+    dialect = by_headers(request)
+    if dialect is not None:
+        return dialect
+    if body.lstrip()[:1] == b"{":
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return TIMBERLOGS
+        if isinstance(doc, dict):
+            if "batch" in doc:
+                return GOODLOGS_LOGS
+            has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
+            if "logs" in doc and ("entity" in doc or "source" in doc) and not has_bearer:
+                return TG2G
+    return TIMBERLOGS

@@ -1,0 +1,157 @@
+"""The one ingest path every dialect's endpoint runs.
+
+authenticate -> read body (both size caps) -> parse (the dialect's synchronous
+answer needs it) -> wrap the raw body in an envelope -> produce, wait for Kafka's
+ack -> answer. Success is only ever sent after the ack (acks=all, idempotent producer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from gateway.body import BodyError, read_body
+from gateway.dialects.base import Dialect, Problem
+from millrace.config import Settings
+from millrace.keys import KeyRing
+from schemas.envelope import Envelope, encode
+from workers.formats import PARSERS, ParseContext, ParseError
+
+log = structlog.get_logger()
+
+REQUEST_ID = web.RequestKey("request_id", str)
+RETRY_AFTER_UNAVAILABLE = 5
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
+def client_ip(
+    request: web.Request, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> str:
+    """The peer address, or the nearest untrusted hop of X-Forwarded-For when the peer is a trusted proxy.
+
+    Walking from the right stops at the first address a trusted proxy did not add,
+    so a client cannot spoof its IP by sending its own X-Forwarded-For.
+    """
+    peer = request.remote or ""
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _is_trusted(address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+class Ingestor:
+    def __init__(self, settings: Settings, keys: KeyRing, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.producer = producer
+
+    async def read(self, request: web.Request) -> bytes:
+        return await read_body(request, self.settings.max_body_bytes, self.settings.max_decompressed_bytes)
+
+    async def ingest(self, request: web.Request, dialect: Dialect, body: bytes | None = None) -> web.Response:
+        """Run one request through; `body` is passed when routing already had to read it."""
+        received_at_ns = time.time_ns()
+        token = dialect.token(request)
+        key = self.keys.authenticate(token) if token else None
+        if key is None:
+            return dialect.error(Problem(401, "unauthorized", "missing or invalid API key"))
+        if dialect.scope not in key.scopes:
+            return dialect.error(Problem(403, "forbidden", f"this key lacks the '{dialect.scope}' scope"))
+        if body is None:
+            try:
+                body = await self.read(request)
+            except BodyError as exc:
+                return dialect.error(Problem(exc.status, exc.code, exc.message))
+        if dialect.max_body is not None and len(body) > dialect.max_body:
+            return dialect.error(
+                Problem(
+                    413,
+                    "body_too_large",
+                    f"request body is {len(body)} bytes; the limit is {dialect.max_body}",
+                )
+            )
+        name = dialect.name
+        ctx = ParseContext(
+            received_at_ns=received_at_ns,
+            path=request.path,
+            content_type=request.headers.get("Content-Type", ""),
+            query=dict(request.query),
+        )
+        parse = PARSERS.get(name)
+        if parse is None:
+            return dialect.error(Problem(501, "not_implemented", f"the {name} dialect is not available"))
+        try:
+            parsed = parse(body, ctx)
+        except ParseError as exc:
+            return dialect.error(Problem(exc.status, exc.code, exc.message, details=exc.details))
+        if parsed.rows:
+            envelope = Envelope(
+                request_id=request[REQUEST_ID],
+                project=key.project,
+                key_id=key.key_id,
+                dialect=name,
+                path=request.path,
+                content_type=ctx.content_type,
+                user_agent=request.headers.get("User-Agent", ""),
+                client_ip=client_ip(request, self.settings.trusted_proxies),
+                received_at_ns=received_at_ns,
+                body=body,
+                query=dict(ctx.query),
+            )
+            try:
+                await self._produce(envelope)
+            except (KafkaError, TimeoutError) as exc:
+                log.warning(
+                    "produce_failed",
+                    error=type(exc).__name__,
+                    stage="sending",
+                    request_id=envelope.request_id,
+                )
+                return dialect.error(
+                    Problem(
+                        503,
+                        "unavailable",
+                        "the ingest queue is unavailable; retry later",
+                        retry_after=RETRY_AFTER_UNAVAILABLE,
+                    )
+                )
+        log.debug(
+            "ingested",
+            dialect=name,
+            project=key.project,
+            rows=len(parsed.rows),
+            rejected=len(parsed.rejected),
+            request_id=request[REQUEST_ID],
+        )
+        return dialect.success(parsed, received_at_ns)
+
+    async def _produce(self, envelope: Envelope) -> None:
+        # The request id as key spreads one project's load evenly over partitions.
+        send = self.producer.send_and_wait(
+            self.settings.topic, encode(envelope), key=envelope.request_id.encode()
+        )
+        await asyncio.wait_for(send, timeout=self.settings.produce_timeout_s)

@@ -1,0 +1,184 @@
+"""Settings: every knob is one environment variable, read and validated once at start-up.
+
+The table of settings in the README is checked against `SETTINGS` by a test, so the
+docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value Millrace cannot use; the message names the variable and the fix."""
+
+
+def _int(name: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; set it to a whole number") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range; set it between {lo} and {hi}")
+    return value
+
+
+def _setting(env: str, default: str, doc: str) -> Any:
+    return field(default=None, metadata={"env": env, "default": default, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = _setting(
+        "MILLRACE_HOME", ".millrace", "State directory: broker data, embedded ClickHouse, pids"
+    )
+    host: str = _setting("MILLRACE_HOST", "127.0.0.1", "Address the gateway listens on")
+    port: int = _setting("MILLRACE_PORT", "8080", "Port the gateway listens on")
+    kafka_bootstrap_servers: str = _setting(
+        "KAFKA_BOOTSTRAP_SERVERS", "", "An existing Kafka cluster; empty runs the project's local broker"
+    )
+    kafka_port: int = _setting("MILLRACE_KAFKA_PORT", "9092", "Port of the local broker (when it is used)")
+    topic: str = _setting("MILLRACE_TOPIC", "millrace.raw", "Topic of raw request envelopes")
+    dlq_topic: str = _setting("MILLRACE_DLQ_TOPIC", "millrace.dlq", "Dead-letter topic")
+    keys_topic: str = _setting(
+        "MILLRACE_KEYS_TOPIC", "millrace.keys", "Compacted topic holding hashed API keys"
+    )
+    partitions: int = _setting(
+        "MILLRACE_PARTITIONS", "4", "Partitions of the raw topic when Millrace creates it"
+    )
+    replication_factor: int = _setting(
+        "MILLRACE_REPLICATION_FACTOR", "1", "Replication factor of the topics Millrace creates"
+    )
+    consumer_group: str = _setting(
+        "MILLRACE_CONSUMER_GROUP", "millrace-workers", "Kafka group of the workers"
+    )
+    linger_ms: int = _setting("MILLRACE_KAFKA_LINGER_MS", "5", "Producer linger: how long to gather a batch")
+    kafka_compression: str = _setting(
+        "MILLRACE_KAFKA_COMPRESSION",
+        "lz4",
+        "Producer compression of record batches: none, gzip, lz4, zstd or snappy",
+    )
+    produce_timeout_s: float = _setting(
+        "MILLRACE_PRODUCE_TIMEOUT_S", "5", "Seconds the gateway waits for Kafka's ack before answering 503"
+    )
+    clickhouse_dsn: str = _setting(
+        "MILLRACE_CLICKHOUSE_DSN",
+        "chdb://<MILLRACE_HOME>/clickhouse",
+        "Store: chdb://<dir> (embedded, in the worker) or http(s)://user:pass@host:port",
+    )
+    database: str = _setting("MILLRACE_CLICKHOUSE_DATABASE", "millrace", "ClickHouse database")
+    worker_query_port: int = _setting(
+        "MILLRACE_WORKER_QUERY_PORT", "8091", "Loopback port where an embedded-mode worker answers reads"
+    )
+    batch_rows: int = _setting("MILLRACE_BATCH_ROWS", "50000", "Worker flushes an insert at this many rows")
+    batch_age_ms: int = _setting(
+        "MILLRACE_BATCH_AGE_MS", "1000", "...or when the oldest buffered row is this old"
+    )
+    max_body_bytes: int = _setting(
+        "MILLRACE_MAX_BODY_BYTES", "10485760", "Largest request body accepted on the wire (413 above)"
+    )
+    max_decompressed_bytes: int = _setting(
+        "MILLRACE_MAX_DECOMPRESSED_BYTES", "20971520", "Largest body after decompression (413 above)"
+    )
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
+        "MILLRACE_TRUSTED_PROXIES", "", "CIDRs whose X-Forwarded-For is believed (comma separated)"
+    )
+    log_level: str = _setting("MILLRACE_LOG_LEVEL", "info", "debug, info, warning or error")
+    log_format: str = _setting("MILLRACE_LOG_FORMAT", "json", "json (one object per line) or console")
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb:")
+
+    @property
+    def local_broker(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap_servers or f"localhost:{self.kafka_port}"
+
+    @property
+    def worker_query_url(self) -> str:
+        return f"http://127.0.0.1:{self.worker_query_port}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        raw = {f.name: env.get(f.metadata["env"], f.metadata["default"]) for f in fields(cls)}
+        home = Path(raw["home"]).resolve()
+        dsn = raw["clickhouse_dsn"]
+        if dsn == "chdb://<MILLRACE_HOME>/clickhouse":
+            dsn = f"chdb://{home / 'clickhouse'}"
+        if not dsn.startswith(("chdb://", "http://", "https://")):
+            raise ConfigError(
+                f"MILLRACE_CLICKHOUSE_DSN={dsn!r} has an unknown scheme; use chdb://<dir> or http(s)://host:port"
+            )
+        parsers: dict[str, Callable[[str, str], Any]] = {
+            "port": lambda n, v: _int(n, v, 1, 65535),
+            "kafka_port": lambda n, v: _int(n, v, 1, 65535),
+            "worker_query_port": lambda n, v: _int(n, v, 1, 65535),
+            "partitions": lambda n, v: _int(n, v, 1, 10000),
+            "replication_factor": lambda n, v: _int(n, v, 1, 32),
+            "linger_ms": lambda n, v: _int(n, v, 0, 10000),
+            "batch_rows": lambda n, v: _int(n, v, 1, 10_000_000),
+            "batch_age_ms": lambda n, v: _int(n, v, 10, 600_000),
+            "max_body_bytes": lambda n, v: _int(n, v, 1024, 1 << 31),
+            "max_decompressed_bytes": lambda n, v: _int(n, v, 1024, 1 << 32),
+            "produce_timeout_s": _positive_float,
+            "trusted_proxies": _networks,
+            "log_level": lambda n, v: _choice(n, v.lower(), ("debug", "info", "warning", "error")),
+            "log_format": lambda n, v: _choice(n, v.lower(), ("json", "console")),
+            "kafka_compression": lambda n, v: _choice(
+                n, v.lower(), ("none", "gzip", "lz4", "zstd", "snappy")
+            ),
+        }
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            parse = parsers.get(f.name)
+            values[f.name] = parse(f.metadata["env"], raw[f.name]) if parse else raw[f.name]
+        values["home"] = home
+        values["clickhouse_dsn"] = dsn
+        return cls(**values)
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to seconds, e.g. 5") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be positive")
+    return value
+
+
+def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+    return raw
+
+
+def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} entry {part!r} is not an IP address or CIDR, e.g. 10.0.0.0/8"
+            ) from None
+    return tuple(nets)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, in declaration order."""
+    return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]

@@ -1,0 +1,127 @@
+"""Millrace's Kafka topics: created if absent (never altered), and a readiness wait.
+
+Brokers run with auto.create.topics.enable=false (the local one does), so the topics
+exist only because `ensure_topics` made them, with the partition counts and the
+compaction that the pipeline relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from millrace.config import Settings
+
+log = structlog.get_logger()
+
+CLIENT_ID = "millrace-admin"
+REQUEST_TIMEOUT_MS = 15_000
+ENVELOPE_OVERHEAD = 64 * 1024  # room for an envelope's metadata on top of the largest body
+
+
+def wanted_topics(settings: Settings) -> list[NewTopic]:
+    rf = settings.replication_factor
+    # One envelope carries a whole request body: let the largest allowed one through
+    # (brokers default to about 1 MB per record batch).
+    big = {"max.message.bytes": str(settings.max_decompressed_bytes + ENVELOPE_OVERHEAD)}
+    return [
+        NewTopic(settings.topic, settings.partitions, rf, topic_configs=big),
+        NewTopic(settings.dlq_topic, settings.partitions, rf, topic_configs=big),
+        # One partition: every gateway reads the whole key set from the start, in order,
+        # and compaction keeps only the latest record per key id.
+        NewTopic(settings.keys_topic, 1, rf, topic_configs={"cleanup.policy": "compact"}),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def admin_client(bootstrap: str) -> AsyncIterator[Any]:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id=CLIENT_ID, request_timeout_ms=REQUEST_TIMEOUT_MS
+    )
+    try:
+        await admin.start()
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
+    """Retry until the cluster at `bootstrap` answers a metadata request with at least one broker."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last: BaseException | None = None
+    while True:
+        try:
+            async with admin_client(bootstrap) as admin:
+                cluster = await admin.describe_cluster()
+            if cluster.get("brokers"):
+                return
+            last = RuntimeError("no broker is registered yet")
+        except (TimeoutError, KafkaError, OSError) as exc:
+            last = exc
+        if loop.time() >= deadline:
+            raise TimeoutError(f"Kafka at {bootstrap} served no metadata within {timeout_s:.0f}s: {last!r}")
+        await asyncio.sleep(0.5)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the raw, dead-letter and keys topics if absent; return once all have leaders."""
+    wanted = wanted_topics(settings)
+    async with admin_client(settings.bootstrap) as admin:
+        existing = await _partitions(admin, [t.name for t in wanted])
+        missing = [t for t in wanted if t.name not in existing]
+        for t in wanted:
+            have = existing.get(t.name)
+            if have is not None and have != t.num_partitions:
+                # Kafka cannot shrink a topic, and growing one moves keys between
+                # partitions: changing it is an operator's decision, not start-up's.
+                log.warning("kafka_topic_partitions_differ", topic=t.name, has=have, wanted=t.num_partitions)
+        if missing:
+            response = await admin.create_topics(missing, timeout_ms=REQUEST_TIMEOUT_MS)
+            for name, code, *rest in response.topic_errors:
+                error = for_code(code)
+                if code == 0:
+                    log.info("kafka_topic_created", topic=name)
+                elif error is TopicAlreadyExistsError:
+                    pass  # another process created it between our look and our request
+                else:
+                    message = rest[0] if rest and rest[0] else error.__name__
+                    raise error(f"creating Kafka topic {name!r} failed: {message}")
+        await _wait_for_leaders(admin, [t.name for t in wanted])
+
+
+async def describe(settings: Settings) -> dict[str, int]:
+    """Partition count of each of Millrace's topics that exists, by name."""
+    names = [t.name for t in wanted_topics(settings)]
+    async with admin_client(settings.bootstrap) as admin:
+        return await _partitions(admin, names)
+
+
+async def _partitions(admin: Any, names: list[str]) -> dict[str, int]:
+    topics: list[dict[str, Any]] = await admin.describe_topics(names)
+    # An absent topic comes back with error UNKNOWN_TOPIC_OR_PARTITION (3), not missing.
+    return {t["topic"]: len(t["partitions"]) for t in topics if t["error_code"] == 0}
+
+
+async def _wait_for_leaders(admin: Any, names: list[str], timeout_s: float = 15) -> None:
+    """Creation returns once the controller committed it; producers need a leader per partition."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        topics: list[dict[str, Any]] = await admin.describe_topics(names)
+        pending = [
+            t["topic"]
+            for t in topics
+            if t["error_code"] != 0 or not t["partitions"] or any(p["leader"] < 0 for p in t["partitions"])
+        ]
+        if not pending:
+            return
+        if loop.time() >= deadline:
+            raise TimeoutError(f"Kafka topics {pending} have no leader after {timeout_s:.0f}s")
+        await asyncio.sleep(0.1)

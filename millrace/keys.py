@@ -1,0 +1,211 @@
+"""API keys: hashed, scoped, one project each, kept in a compacted Kafka topic.
+
+Why Kafka: every gateway replica needs the same keys, and Kafka is the one shared
+component Millrace already depends on (as Schema Registry and Kafka Connect keep
+their state). The topic holds one record per key id with the SHA-256 of the key,
+never the key itself; a gateway reads it to the end at start and then follows it,
+so a key created or revoked anywhere reaches every replica within a poll.
+
+A key reads `mr_<key id>_<secret>`: the id finds the record in O(1), the hash
+comparison is constant-time. The secret is 256 random bits, so a plain SHA-256 is
+the right hash (slow password hashes exist for low-entropy secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from millrace.config import Settings
+
+log = structlog.get_logger()
+
+SCOPE_LOGS = "logs:write"
+SCOPE_EVENTS = "events:write"
+SCOPE_READ = "data:read"
+ALL_SCOPES = (SCOPE_LOGS, SCOPE_EVENTS, SCOPE_READ)
+
+_PREFIX = "mr_"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    project: str
+    scopes: frozenset[str]
+    key_hash: str
+    created_at: float
+    name: str = ""
+    revoked: bool = False
+    # Per-key overrides of the default rate limits; 0 means "use the default".
+    limits: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["scopes"] = sorted(self.scopes)
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ApiKey:
+        data: dict[str, Any] = orjson.loads(raw)
+        data["scopes"] = frozenset(data["scopes"])
+        return cls(**data)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def key_id_of(token: str) -> str | None:
+    """The id part of a well-formed key, or None (so junk never reaches the table)."""
+    if not token.startswith(_PREFIX):
+        return None
+    key_id, sep, secret = token[len(_PREFIX) :].partition("_")
+    if not sep or len(key_id) != 12 or len(secret) < 32:
+        return None
+    return key_id
+
+
+def new_key(project: str, scopes: frozenset[str], name: str = "") -> tuple[ApiKey, str]:
+    """A fresh key: the record to store and the plaintext to show once."""
+    unknown = scopes - set(ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_SCOPES)}")
+    if not project or len(project) > 100 or not project.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("project names are 1-100 letters, digits, '-' or '_'")
+    token = f"{_PREFIX}{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    key_id = key_id_of(token)
+    assert key_id is not None
+    record = ApiKey(key_id, project, scopes, _hash(token), time.time(), name=name)
+    return record, token
+
+
+class KeyRing:
+    """The in-memory view of the keys topic that a gateway authenticates against."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, ApiKey] = {}
+
+    def apply(self, key_id: str, value: bytes | None) -> None:
+        if value is None:
+            self._keys.pop(key_id, None)
+        else:
+            self._keys[key_id] = ApiKey.from_json(value)
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        key_id = key_id_of(token)
+        if key_id is None:
+            return None
+        record = self._keys.get(key_id)
+        # Compare even for an unknown id, so timing does not tell which ids exist.
+        expected = record.key_hash if record else "0" * 64
+        if not hmac.compare_digest(expected, _hash(token)) or record is None or record.revoked:
+            return None
+        return record
+
+    def all(self) -> list[ApiKey]:
+        return sorted(self._keys.values(), key=lambda k: (k.project, k.created_at))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class KeyStore:
+    """Follows the keys topic: `start()` returns once every existing key is loaded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ring = KeyRing()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        tp = TopicPartition(self.settings.keys_topic, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                    for rec in records:
+                        self.ring.apply(rec.key.decode(), rec.value)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._follow(tp), name="keys-follow")
+        log.info("keys_loaded", count=len(self.ring))
+
+    async def _follow(self, tp: TopicPartition) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batch = await self._consumer.getmany(tp, timeout_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker may be away; keys already loaded keep working
+                log.warning("keys_follow_failed", error=str(exc), stage="receiving")
+                await asyncio.sleep(1)
+                continue
+            for records in batch.values():
+                for rec in records:
+                    self.ring.apply(rec.key.decode(), rec.value)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer:
+            await self._consumer.stop()
+
+
+async def _write(settings: Settings, record: ApiKey) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.keys_topic, record.to_json(), key=record.key_id.encode())
+    finally:
+        await producer.stop()
+
+
+async def create(
+    settings: Settings, project: str, scopes: frozenset[str], name: str = ""
+) -> tuple[ApiKey, str]:
+    record, token = new_key(project, scopes, name)
+    await _write(settings, record)
+    return record, token
+
+
+async def load(settings: Settings) -> KeyRing:
+    store = KeyStore(settings)
+    await store.start()
+    await store.stop()
+    return store.ring
+
+
+async def revoke(settings: Settings, key_id: str) -> ApiKey:
+    ring = await load(settings)
+    record = next((k for k in ring.all() if k.key_id == key_id), None)
+    if record is None:
+        raise KeyError(key_id)
+    revoked = ApiKey(**{**asdict(record), "scopes": record.scopes, "revoked": True})
+    await _write(settings, revoked)
+    return revoked

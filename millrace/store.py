@@ -1,0 +1,108 @@
+"""ClickHouse access: one client factory for both the embedded engine and a server.
+
+`chdb://<dir>` runs the ClickHouse engine inside this process (chDB allows one engine
+path per process, so only the worker opens it); `http(s)://...` talks to a server.
+clickhouse-connect gives both the same synchronous API; callers on an event loop run
+these functions in a thread.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import clickhouse_connect
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from millrace.config import Settings
+
+log = structlog.get_logger()
+
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+def connect(settings: Settings, *, create_database: bool = True) -> Client:
+    """A client whose current database is Millrace's, created if absent."""
+    client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+    if create_database:
+        client.command(f"CREATE DATABASE IF NOT EXISTS {_ident(settings.database)}")
+    client.database = settings.database
+    if settings.embedded_store:
+        # chDB keeps the database as handle state: apply it now, once.
+        client.command(f"USE {_ident(settings.database)}")
+    return client
+
+
+def _ident(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"{name!r} is not a valid ClickHouse identifier")
+    return name
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every numbered migration, in order."""
+    found = []
+    for entry in resources.files("schemas").joinpath("migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def _statements(sql: str) -> list[str]:
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def migrate(client: Client) -> list[str]:
+    """Apply migrations not yet recorded; each statement is idempotent, so a crash mid-way is safe."""
+    client.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
+    applied = []
+    for version, name, sql in migrations():
+        if version in done:
+            continue
+        for statement in _statements(sql):
+            client.command(statement)
+        client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
+        applied.append(name)
+        log.info("migration_applied", migration=name)
+    return applied
+
+
+def insert_columns(
+    client: Client,
+    table: str,
+    columns: Mapping[str, Sequence[Any]],
+    dedup_token: str,
+) -> None:
+    """One columnar insert. The token makes a retried identical batch a no-op in the engine."""
+    names = list(columns)
+    client.insert(
+        table,
+        [columns[n] for n in names],
+        column_names=names,
+        column_oriented=True,
+        settings={
+            "insert_deduplication_token": dedup_token,
+            # Logs from many days in one batch are normal (back-fills): never refuse them.
+            "throw_on_max_partitions_per_insert_block": 0,
+        },
+    )
+
+
+def watermarks(client: Client, topic: str) -> dict[tuple[str, int], int]:
+    """Highest stored offset per (table, partition) of `topic`."""
+    result = client.query(
+        "SELECT target, kafka_partition, max(max_offset) FROM ingest_watermarks "
+        "WHERE kafka_topic = {topic:String} GROUP BY target, kafka_partition",
+        parameters={"topic": topic},
+    )
+    return {(str(t), int(p)): int(o) for t, p, o in result.result_rows}

@@ -1,0 +1,181 @@
+"""Shared fixtures: one real Kafka broker and one real ClickHouse engine (chDB) per test session.
+
+The worker and gateway run in the test's own event loop, so a test can drive HTTP
+and then read ClickHouse directly through the worker's own client: chDB allows one
+engine per data path per process, and here that process is the test run itself.
+Tests that need separate processes (`millrace up`) use their own state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from clickhouse_connect.driver.client import Client
+
+from gateway.app import KEYS, create_app
+from gateway.server import SERVER_OPTIONS
+from millrace import keys, store
+from millrace.config import Settings
+from millrace.kafka.broker import LocalBroker
+from millrace.kafka.topics import ensure_topics
+from workers import pipeline
+from workers.server import read_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 also free (the broker's controller listens on kafka_port + 1)."""
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("millrace-home")
+    env = {
+        "MILLRACE_HOME": str(home),
+        "MILLRACE_KAFKA_PORT": str(free_port_pair()),
+        "MILLRACE_PORT": str(free_port()),
+        "MILLRACE_WORKER_QUERY_PORT": str(free_port()),
+        "MILLRACE_BATCH_AGE_MS": "200",
+        "MILLRACE_LOG_LEVEL": "warning",
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture(scope="session")
+def broker(base_settings: Settings) -> Iterator[LocalBroker]:
+    local = LocalBroker(base_settings)
+    local.fetch()
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+async def kafka(broker: LocalBroker, base_settings: Settings) -> Settings:
+    await ensure_topics(base_settings)
+    return base_settings
+
+
+@dataclass
+class Tenant:
+    project: str
+    key: str
+    read_key: str
+
+
+@dataclass
+class Stack:
+    """A running pipeline: gateway (HTTP), worker (consumer task), and a store client."""
+
+    settings: Settings
+    url: str
+    session: aiohttp.ClientSession
+    client: Client
+    gateway_keys: keys.KeyRing
+    restart_worker: Callable[[], Awaitable[None]]
+
+    async def tenant(self, project: str, scopes: frozenset[str] | None = None) -> Tenant:
+        """A fresh project with an all-scopes key, visible to the gateway before returning."""
+        _, token = await keys.create(self.settings, project, scopes or frozenset(keys.ALL_SCOPES))
+        _, read_token = await keys.create(self.settings, project, frozenset({keys.SCOPE_READ}))
+        await self.wait_for_key(token)
+        await self.wait_for_key(read_token)
+        return Tenant(project, token, read_token)
+
+    async def wait_for_key(self, token: str, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.gateway_keys.authenticate(token) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gateway did not see the new key")
+            await asyncio.sleep(0.05)
+
+    def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self.client.query(sql, parameters=params).result_rows
+        return rows
+
+    async def wait_rows(self, project: str, expected: int, table: str = "logs", timeout_s: float = 30) -> int:
+        """Poll until the project has `expected` rows (or time runs out); returns the last count."""
+        deadline = time.monotonic() + timeout_s
+        count = -1
+        while time.monotonic() < deadline:
+            count = self.query(f"SELECT count() FROM {table} WHERE project = {{p:String}}", p=project)[0][0]
+            if count >= expected:
+                # Give a straggler the chance to show up, so "exactly" is really exact.
+                await asyncio.sleep(0.5)
+                return int(
+                    self.query(f"SELECT count() FROM {table} WHERE project = {{p:String}}", p=project)[0][0]
+                )
+            await asyncio.sleep(0.1)
+        return int(count)
+
+
+@pytest.fixture(scope="session")
+async def stack(kafka: Settings) -> AsyncIterator[Stack]:
+    settings = replace(kafka)
+    client = store.connect(settings)
+    store.migrate(client)
+
+    read_runner = web.AppRunner(read_app(settings), access_log=None)
+    await read_runner.setup()
+    await web.TCPSite(read_runner, "127.0.0.1", settings.worker_query_port).start()
+
+    state: dict[str, Any] = {}
+
+    async def start_worker() -> None:
+        stop = asyncio.Event()
+        state["stop"] = stop
+        state["task"] = asyncio.create_task(pipeline.run(settings, client, stop))
+
+    async def stop_worker() -> None:
+        state["stop"].set()
+        await asyncio.wait_for(state["task"], timeout=60)
+
+    async def restart_worker() -> None:
+        await stop_worker()
+        await start_worker()
+
+    await start_worker()
+    server = TestServer(create_app(settings), port=settings.port)
+    await server.start_server(**SERVER_OPTIONS)
+    session = aiohttp.ClientSession(auto_decompress=False)
+    try:
+        yield Stack(
+            settings=settings,
+            url=f"http://127.0.0.1:{server.port}",
+            session=session,
+            client=client,
+            gateway_keys=server.app[KEYS].ring,
+            restart_worker=restart_worker,
+        )
+    finally:
+        await session.close()
+        await server.close()
+        await stop_worker()
+        await read_runner.cleanup()
+        client.close()

@@ -1,0 +1,129 @@
+"""The project-managed Kafka broker, for real: fetch, start, topics, a round trip, stop, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from millrace.config import Settings
+from millrace.kafka.broker import LocalBroker
+from millrace.kafka.topics import admin_client, describe, ensure_topics, wait_for_kafka
+
+pytestmark = pytest.mark.integration
+
+
+def free_listener_and_controller_ports() -> int:
+    """A port p with p + 1 free too: the local broker's controller listens on kafka_port + 1."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # Still in the table: only acceptable as a zombie awaiting its parent.
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() == b""
+    except FileNotFoundError:
+        return True
+
+
+async def read_all(settings: Settings, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    got: list[tuple[bytes, bytes]] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(got) < expected:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    got.extend((r.key, r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_local_broker_lifecycle(tmp_path: Path) -> None:
+    port = free_listener_and_controller_ports()
+    settings = Settings.from_env(
+        {
+            "MILLRACE_HOME": str(tmp_path / "home"),
+            "MILLRACE_KAFKA_PORT": str(port),
+            "MILLRACE_PARTITIONS": "3",
+        }
+    )
+    broker = LocalBroker(settings)
+    await asyncio.to_thread(broker.fetch)
+    assert broker.is_fetched()
+
+    # A pid file left by a crash, naming a live process that is not a broker: must not fool start().
+    settings.run_dir.mkdir(parents=True)
+    broker.pid_file.write_text(f"{os.getpid()}\n")
+    assert not broker.is_running()
+
+    try:
+        await asyncio.to_thread(broker.start, 90)
+        first_pid = broker.pid()
+        assert first_pid is not None and broker.is_running()
+        assert broker.pid_file.read_text().strip() == str(first_pid)
+        await wait_for_kafka(settings.bootstrap, timeout_s=10)
+        meta = (broker.data_dir / "meta.properties").read_text()
+
+        # Two at once: the loser of the creation race must shrug off TopicAlreadyExists.
+        await asyncio.gather(ensure_topics(settings), ensure_topics(settings))
+        await ensure_topics(settings)
+        assert await describe(settings) == {settings.topic: 3, settings.dlq_topic: 3, settings.keys_topic: 1}
+        async with admin_client(settings.bootstrap) as admin:
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, settings.keys_topic)]
+            )
+        entries: list[dict[str, Any]] = response.to_object()["resources"][0]["config_entries"]
+        assert {e["config_names"]: e["config_value"] for e in entries}["cleanup.policy"] == "compact"
+
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topic, b"hello", key=b"k1")
+        finally:
+            await producer.stop()
+        assert await read_all(settings, settings.topic, 1) == [(b"k1", b"hello")]
+
+        await asyncio.to_thread(broker.stop)
+        assert process_gone(first_pid)
+        assert not broker.is_running() and not broker.pid_file.exists()
+        await asyncio.to_thread(broker.stop)  # idempotent
+
+        # Same home again, through a fresh object as `millrace down` would use: no re-format,
+        # the record survived.
+        broker = LocalBroker(settings)
+        await asyncio.to_thread(broker.start, 90)
+        assert broker.pid() not in (None, first_pid)
+        assert (broker.data_dir / "meta.properties").read_text() == meta
+        assert await read_all(settings, settings.topic, 1) == [(b"k1", b"hello")]
+        await asyncio.to_thread(broker.start, 90)  # already running: returns at once, same process
+        assert broker.pid_file.read_text().strip() == str(broker.pid())
+    finally:
+        last_pid = broker.pid()
+        await asyncio.to_thread(LocalBroker(settings).stop)
+    assert last_pid is not None and process_gone(last_pid)
+    assert not broker.is_running()

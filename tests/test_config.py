@@ -1,0 +1,48 @@
+"""Settings: validated at start with errors that name the variable, and documented truthfully."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from millrace.config import ConfigError, Settings, describe
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_settings_table_lists_every_setting_with_its_default() -> None:
+    rows = re.findall(
+        r"^\| `([A-Z_]+)` \| (?:`([^`]*)`|\(empty\)) \| (.+?) \|$", README.read_text(), flags=re.M
+    )
+    documented = {name: default for name, default, _ in rows}
+    assert {env: default for env, default, _ in describe()} == documented
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"MILLRACE_PORT": "eighty"}, "MILLRACE_PORT"),
+        ({"MILLRACE_PORT": "70000"}, "between 1 and 65535"),
+        ({"MILLRACE_CLICKHOUSE_DSN": "mysql://x"}, "MILLRACE_CLICKHOUSE_DSN"),
+        ({"MILLRACE_TRUSTED_PROXIES": "10.0.0.0/8,not-an-ip"}, "not-an-ip"),
+        ({"MILLRACE_KAFKA_COMPRESSION": "brotli"}, "MILLRACE_KAFKA_COMPRESSION"),
+        ({"MILLRACE_PRODUCE_TIMEOUT_S": "-1"}, "MILLRACE_PRODUCE_TIMEOUT_S"),
+    ],
+)
+def test_invalid_setting_is_refused_naming_it(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        Settings.from_env(env)
+
+
+def test_defaults_run_embedded_with_a_local_broker(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MILLRACE_HOME": str(tmp_path)})
+    assert settings.embedded_store and settings.local_broker
+    assert f"chdb://{tmp_path / 'clickhouse'}" == settings.clickhouse_dsn
+    assert settings.bootstrap == "localhost:9092"
+    remote = Settings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092", "MILLRACE_CLICKHOUSE_DSN": "https://ch:8443"}
+    )
+    assert not remote.local_broker and not remote.embedded_store
+    assert remote.bootstrap == "k1:9092,k2:9092"

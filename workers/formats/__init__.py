@@ -1,0 +1,20 @@
+"""Dialect parsers: one module per hosted API, each exposing `parse(body, ctx) -> Parsed`.
+
+The registry is a plain dict from the dialect name carried in the envelope to its
+parser; the gateway and the worker both look parsers up here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from workers.formats import astralog
+from workers.formats.base import ParseContext, Parsed, ParseError, Rejection
+
+Parser = Callable[[bytes, ParseContext], Parsed]
+
+PARSERS: dict[str, Parser] = {
+    "astralog": astralog.parse,
+}
+
+__all__ = ["PARSERS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]

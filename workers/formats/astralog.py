@@ -1,0 +1,65 @@
+"""AstraLog drain (`POST /v1/drain`): `{"logs": [...]}` with five required fields per log.
+
+The dialect has no partial success: one bad record refuses the whole request with
+400, so nothing of a malformed batch is stored. `metadata` and any undocumented
+field are kept as attributes; the body's own `project_id` is kept as the attribute
+`project_id` (the tenant is always the key's project, never the body's claim).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.record import normalize_level
+from workers.formats.base import ParseContext, Parsed, ParseError
+from workers.formats.common import flatten, load_json, parse_timestamp
+
+REQUIRED = ("project_id", "timestamp", "level", "service", "message")
+_KNOWN = {*REQUIRED, "metadata"}
+
+
+def parse(body: bytes, ctx: ParseContext) -> Parsed:
+    doc = load_json(body)
+    if not isinstance(doc, dict) or "logs" not in doc:
+        raise ParseError("the body must be a JSON object with a 'logs' array", code="invalid_shape")
+    logs = doc["logs"]
+    if not isinstance(logs, list):
+        raise ParseError("'logs' must be an array", code="invalid_shape")
+    if not logs:
+        raise ParseError("'logs' is empty; send at least one log", code="empty_batch")
+    return Parsed(rows=[_row(i, item) for i, item in enumerate(logs)])
+
+
+def _row(i: int, item: Any) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ParseError(f"logs[{i}] must be an object", code="invalid_shape")
+    missing = [f for f in REQUIRED if item.get(f) in (None, "")]
+    if missing:
+        names = ", ".join(missing)
+        raise ParseError(f"logs[{i}] is missing required field(s): {names}", code="missing_field")
+    for f in ("project_id", "level", "service", "message"):
+        if not isinstance(item[f], str):
+            raise ParseError(f"logs[{i}].{f} must be a string", code="invalid_type")
+    ts = parse_timestamp(item["timestamp"])
+    if ts is None:
+        raise ParseError(
+            f"logs[{i}].timestamp {item['timestamp']!r} is not an RFC 3339, ISO 8601 or SQL timestamp",
+            code="invalid_timestamp",
+        )
+    metadata = item.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ParseError(f"logs[{i}].metadata must be an object", code="invalid_type")
+    attributes: dict[str, str] = {}
+    flatten(metadata or {}, "", attributes)
+    flatten({k: v for k, v in item.items() if k not in _KNOWN}, "", attributes)
+    attributes["project_id"] = item["project_id"]
+    level, number = normalize_level(item["level"])
+    return {
+        "timestamp": ts,
+        "level": level,
+        "severity_text": item["level"],
+        "severity_number": number,
+        "service": item["service"],
+        "message": item["message"],
+        "attributes": attributes,
+    }

@@ -1,0 +1,324 @@
+"""The worker's chain, wired here and only here:
+
+    consume -> decode (envelope) -> parse (dialect) -> enrich -> batch -> insert -> commit
+
+Offsets travel with the rows: a batch knows, per partition, the next offset to
+commit, and commits only after its rows are in ClickHouse. Redelivery is harmless
+twice over: an insert carries a deduplication token built from its offsets (a
+retried identical insert is dropped by the engine), and after a crash between
+insert and commit the per-table watermark (highest stored offset, maintained by a
+materialized view in the same insert) makes the worker skip what is already stored.
+
+A message that cannot be decoded or parsed is bad input, not an outage: it goes to
+the dead-letter topic with the reason and its source position, and its partition
+keeps flowing. Anything else (the store is down) is retried with backoff without
+committing, so nothing acknowledged is ever lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from clickhouse_connect.driver.client import Client
+
+from millrace import store
+from millrace.config import Settings
+from millrace.kafka.topics import ENVELOPE_OVERHEAD
+from schemas.envelope import Envelope, EnvelopeError, decode
+from schemas.record import PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
+from workers.enrich import user_agent
+from workers.formats import PARSERS, ParseContext, Parsed, ParseError
+
+log = structlog.get_logger()
+
+# Dialects whose API promises server-injected `$browser`, `$os`, `$device`, `$ip` fields.
+_INJECTS_CLIENT_FIELDS = frozenset({"goodlogs_logs", "goodlogs_events"})
+_MAP_COLUMN = {"logs": "attributes", "events": "properties"}
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    value: bytes
+    reason: str
+    code: str
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class TableBatch:
+    """Columnar rows bound for one table, and the offsets (per partition) they came from."""
+
+    table: str
+    columns: dict[str, list[Any]]
+    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, table: str) -> TableBatch:
+        return cls(table, {name: [] for name in TABLE_COLUMNS[table]})
+
+    def token(self, topic: str) -> str:
+        spans = ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(self.ranges.items()))
+        return f"{self.table}|{topic}|{spans}"
+
+
+@dataclass(slots=True)
+class Batch:
+    tables: dict[str, TableBatch] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    commit: dict[TopicPartition, int] = field(default_factory=dict)
+    rows: int = 0
+    started: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.commit)
+
+
+def decode_step(record: ConsumerRecord) -> Envelope:
+    return decode(record.value)
+
+
+def parse_step(envelope: Envelope) -> Parsed:
+    parser = PARSERS.get(envelope.dialect)
+    if parser is None:
+        raise ParseError(f"no parser for dialect {envelope.dialect!r}", code="unknown_dialect")
+    ctx = ParseContext(
+        received_at_ns=envelope.received_at_ns,
+        path=envelope.path,
+        content_type=envelope.content_type,
+        query=envelope.query,
+    )
+    return parser(envelope.body, ctx)
+
+
+def enrich_step(envelope: Envelope, parsed: Parsed, record: ConsumerRecord, out: TableBatch) -> None:
+    """Append the parsed rows to the columnar batch, adding the request facts and bookkeeping."""
+    rows = parsed.rows
+    n = len(rows)
+    agent = user_agent(envelope.user_agent)
+    facts = {
+        "project": envelope.project,
+        "observed_timestamp": envelope.received_at_ns,
+        "ua_browser": agent.browser,
+        "ua_os": agent.os,
+        "ua_device": agent.device,
+        "client_ip": envelope.client_ip,
+        "dialect": envelope.dialect,
+        "ingest_id": envelope.request_id,
+        "kafka_topic": record.topic,
+        "kafka_partition": record.partition,
+        "kafka_offset": record.offset,
+    }
+    if envelope.dialect in _INJECTS_CLIENT_FIELDS:
+        injected = {
+            "$browser": agent.browser,
+            "$os": agent.os,
+            "$device": agent.device,
+            "$ip": envelope.client_ip,
+        }
+        map_column = _MAP_COLUMN[parsed.table]
+        rows = [{**row, map_column: {**row.get(map_column, {}), **injected}} for row in rows]
+    defaults = TABLE_DEFAULTS[out.table]
+    for name, values in out.columns.items():
+        if name in PIPELINE_COLUMNS:
+            values.extend([facts[name]] * n)
+        else:
+            default = defaults[name]
+            values.extend([row.get(name, default) for row in rows])
+    out.rows += n
+    lo, hi = out.ranges.get(record.partition, (record.offset, record.offset))
+    out.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
+
+
+class Pipeline:
+    """Turns consumer records into batches and batches into stored rows and commits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        consumer: AIOKafkaConsumer,
+        dlq: AIOKafkaProducer,
+        insert: Callable[[Client, str, dict[str, list[Any]], str], None] = store.insert_columns,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.consumer = consumer
+        self.dlq = dlq
+        self._insert = insert
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insert")
+        self._lock = asyncio.Lock()
+        self.batch = Batch()
+        self.watermarks: dict[tuple[str, int], int] = {}
+        self.stopping = False
+        self.stats = {"rows": 0, "batches": 0, "dead_letters": 0, "skipped_stored": 0}
+
+    # -- stages -----------------------------------------------------------------
+
+    def submit(self, record: ConsumerRecord) -> None:
+        batch = self.batch
+        if not batch:
+            batch.started = time.monotonic()
+        batch.commit[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        try:
+            envelope = decode_step(record)
+            parsed = parse_step(envelope)
+        except (EnvelopeError, ParseError) as exc:
+            code = exc.code if isinstance(exc, ParseError) else "bad_envelope"
+            batch.dead.append(
+                DeadLetter(record.value, str(exc), code, record.topic, record.partition, record.offset)
+            )
+            return
+        if not parsed.rows:
+            return
+        if self.watermarks.get((parsed.table, record.partition), -1) >= record.offset:
+            self.stats["skipped_stored"] += 1  # stored before a crash, not yet committed
+            return
+        table = batch.tables.get(parsed.table)
+        if table is None:
+            table = batch.tables[parsed.table] = TableBatch.empty(parsed.table)
+        enrich_step(envelope, parsed, record, table)
+        batch.rows += len(parsed.rows)
+
+    def due(self) -> bool:
+        batch = self.batch
+        if not batch:
+            return False
+        age_ms = (time.monotonic() - batch.started) * 1000
+        return batch.rows >= self.settings.batch_rows or age_ms >= self.settings.batch_age_ms
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self.batch = self.batch, Batch()
+            if not batch:
+                return
+            for table in batch.tables.values():
+                await self._insert_with_retry(table)
+            for dead in batch.dead:
+                await self._dead_letter(dead)
+            await self.consumer.commit(batch.commit)
+            self.stats["rows"] += batch.rows
+            self.stats["batches"] += 1
+            log.info(
+                "batch_stored",
+                rows=batch.rows,
+                dead_letters=len(batch.dead),
+                partitions=len(batch.commit),
+                stage="sending",
+            )
+
+    async def _insert_with_retry(self, table: TableBatch) -> None:
+        token = table.token(self.settings.topic)
+        delay = 0.2
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(
+                    self._pool, self._insert, self.client, table.table, table.columns, token
+                )
+                return
+            except Exception as exc:
+                # The store is unavailable or refused the insert: keep the batch, do not
+                # commit, try again. Redelivery and dedup make a late success harmless.
+                log.warning(
+                    "insert_failed",
+                    table=table.table,
+                    rows=table.rows,
+                    error=str(exc)[:500],
+                    retry_in_s=delay,
+                    stage="sending",
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _dead_letter(self, dead: DeadLetter) -> None:
+        headers = [
+            ("reason", dead.reason[:1000].encode()),
+            ("code", dead.code.encode()),
+            ("source_topic", dead.topic.encode()),
+            ("source_partition", str(dead.partition).encode()),
+            ("source_offset", str(dead.offset).encode()),
+        ]
+        await self.dlq.send_and_wait(self.settings.dlq_topic, dead.value, headers=headers)
+        self.stats["dead_letters"] += 1
+        log.warning(
+            "dead_lettered",
+            code=dead.code,
+            reason=dead.reason[:200],
+            partition=dead.partition,
+            offset=dead.offset,
+            stage="processing",
+        )
+
+    # -- partition lifecycle ------------------------------------------------------
+
+    async def load_watermarks(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.watermarks = await loop.run_in_executor(
+            self._pool, store.watermarks, self.client, self.settings.topic
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Store and commit what we hold before another member takes these partitions.
+        await self.pipeline.flush()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.pipeline.load_watermarks()
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+def make_consumer(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
+        fetch_max_bytes=max(52_428_800, settings.max_decompressed_bytes * 2),
+        # A store outage holds a batch for a while; do not get evicted from the group for it.
+        max_poll_interval_ms=600_000,
+    )
+
+
+async def run(settings: Settings, client: Client, stop: asyncio.Event) -> Pipeline:
+    consumer = make_consumer(settings)
+    dlq = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
+    pipeline = Pipeline(settings, client, consumer, dlq)
+    await dlq.start()
+    consumer.subscribe([settings.topic], listener=_Rebalance(pipeline))
+    await consumer.start()
+    log.info("worker_started", topic=settings.topic, group=settings.consumer_group)
+    try:
+        while not stop.is_set():
+            records = await consumer.getmany(timeout_ms=100, max_records=1000)
+            for batch in records.values():
+                for record in batch:
+                    pipeline.submit(record)
+            if pipeline.due():
+                await pipeline.flush()
+        # Graceful stop: store and commit what was consumed before leaving the group.
+        await pipeline.flush()
+    finally:
+        await consumer.stop()
+        await dlq.stop()
+        pipeline.close()
+        log.info("worker_stopped", **pipeline.stats)
+    return pipeline

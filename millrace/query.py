@@ -145,3 +145,35 @@ def run_logs(client: Client, query: LogQuery) -> list[dict[str, Any]]:
             row[c] = format_ns(int(row[c]))
         rows.append(row)
     return rows
+
+
+def project_stats(client: Client, project: str, since_ns: int = 0) -> dict[str, Any]:
+    """Rows stored for a project (received since `since_ns`) and the pipeline lag
+    (receive -> inserted) quantiles in ms: what operators and the benchmark watch."""
+    params = {"project": project, "since": since_ns}
+    where = (
+        "project = {project:String} AND observed_timestamp >= fromUnixTimestamp64Nano({since:Int64}, 'UTC')"
+    )
+    ((logs, p50, p99, max_lag, distinct_ingest),) = client.query(
+        "SELECT count(), "
+        "quantile(0.5)(dateDiff('millisecond', observed_timestamp, inserted_at)), "
+        "quantile(0.99)(dateDiff('millisecond', observed_timestamp, inserted_at)), "
+        "max(dateDiff('millisecond', observed_timestamp, inserted_at)), "
+        f"uniqExact(ingest_id) FROM logs WHERE {where}",
+        parameters=params,
+    ).result_rows
+    ((events,),) = client.query(f"SELECT count() FROM events WHERE {where}", parameters=params).result_rows
+    return {
+        "logs": int(logs),
+        "events": int(events),
+        "requests": int(distinct_ingest),
+        "lag_ms": {"p50": _num(p50), "p99": _num(p99), "max": _num(max_lag)},
+    }
+
+
+def _num(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else round(number, 1)  # NaN when there are no rows

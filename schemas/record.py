@@ -66,6 +66,9 @@ EVENT_COLUMNS: Final[tuple[tuple[str, str, Any], ...]] = (
     ("kafka_offset", "UInt64", 0),
 )
 
+# Columns the engine fills itself (DEFAULT expressions); never sent by the pipeline.
+ENGINE_COLUMNS: Final[tuple[tuple[str, str, Any], ...]] = (("inserted_at", "DateTime64(3, 'UTC')", None),)
+
 LOG_COLUMN_NAMES: Final = tuple(c[0] for c in LOG_COLUMNS)
 EVENT_COLUMN_NAMES: Final = tuple(c[0] for c in EVENT_COLUMNS)
 LOG_DEFAULTS: Final = {name: default for name, _, default in LOG_COLUMNS}

@@ -6,9 +6,12 @@ seed document is a change to the tests.
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
@@ -80,3 +83,42 @@ def _parse(argv: list[str]) -> CurlExample:
         headers["Content-Type"] = "application/x-www-form-urlencoded"
     parts = urlsplit(url)
     return CurlExample(method, parts.path + (f"?{parts.query}" if parts.query else ""), headers, body)
+
+
+def http_examples(prefix: str) -> list[CurlExample]:
+    """Raw HTTP request blocks (`POST https://...`, header lines, blank line, JSON body)."""
+    lines = seed_text(prefix).splitlines()
+    examples = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(POST|GET|PUT) (https?://\S+)$", line.strip())
+        if not match:
+            continue
+        headers: dict[str, str] = {}
+        j = i + 1
+        while j < len(lines) and re.match(r"^[A-Za-z0-9-]+: ", lines[j]):
+            name, _, value = lines[j].partition(":")
+            headers[name.strip()] = value.strip()
+            j += 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        body = b""
+        if j < len(lines) and lines[j].lstrip()[:1] in ("{", "["):
+            doc, _ = json.JSONDecoder().raw_decode("\n".join(lines[j:]))
+            body = json.dumps(doc, indent=2).encode()
+        parts = urlsplit(match.group(2))
+        examples.append(CurlExample(match.group(1), parts.path, headers, body))
+    return examples
+
+
+def json_documents(prefix: str) -> list[Any]:
+    """Every JSON document that starts a line of a seed file (request models, payload samples)."""
+    text = seed_text(prefix)
+    decoder = json.JSONDecoder()
+    docs = []
+    for match in re.finditer(r"^[\[{]", text, flags=re.M):
+        try:
+            doc, _ = decoder.raw_decode(text[match.start() :])
+        except json.JSONDecodeError:
+            continue
+        docs.append(doc)
+    return docs

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from millrace import store
-from schemas.record import EVENT_COLUMNS, LOG_COLUMNS
+from schemas.record import ENGINE_COLUMNS, EVENT_COLUMNS, LOG_COLUMNS
 
-_COLUMN = re.compile(r"^\s{4}([a-z_]+)\s+(.+?)(?:\s+CODEC\(.*\))?,?$")
+_COLUMN = re.compile(r"^\s{4}([a-z_]+)\s+(.+?)(?:\s+DEFAULT .+?)?(?:\s+CODEC\(.*\))?,?$")
 
 
 def ddl_columns(table: str) -> list[tuple[str, str]]:
@@ -26,7 +26,7 @@ def ddl_columns(table: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("table", "spec"), [("logs", LOG_COLUMNS), ("events", EVENT_COLUMNS)])
 def test_record_columns_match_the_ddl(table: str, spec: tuple[tuple[str, str, object], ...]) -> None:
-    assert [(name, type_) for name, type_, _ in spec] == ddl_columns(table)
+    assert [(name, type_) for name, type_, _ in (*spec, *ENGINE_COLUMNS)] == ddl_columns(table)
 
 
 def test_migrations_are_numbered_without_gaps() -> None:

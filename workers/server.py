@@ -19,7 +19,7 @@ from aiohttp import web
 
 from millrace import store
 from millrace.config import Settings
-from millrace.query import LogQuery, QueryError, run_logs
+from millrace.query import LogQuery, QueryError, project_stats, run_logs
 from workers import pipeline
 
 log = structlog.get_logger()
@@ -55,7 +55,19 @@ def read_app(settings: Settings) -> web.Application:
         pool.shutdown(wait=False)
         client.close()
 
+    async def stats(request: web.Request) -> web.Response:
+        project = request.query.get("project", "")
+        try:
+            since = int(request.query.get("since_ns", "0"))
+        except ValueError:
+            return web.json_response(
+                {"error": {"code": "VALIDATION_ERROR", "message": "since_ns"}}, status=400
+            )
+        result = await asyncio.get_running_loop().run_in_executor(pool, project_stats, client, project, since)
+        return web.Response(body=orjson.dumps(result), content_type="application/json")
+
     app.router.add_post("/internal/v1/logs", logs)
+    app.router.add_get("/internal/v1/stats", stats)
     app.on_cleanup.append(close)
     return app
 

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS logs
     kafka_topic         LowCardinality(String) CODEC(ZSTD(1)),
     kafka_partition     UInt32 CODEC(ZSTD(1)),
     kafka_offset        UInt64 CODEC(Delta(8), ZSTD(1)),
+    -- Filled by the engine at insert: observed_timestamp -> inserted_at is the pipeline's lag.
+    inserted_at         DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta(8), ZSTD(1)),
     INDEX idx_message message TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 1,
     INDEX idx_attr_keys mapKeys(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_attr_values mapValues(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,

@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS events
     kafka_topic         LowCardinality(String) CODEC(ZSTD(1)),
     kafka_partition     UInt32 CODEC(ZSTD(1)),
     kafka_offset        UInt64 CODEC(Delta(8), ZSTD(1)),
+    inserted_at         DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta(8), ZSTD(1)),
     INDEX idx_distinct_id distinct_id TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_prop_keys mapKeys(properties) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_prop_values mapValues(properties) TYPE bloom_filter(0.01) GRANULARITY 1

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workers.formats import astralog
+from workers.formats import astralog, dynatrace, goodlogs, tg2g, timberlogs
 from workers.formats.base import ParseContext, Parsed, ParseError, Rejection
 
 Parser = Callable[[bytes, ParseContext], Parsed]
 
 PARSERS: dict[str, Parser] = {
     "astralog": astralog.parse,
+    "tg2g": tg2g.parse,
+    "dynatrace": dynatrace.parse,
+    "goodlogs_logs": goodlogs.parse_logs,
+    "goodlogs_events": goodlogs.parse_events,
+    "timberlogs": timberlogs.parse,
 }
 
 __all__ = ["PARSERS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]

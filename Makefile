@@ -15,6 +15,26 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv with Millrace and its test tools
 
+# The bench extra (matplotlib, locust) only when a bench target needs it.
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS ?=
+LOCUST_HOST ?= http://localhost:$(or $(MILLRACE_PORT),8080)
+DEV_KEY := $(or $(MILLRACE_HOME),.millrace)/dev-key
+
+.PHONY: bench locust
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	@$(BIN)/uv pip install --python $(BIN)/python -q -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## start a pipeline of its own, load it for 60 s, compare with Kafka/ClickHouse baselines (BENCH_ARGS="--duration 120")
+	@$(BIN)/python -m bench $(BENCH_ARGS)
+
+locust: $(BENCH_STAMP) ## locust, headless, against a running Millrace (`make up` first; key from .millrace/dev-key)
+	@test -n "$$MILLRACE_KEY" -o -s $(DEV_KEY) || { echo "no key: run 'make up' first or set MILLRACE_KEY"; exit 1; }
+	@MILLRACE_KEY="$${MILLRACE_KEY:-$$(cat $(DEV_KEY))}" $(BIN)/locust -f bench/locustfile.py \
+		--headless -u 50 -r 10 -t 60s --host $(LOCUST_HOST)
+
 run: $(STAMP) ## start Kafka, worker (embedded ClickHouse) and gateway in the foreground; Ctrl-C stops all
 	@$(BIN)/millrace run
 

@@ -1,0 +1,275 @@
+"""What the same machine does without Millrace in the way, with the same payloads.
+
+(a) Kafka produce: Kafka's own `org.apache.kafka.tools.ProducerPerformance` (the
+    kafka-tools jar, fetched with the broker by deploy/kafka/pom.xml) sends the same
+    request bodies as records to a topic of its own on the bench's broker, with the
+    gateway's producer settings (acks=all, idempotence, linger, lz4). It runs until its
+    5-second windows cover `seconds`, after a first window that is left out as JVM warm-up.
+(b) ClickHouse insert: a separate process opens a fresh chDB path, applies the project's
+    migrations, turns the same bodies into rows with the project's own parser and
+    column layout (PARSERS + TableBatch + enrich_step, exactly as the worker does), then
+    inserts batches of the worker's batch size through `store.insert_columns` for
+    `seconds`. It also times the parse + enrich step, the Python cost per log that the
+    worker (and, for parsing, the gateway) pays.
+
+`python -m bench.baselines clickhouse ...` is (b)'s process; bench.run starts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.payloads import DIALECTS, Dialect
+
+PERF_CLASS = "org.apache.kafka.tools.ProducerPerformance"
+_WINDOW = re.compile(
+    r"^(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency"
+)
+
+
+# -- (a) Kafka ---------------------------------------------------------------------------------
+
+
+async def _create_topic(bootstrap: str, topic: str, partitions: int, max_bytes: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="millrace-bench")
+    await admin.start()
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(
+                [NewTopic(topic, partitions, 1, topic_configs={"max.message.bytes": str(max_bytes)})]
+            )
+        for _ in range(100):  # a producer needs a leader for every partition
+            (desc,) = await admin.describe_topics([topic])
+            if (
+                desc["error_code"] == 0
+                and desc["partitions"]
+                and all(p["leader"] >= 0 for p in desc["partitions"])
+            ):
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"topic {topic} has no leaders")
+    finally:
+        await admin.close()
+
+
+def kafka_produce(
+    *,
+    lib_dir: Path,
+    bootstrap: str,
+    bodies_file: Path,
+    logs_per_body: int,
+    seconds: float,
+    partitions: int,
+    linger_ms: int,
+    compression: str,
+    max_bytes: int,
+    log_file: Path,
+) -> dict[str, Any]:
+    if not any(lib_dir.glob("kafka-tools-*.jar")):
+        return {"error": f"kafka-tools jar missing from {lib_dir} (deploy/kafka/pom.xml fetches it)"}
+    java = shutil.which("java") or "java"
+    topic = "bench.produce-baseline"
+    asyncio.run(_create_topic(bootstrap, topic, partitions, max_bytes))
+    cmd = [
+        java,
+        "-Xmx512m",
+        "-cp",
+        f"{lib_dir}/*",
+        PERF_CLASS,
+        "--topic",
+        topic,
+        "--num-records",
+        "1000000000",  # ended by us once the windows cover `seconds`
+        "--payload-file",
+        str(bodies_file),
+        "--throughput",
+        "-1",
+        "--producer-props",
+        f"bootstrap.servers={bootstrap}",
+        "acks=all",
+        "enable.idempotence=true",
+        f"linger.ms={linger_ms}",
+        f"compression.type={compression}",
+        f"max.request.size={max_bytes}",
+    ]
+    windows: list[tuple[int, float, float, float]] = []  # (records, seconds, MB/s, avg latency ms)
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        deadline = time.monotonic() + seconds + 60
+        # The loop below waits on the tool's output; a tool that prints nothing must not hang the bench.
+        watchdog = threading.Timer(seconds + 90, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                m = _WINDOW.match(line)
+                if m:
+                    records, rate = int(m.group(1)), float(m.group(2))
+                    windows.append(
+                        (records, records / rate if rate else 0.0, float(m.group(3)), float(m.group(4)))
+                    )
+                if sum(w[1] for w in windows[1:]) >= seconds or time.monotonic() > deadline:
+                    break
+        finally:
+            watchdog.cancel()
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    steady = windows[1:]
+    if not steady:
+        return {"error": f"ProducerPerformance printed no usable window; see {log_file}"}
+    records = sum(w[0] for w in steady)
+    elapsed = sum(w[1] for w in steady)
+    rate = records / elapsed
+    return {
+        "tool": PERF_CLASS,
+        "topic": topic,
+        "records": records,
+        "seconds": round(elapsed, 1),
+        "records_per_s": round(rate, 1),
+        "logs_per_s": round(rate * logs_per_body),
+        "mb_per_s": round(sum(w[2] * w[1] for w in steady) / elapsed, 1),
+        "avg_latency_ms": round(sum(w[3] * w[0] for w in steady) / records, 1),
+        "warmup_window_records": windows[0][0],
+        "settings": f"acks=all idempotence linger.ms={linger_ms} compression={compression}",
+        "command": " ".join(cmd),
+    }
+
+
+# -- (b) ClickHouse ----------------------------------------------------------------------------
+
+
+def _rows(bodies: list[bytes], dialect: Dialect, batch_rows: int) -> tuple[Any, float, int]:
+    """One worker-shaped columnar batch of `batch_rows` rows, and the parse+enrich CPU seconds it took."""
+    from aiokafka.structs import ConsumerRecord
+
+    from schemas.envelope import Envelope
+    from workers.formats import PARSERS, ParseContext
+    from workers.pipeline import TableBatch, enrich_step
+
+    parse = PARSERS[dialect.parser]
+    batch: Any = None
+    logs = 0
+    started = time.process_time()
+    offset = 0
+    while batch is None or batch.rows < batch_rows:
+        body = bodies[offset % len(bodies)]
+        now = time.time_ns()
+        envelope = Envelope(
+            request_id=f"{offset:024x}",
+            project="bench-baseline",
+            key_id="bench",
+            dialect=dialect.parser,
+            path=dialect.path,
+            content_type=dialect.content_type,
+            user_agent="millrace-bench/1 (python aiohttp)",
+            client_ip="127.0.0.1",
+            received_at_ns=now,
+            body=body,
+        )
+        parsed = parse(
+            body, ParseContext(received_at_ns=now, path=dialect.path, content_type=dialect.content_type)
+        )
+        record = ConsumerRecord("millrace.raw", offset % 4, offset, 0, 0, None, body, None, 0, len(body), [])
+        if batch is None:
+            batch = TableBatch.empty(parsed.table)
+        enrich_step(envelope, parsed, record, batch)
+        logs += len(parsed.rows)
+        offset += 1
+    return batch, time.process_time() - started, logs
+
+
+def clickhouse_insert(bodies_file: Path, dialect: Dialect, batch_rows: int, seconds: float) -> dict[str, Any]:
+    from millrace import store
+    from millrace.config import Settings
+
+    bodies = [b for b in bodies_file.read_bytes().split(b"\n") if b]
+    batch, parse_s, parsed_logs = _rows(bodies, dialect, batch_rows)
+    with tempfile.TemporaryDirectory(prefix="millrace-bench-ch-") as tmp:
+        settings = Settings.from_env({"MILLRACE_HOME": tmp})
+        client = store.connect(settings)
+        store.migrate(client)
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        inserts = 0
+        while inserts == 0 or time.perf_counter() - started < seconds:
+            # A fresh token each time: the engine must store every batch, not dedupe the repeats.
+            store.insert_columns(client, batch.table, batch.columns, f"bench-baseline-{inserts}")
+            inserts += 1
+        elapsed = time.perf_counter() - started
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        (count,) = client.query(f"SELECT count() FROM {batch.table}").result_rows[0]
+        stats_cost = _stats_cost(client)
+        client.close()
+    rows = inserts * batch.rows
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return {
+        "engine": "chDB (embedded ClickHouse), clickhouse-connect, store.insert_columns",
+        "batch_rows": batch.rows,
+        "inserts": inserts,
+        "rows": rows,
+        "rows_stored": int(count),
+        "seconds": round(elapsed, 1),
+        "rows_per_s": round(rows / elapsed),
+        "cpu_s": round(cpu, 2),
+        "cpu_us_per_row": round(cpu / rows * 1e6, 2),
+        "parse_enrich_logs_per_s_one_core": round(parsed_logs / parse_s) if parse_s else None,
+        "parse_enrich_us_per_log": round(parse_s / parsed_logs * 1e6, 2),
+        "stats_query": stats_cost,
+    }
+
+
+def _stats_cost(client: Any, repeats: int = 5) -> dict[str, Any]:
+    """What one /internal/v1/stats answer costs the worker's engine at this table size.
+
+    The bench polls it about once a second during the run, so this is the sampler's
+    overhead on the worker, measured here where nothing else runs.
+    """
+    from millrace.query import project_stats
+
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        rows = project_stats(client, "bench-baseline", 0)["logs"]
+    elapsed = time.perf_counter() - started
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return {"rows": rows, "ms": round(elapsed / repeats * 1000, 1), "cpu_ms": round(cpu / repeats * 1000, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.baselines")
+    sub = p.add_subparsers(dest="what", required=True)
+    ch = sub.add_parser("clickhouse", help="raw chDB insert throughput of the bench's rows")
+    ch.add_argument("--bodies", type=Path, required=True)
+    ch.add_argument("--dialect", default="astralog", choices=sorted(DIALECTS))
+    ch.add_argument("--batch-rows", type=int, default=50_000)
+    ch.add_argument("--seconds", type=float, default=15)
+    args = p.parse_args(argv)
+    result = clickhouse_insert(args.bodies, DIALECTS[args.dialect], args.batch_rows, args.seconds)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The load generator: one OS process (spawned by bench.run), asyncio + aiohttp on uvloop.
+
+It reads the pre-generated bodies (and gzips them if asked) before it reports ready, so
+no generation or compression cost is inside the measured loop. Then `connections`
+coroutines each keep one request in flight until the deadline; requests already sent
+when it passes are awaited and counted. Live counters go to shared memory (the parent
+draws acked/s from them every second); the final tally, with a latency histogram,
+goes back through a pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
+from typing import Any
+
+# Shared counters, one slot per process: [ok requests, acked logs, failed requests, bytes sent].
+SLOTS = 4
+OK, ACKED, FAILED, SENT = range(SLOTS)
+
+# Latency histogram: log-spaced buckets, 2% wide, so p99 is exact to within 2% at any scale.
+_BUCKETS_PER_E = 50
+
+
+def bucket(seconds: float) -> int:
+    return int(math.log(max(seconds, 1e-6) * 1e6) * _BUCKETS_PER_E)
+
+
+def bucket_ms(index: int) -> float:
+    return math.exp((index + 0.5) / _BUCKETS_PER_E) / 1000
+
+
+def quantile(hist: dict[int, int], q: float) -> float | None:
+    """The q-quantile (ms) of a histogram of bucket -> count; None when it is empty."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for index in sorted(hist):
+        seen += hist[index]
+        if seen >= rank:
+            return round(bucket_ms(index), 2)
+    return round(bucket_ms(max(hist)), 2)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    url: str  # full URL of the ingest endpoint
+    headers: dict[str, str]
+    bodies_file: str  # one body per line
+    logs_per_body: int
+    connections: int
+    duration_s: float
+    gzip: bool = False
+    index: int = 0  # this process's number: its counter slot and its first body
+    timeout_s: float = 30.0
+
+
+@dataclass(slots=True)
+class Tally:
+    ok: int = 0
+    acked_logs: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    latency: Counter[int] = field(default_factory=Counter)
+
+
+def _load_bodies(cfg: LoadConfig) -> list[bytes]:
+    lines = [line for line in Path(cfg.bodies_file).read_bytes().split(b"\n") if line]
+    if cfg.gzip:
+        lines = [gzip.compress(b, compresslevel=6) for b in lines]
+    # Start each process at a different body so several processes do not send in lockstep.
+    shift = cfg.index * 7 % len(lines)
+    return lines[shift:] + lines[:shift]
+
+
+async def _drive(cfg: LoadConfig, bodies: list[bytes], counters: Any, base: int, tally: Tally) -> float:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
+    connector = aiohttp.TCPConnector(limit=cfg.connections, limit_per_host=cfg.connections)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+        started = loop.time()
+        deadline = started + cfg.duration_s
+
+        async def connection(slot: int) -> None:
+            i = slot
+            while loop.time() < deadline:
+                body = bodies[i % len(bodies)]
+                i += cfg.connections
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(cfg.url, data=body, headers=cfg.headers) as resp:
+                        await resp.read()
+                        status = resp.status
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    tally.statuses[type(exc).__name__] += 1
+                    counters[base + FAILED] += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                elapsed = time.perf_counter() - t0
+                counters[base + SENT] += len(body)
+                if 200 <= status < 300:
+                    tally.ok += 1
+                    tally.acked_logs += cfg.logs_per_body
+                    tally.latency[bucket(elapsed)] += 1
+                    counters[base + OK] += 1
+                    counters[base + ACKED] += cfg.logs_per_body
+                else:
+                    tally.statuses[str(status)] += 1
+                    counters[base + FAILED] += 1
+                    # 429/503 ask for a pause; a load generator that ignores it only measures its own retries.
+                    retry = resp.headers.get("Retry-After", "")
+                    await asyncio.sleep(min(float(retry), 1.0) if retry.isdigit() else 0.05)
+
+        await asyncio.gather(*(connection(s) for s in range(cfg.connections)))
+        return loop.time() - started
+
+
+def main(cfg: LoadConfig, counters: Any, ready: EventType, go: EventType, out: Connection) -> None:
+    """Process entry point: prepare, signal ready, wait for go, drive, send the tally back."""
+    import uvloop
+
+    bodies = _load_bodies(cfg)
+    ready.set()
+    go.wait()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    tally = Tally()
+    elapsed = uvloop.run(_drive(cfg, bodies, counters, cfg.index * SLOTS, tally))
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    out.send(
+        {
+            "index": cfg.index,
+            "elapsed_s": elapsed,
+            "ok_requests": tally.ok,
+            "acked_logs": tally.acked_logs,
+            "failed": dict(tally.statuses),
+            "latency_hist": dict(tally.latency),
+            "cpu_s": cpu,
+            "peak_rss_mb": usage1.ru_maxrss / 1024,
+        }
+    )
+    out.close()

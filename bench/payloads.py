@@ -1,0 +1,316 @@
+"""Request bodies for every dialect, built from one stream of realistic log events.
+
+Each generated log is what a busy web service emits: an HTTP access line, a slow query,
+a cache miss, a payment failure with an error name, a few metadata keys (one nested, so
+flattening is exercised), a request id and an ISO timestamp within a second or two of
+now. An AstraLog log is 250-400 bytes of JSON, which is what the issue asks for.
+
+Bodies are deterministic for a seed, single-line JSON (Kafka's ProducerPerformance reads
+its payload file one line per record), and are checked with the project's own parser
+before any load is sent, so "acknowledged" always means "every log of it accepted".
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+SERVICES = (
+    "api-gateway",
+    "checkout-service",
+    "auth-service",
+    "payments",
+    "inventory",
+    "search-api",
+    "notification-worker",
+    "billing",
+)
+REGIONS = ("eu-west-1", "us-east-1", "us-west-2", "ap-southeast-2")
+HOSTS = tuple(f"ip-10-0-{a}-{b}" for a in (1, 2, 3) for b in (11, 42, 97))
+ROUTES = ("/api/v1/orders", "/api/v1/cart", "/api/v2/users/me", "/api/v1/search", "/healthz", "/api/v1/pay")
+TABLES = ("orders", "order_items", "users", "sessions", "inventory_levels")
+ERRORS = ("TimeoutError", "ConnectionResetError", "CardDeclined", "ValidationError", "DeadlockDetected")
+# Weighted like production traffic: mostly info, a tail of warnings and errors.
+LEVELS = ("debug",) * 8 + ("info",) * 70 + ("warn",) * 14 + ("error",) * 7 + ("fatal",)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One dialect-neutral log event; each dialect renders it in its own shape."""
+
+    ts_ms: int
+    level: str
+    service: str
+    message: str
+    host: str
+    region: str
+    request_id: str
+    user_id: int
+    duration_ms: float
+    http: dict[str, Any]
+    error: str | None
+
+
+def _message(rng: random.Random, level: str, route: str, status: int, ms: float) -> tuple[str, str | None]:
+    if level == "error" or level == "fatal":
+        err = rng.choice(ERRORS)
+        what = rng.choice(
+            (
+                f"Payment failed for order ord_{rng.randrange(10**7)}: {err} after {ms:.0f} ms",
+                f"Unhandled {err} in {route} handler; request aborted",
+                f"Upstream inventory call failed: {err} (attempt {rng.randint(1, 3)} of 3)",
+            )
+        )
+        return what, err
+    if level == "warn":
+        return rng.choice(
+            (
+                f"Slow query on {rng.choice(TABLES)} took {ms:.0f} ms (threshold 250 ms)",
+                f"Retrying publish to queue events-{rng.randrange(8)}: broker busy",
+                f"Rate limit at 80% for tenant t_{rng.randrange(5000)}",
+            )
+        ), None
+    if level == "debug":
+        return f"Cache miss for key session:{rng.getrandbits(64):016x}; loading from store", None
+    return rng.choice(
+        (
+            f"{rng.choice(('GET', 'POST', 'PUT'))} {route} {status} in {ms:.1f} ms",
+            f"User {rng.randrange(10**6)} logged in via {rng.choice(('password', 'google', 'sso'))}",
+            f"Order ord_{rng.randrange(10**7)} confirmed: {rng.randint(1, 9)} item(s), total {ms:.2f} EUR",
+        )
+    ), None
+
+
+def events(rng: random.Random, n: int, now_ms: int | None = None) -> list[Event]:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    out = []
+    for _ in range(n):
+        level = rng.choice(LEVELS)
+        route = rng.choice(ROUTES)
+        status = 500 if level in ("error", "fatal") else rng.choice((200, 200, 200, 201, 204, 304, 404))
+        ms = round(rng.lognormvariate(3.2, 0.9), 1)
+        message, error = _message(rng, level, route, status, ms)
+        out.append(
+            Event(
+                ts_ms=now_ms - rng.randrange(2000),
+                level=level,
+                service=rng.choice(SERVICES),
+                message=message,
+                host=rng.choice(HOSTS),
+                region=rng.choice(REGIONS),
+                request_id=f"{rng.getrandbits(64):016x}",
+                user_id=rng.randrange(1, 10**6),
+                duration_ms=ms,
+                http={"method": rng.choice(("GET", "POST")), "status": status, "route": route},
+                error=error,
+            )
+        )
+    return out
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def _ip(e: Event) -> str:
+    return f"10.{e.user_id % 250}.{e.user_id // 250 % 250}.{e.user_id % 97}"
+
+
+# -- one renderer per dialect ------------------------------------------------------------------
+
+
+def _astralog(evs: list[Event]) -> bytes:
+    logs = []
+    for e in evs:
+        meta: dict[str, Any] = {
+            "user_id": e.user_id,
+            "request_id": e.request_id,
+            "ip": _ip(e),
+            "region": e.region,
+            "http": e.http,
+            "duration_ms": e.duration_ms,
+        }
+        if e.error:
+            meta["error"] = e.error
+        logs.append(
+            {
+                "project_id": "org-bench",
+                "timestamp": _iso(e.ts_ms),
+                "level": e.level,
+                "service": e.service,
+                "message": e.message,
+                "metadata": meta,
+            }
+        )
+    return orjson.dumps({"logs": logs})
+
+
+def _tg2g(evs: list[Event]) -> bytes:
+    # One request describes one entity (TG2G's shape), so the batch takes the first event's service.
+    service = evs[0].service if evs else "bench"
+    logs = [
+        {
+            "timestamp": _iso(e.ts_ms),
+            "level": e.level,
+            "message": e.message,
+            "requestId": e.request_id,
+            "userId": str(e.user_id),
+            "region": e.region,
+            "host": e.host,
+            "http": e.http,
+            "durationMs": e.duration_ms,
+        }
+        for e in evs
+    ]
+    entity = {"name": service, "kind": "service", "tags": ["prod", "bench"]}
+    return orjson.dumps({"source": service, "entity": entity, "logs": logs})
+
+
+def _goodlogs(evs: list[Event]) -> bytes:
+    batch = [
+        {
+            "severity": e.level,
+            "message": e.message,
+            "timestamp": _iso(e.ts_ms),
+            "properties": {
+                "service": e.service,
+                "env": "prod",
+                "requestId": e.request_id,
+                "userId": e.user_id,
+                "region": e.region,
+                "http": e.http,
+                "duration_ms": e.duration_ms,
+            },
+        }
+        for e in evs
+    ]
+    return orjson.dumps({"batch": batch})
+
+
+def _timberlogs(evs: list[Event]) -> bytes:
+    logs = []
+    for e in evs:
+        item: dict[str, Any] = {
+            "level": "error" if e.level == "fatal" else e.level,  # its schema has no fatal
+            "message": e.message,
+            "source": e.service,
+            "environment": "production",
+            "timestamp": e.ts_ms,
+            "requestId": e.request_id,
+            "userId": str(e.user_id),
+            "tags": ["bench", e.region],
+            "data": {"host": e.host, "http": e.http, "duration_ms": e.duration_ms},
+        }
+        if e.error:
+            item["errorName"] = e.error
+        logs.append(item)
+    return orjson.dumps({"logs": logs})
+
+
+def _dynatrace(evs: list[Event]) -> bytes:
+    return orjson.dumps(
+        [
+            {
+                "content": e.message,
+                "timestamp": _iso(e.ts_ms),
+                "severity": e.level,
+                "log.source": f"/var/log/{e.service}.log",
+                "service.name": e.service,
+                "host.name": e.host,
+                "trace_id": f"{e.request_id}{e.request_id}",
+                "user.id": str(e.user_id),
+                "http.status_code": e.http["status"],
+                "duration_ms": e.duration_ms,
+            }
+            for e in evs
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str  # the --dialect value
+    parser: str  # key of workers.formats.PARSERS, i.e. the dialect the gateway routes it to
+    path: str
+    content_type: str
+    auth: Callable[[str], dict[str, str]]
+    render: Callable[[list[Event]], bytes]
+    max_batch: int | None = None  # the dialect's own documented cap on logs per request
+
+
+DIALECTS: dict[str, Dialect] = {
+    d.name: d
+    for d in (
+        Dialect(
+            "astralog", "astralog", "/v1/drain", "application/json", lambda k: {"Authorization": k}, _astralog
+        ),
+        Dialect("tg2g", "tg2g", "/v1/logs", "application/json", lambda k: {"X-TG2G-Api-Key": k}, _tg2g),
+        Dialect(
+            "goodlogs",
+            "goodlogs_logs",
+            "/v1/logs",
+            "application/json",
+            lambda k: {"Authorization": f"Bearer {k}"},
+            _goodlogs,
+            max_batch=500,
+        ),
+        Dialect(
+            "timberlogs",
+            "timberlogs",
+            "/v1/logs",
+            "application/json",
+            lambda k: {"Authorization": f"Bearer {k}"},
+            _timberlogs,
+            max_batch=100,
+        ),
+        Dialect(
+            "dynatrace",
+            "dynatrace",
+            "/api/v2/logs/ingest",
+            "application/json; charset=utf-8",
+            lambda k: {"Authorization": f"Api-Token {k}"},
+            _dynatrace,
+        ),
+    )
+}
+
+
+def batch_size(dialect: Dialect, requested: int) -> int:
+    """The requested logs per request, capped at the dialect's documented maximum."""
+    return min(requested, dialect.max_batch) if dialect.max_batch else requested
+
+
+def headers(dialect: Dialect, key: str, gzip: bool = False) -> dict[str, str]:
+    out = {"Content-Type": dialect.content_type, "User-Agent": "millrace-bench/1 (python aiohttp)"}
+    out.update(dialect.auth(key))
+    if gzip:
+        out["Content-Encoding"] = "gzip"
+    return out
+
+
+def bodies(dialect: Dialect, logs_per_body: int, count: int, seed: int = 1) -> list[bytes]:
+    """`count` distinct bodies of `logs_per_body` logs each (single-line JSON)."""
+    rng = random.Random(seed)
+    now_ms = int(time.time() * 1000)
+    out = [dialect.render(events(rng, logs_per_body, now_ms)) for _ in range(count)]
+    assert all(b"\n" not in b for b in out), "bodies must be single-line for the payload file"
+    return out
+
+
+def check(dialect: Dialect, body: bytes, logs_per_body: int) -> None:
+    """The project's own parser accepts every log of `body`; raise ValueError if not."""
+    from workers.formats import PARSERS, ParseContext
+
+    ctx = ParseContext(received_at_ns=time.time_ns(), path=dialect.path, content_type=dialect.content_type)
+    parsed = PARSERS[dialect.parser](body, ctx)
+    if parsed.rejected or len(parsed.rows) != logs_per_body:
+        raise ValueError(
+            f"{dialect.name} payload: {len(parsed.rows)} rows, {len(parsed.rejected)} rejected "
+            f"(expected {logs_per_body} rows): {parsed.rejected[:3]}"
+        )

@@ -35,6 +35,20 @@ locust: $(BENCH_STAMP) ## locust, headless, against a running Millrace (`make up
 	@MILLRACE_KEY="$${MILLRACE_KEY:-$$(cat $(DEV_KEY))}" $(BIN)/locust -f bench/locustfile.py \
 		--headless -u 50 -r 10 -t 60s --host $(LOCUST_HOST)
 
+# The fuzz extra (atheris) only for `make fuzz`. FUZZ_RUNS inputs for atheris, then the long hypothesis profile.
+FUZZ_STAMP := $(VENV)/.installed-fuzz
+FUZZ_RUNS ?= 500000
+
+.PHONY: fuzz
+
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
+	@$(BIN)/uv pip install --python $(BIN)/python -q -e '.[fuzz]'
+	@touch $(FUZZ_STAMP)
+
+fuzz: $(FUZZ_STAMP) ## coverage-guided fuzzing of every parser (atheris, FUZZ_RUNS=500000), then the long property tests
+	@$(BIN)/python tests/fuzz/fuzz_parsers.py -atheris_runs=$(FUZZ_RUNS)
+	@HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
+
 run: $(STAMP) ## start Kafka, worker (embedded ClickHouse) and gateway in the foreground; Ctrl-C stops all
 	@$(BIN)/millrace run
 

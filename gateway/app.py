@@ -19,6 +19,7 @@ from gateway.dialects.goodlogs import GOODLOGS_EVENTS
 from gateway.dialects.timberlogs import TIMBERLOGS
 from gateway.ingest import REQUEST_ID, Handler, Ingestor, new_request_id
 from gateway.read import ReadApi, ReadBackend, StoreReader, WorkerReader
+from millrace import metrics
 from millrace.config import Settings
 from millrace.kafka.topics import ENVELOPE_OVERHEAD
 from millrace.keys import KeyStore
@@ -43,7 +44,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = exc
     except Exception:
         # A bug must cost one request, never the process; the id ties the answer to the log line.
-        log.exception("unhandled_error", stage="receiving", path=request.path, request_id=request_id)
+        log.exception(
+            "unhandled_error",
+            code="internal_error",
+            stage="receiving",
+            path=request.path,
+            request_id=request_id,
+        )
         response = web.json_response(
             {"error": {"code": "INTERNAL_ERROR", "message": f"internal error (request {request_id})"}},
             status=500,
@@ -119,7 +126,7 @@ def create_app(settings: Settings) -> web.Application:
 
     def ingest(dialect: Dialect) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await request.app[INGESTOR].ingest(request, dialect)
+            return metrics.counted(dialect.name, await request.app[INGESTOR].ingest(request, dialect))
 
         return handle
 
@@ -129,11 +136,20 @@ def create_app(settings: Settings) -> web.Application:
             body = await ingestor.read(request)
         except BodyError as exc:
             dialect = shared_logs_route.by_headers(request) or TIMBERLOGS
-            return dialect.error(Problem(exc.status, exc.code, exc.message))
-        return await ingestor.ingest(request, shared_logs_route.choose(request, body), body)
+            return metrics.counted(dialect.name, dialect.error(Problem(exc.status, exc.code, exc.message)))
+        chosen = shared_logs_route.choose(request, body)
+        return metrics.counted(chosen.name, await ingestor.ingest(request, chosen, body))
 
     async def read_logs(request: web.Request) -> web.Response:
         return await request.app[READ_API].logs(request)
+
+    def read(name: str) -> Handler:
+        # Looked up per request: READ_API exists only once the cleanup context has started.
+        async def handle(request: web.Request) -> web.StreamResponse:
+            method: Handler = getattr(request.app[READ_API], name)
+            return await method(request)
+
+        return handle
 
     app.router.add_post("/v1/drain", ingest(ASTRALOG))
     app.router.add_post("/v1/logs", shared_logs)
@@ -141,5 +157,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/api/v2/logs/ingest", ingest(DYNATRACE))
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics.handle)
     app.router.add_get("/api/v1/logs", read_logs)
+    app.router.add_post("/v1/gql/query", read("gql_query"))
+    app.router.add_post("/v1/gql", read("gql_batch"))
+    app.router.add_get("/v1/gql/autocomplete", read("autocomplete"))
+    app.router.add_get("/v1/schema", read("schema"))
+    app.router.add_get("/v1/info", read("info"))
     return app

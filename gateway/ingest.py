@@ -20,10 +20,12 @@ from aiokafka.errors import KafkaError
 
 from gateway.body import BodyError, read_body
 from gateway.dialects.base import Dialect, Problem
+from gateway.limits import Limits
+from millrace import metrics
 from millrace.config import Settings
 from millrace.keys import KeyRing
 from schemas.envelope import Envelope, encode
-from workers.formats import PARSERS, ParseContext, ParseError
+from workers.formats import PARSERS, VALIDATORS, ParseContext, ParseError
 
 log = structlog.get_logger()
 
@@ -68,9 +70,11 @@ class Ingestor:
         self.settings = settings
         self.keys = keys
         self.producer = producer
+        self.limits = Limits(settings)
 
     async def read(self, request: web.Request) -> bytes:
-        return await read_body(request, self.settings.max_body_bytes, self.settings.max_decompressed_bytes)
+        s = self.settings
+        return await read_body(request, s.max_body_bytes, s.max_decompressed_bytes, s.body_timeout_s)
 
     async def ingest(self, request: web.Request, dialect: Dialect, body: bytes | None = None) -> web.Response:
         """Run one request through; `body` is passed when routing already had to read it."""
@@ -81,6 +85,8 @@ class Ingestor:
             return dialect.error(Problem(401, "unauthorized", "missing or invalid API key"))
         if dialect.scope not in key.scopes:
             return dialect.error(Problem(403, "forbidden", f"this key lacks the '{dialect.scope}' scope"))
+        if (limited := self.limits.before_body(key)) is not None:
+            return dialect.error(limited)
         if body is None:
             try:
                 body = await self.read(request)
@@ -99,15 +105,19 @@ class Ingestor:
             received_at_ns=received_at_ns,
             path=request.path,
             content_type=request.headers.get("Content-Type", ""),
-            query=dict(request.query),
+            # A key sent as a query parameter (Dynatrace's ?api-token=) must not travel on to Kafka.
+            query={k: v for k, v in request.query.items() if v != token},
         )
-        parse = PARSERS.get(name)
+        # The answer needs only validity and counts: a dialect's fast path when it has one.
+        parse = VALIDATORS.get(name) or PARSERS.get(name)
         if parse is None:
             return dialect.error(Problem(501, "not_implemented", f"the {name} dialect is not available"))
         try:
             parsed = parse(body, ctx)
         except ParseError as exc:
             return dialect.error(Problem(exc.status, exc.code, exc.message, details=exc.details))
+        if (limited := self.limits.after_parse(key, parsed)) is not None:
+            return dialect.error(limited)
         if parsed.rows:
             envelope = Envelope(
                 request_id=request[REQUEST_ID],
@@ -125,8 +135,10 @@ class Ingestor:
             try:
                 await self._produce(envelope)
             except (KafkaError, TimeoutError) as exc:
+                code = metrics.produce_failed(exc)
                 log.warning(
                     "produce_failed",
+                    code=code,
                     error=type(exc).__name__,
                     stage="sending",
                     request_id=envelope.request_id,
@@ -139,6 +151,7 @@ class Ingestor:
                         retry_after=RETRY_AFTER_UNAVAILABLE,
                     )
                 )
+        metrics.request_parsed(name, len(body), len(parsed.rows), len(parsed.rejected))
         log.debug(
             "ingested",
             dialect=name,
@@ -154,4 +167,5 @@ class Ingestor:
         send = self.producer.send_and_wait(
             self.settings.topic, encode(envelope), key=envelope.request_id.encode()
         )
-        await asyncio.wait_for(send, timeout=self.settings.produce_timeout_s)
+        with metrics.PRODUCE_SECONDS.time():  # failed attempts too: a timeout shows in the top bucket
+            await asyncio.wait_for(send, timeout=self.settings.produce_timeout_s)

@@ -1,4 +1,5 @@
-"""The read API at the gateway's base URL: `GET /api/v1/logs`.
+"""The read API at the gateway's base URL: `GET /api/v1/logs` and GoodLogs' reads
+(`POST /v1/gql/query`, `POST /v1/gql`, `GET /v1/gql/autocomplete`, `GET /v1/schema`, `GET /v1/info`).
 
 With a ClickHouse server the gateway queries it directly. In embedded mode the
 engine lives inside the worker (chDB: one engine per data path per process), so the
@@ -9,6 +10,7 @@ compile the query with `millrace.query`, so they answer identically.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -19,8 +21,9 @@ from aiohttp import web
 from gateway.dialects.base import bearer, json_response
 from millrace import store
 from millrace.config import Settings
-from millrace.keys import SCOPE_READ, KeyRing
-from millrace.query import MAX_LIMIT, LogQuery, QueryError, parse_time, run_logs
+from millrace.gql.autocomplete import suggest
+from millrace.keys import SCOPE_READ, ApiKey, KeyRing
+from millrace.query import MAX_BATCH, MAX_LIMIT, LogQuery, QueryError, parse_time, read_call, run_logs
 from schemas.record import LEVELS
 
 
@@ -30,6 +33,9 @@ class ReadUnavailable(Exception):
 
 class ReadBackend(Protocol):
     async def logs(self, query: LogQuery) -> list[dict[str, Any]]: ...
+
+    async def call(self, op: str, payload: dict[str, Any]) -> Any:
+        """One of `millrace.query.read_call`'s reads."""
 
     async def close(self) -> None: ...
 
@@ -42,9 +48,16 @@ class StoreReader:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read")
 
     async def logs(self, query: LogQuery) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._run(run_logs, query)
+        return rows
+
+    async def call(self, op: str, payload: dict[str, Any]) -> Any:
+        return await self._run(read_call, op, payload)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, run_logs, self._client, query)
+            return await loop.run_in_executor(self._pool, fn, self._client, *args)
         except QueryError:
             raise
         except Exception as exc:
@@ -63,10 +76,16 @@ class WorkerReader:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
     async def logs(self, query: LogQuery) -> list[dict[str, Any]]:
+        payload = await self._post("/internal/v1/logs", query.to_dict())
+        rows: list[dict[str, Any]] = payload["logs"]
+        return rows
+
+    async def call(self, op: str, payload: dict[str, Any]) -> Any:
+        return (await self._post(f"/internal/v1/read/{op}", payload))["result"]
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
-            async with self._session.post(
-                f"{self._url}/internal/v1/logs", data=orjson.dumps(query.to_dict())
-            ) as resp:
+            async with self._session.post(f"{self._url}{path}", data=orjson.dumps(body)) as resp:
                 payload = orjson.loads(await resp.read())
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
             raise ReadUnavailable(f"the worker's read port is unreachable: {exc}") from exc
@@ -74,8 +93,7 @@ class WorkerReader:
             raise QueryError(payload["error"]["message"])
         if resp.status != 200:
             raise ReadUnavailable(payload.get("error", {}).get("message", f"worker answered {resp.status}"))
-        rows: list[dict[str, Any]] = payload["logs"]
-        return rows
+        return payload
 
     async def close(self) -> None:
         await self._session.close()
@@ -117,13 +135,20 @@ class ReadApi:
         self.keys = keys
         self.backend = backend
 
-    async def logs(self, request: web.Request) -> web.Response:
+    def authorize(self, request: web.Request) -> ApiKey | web.Response:
+        """The key with the read scope, or the GoodLogs-format refusal to send."""
         token = bearer(request)
         key = self.keys.authenticate(token) if token else None
         if key is None:
             return error(401, "UNAUTHORIZED", "missing or invalid API key")
         if SCOPE_READ not in key.scopes:
             return error(403, "FORBIDDEN", f"this key lacks the '{SCOPE_READ}' scope")
+        return key
+
+    async def logs(self, request: web.Request) -> web.Response:
+        key = self.authorize(request)
+        if isinstance(key, web.Response):
+            return key
         try:
             # The project always comes from the key; no parameter can name another.
             query = query_from_request(key.project, request.query)
@@ -133,3 +158,116 @@ class ReadApi:
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
         return json_response(200, {"logs": rows})
+
+    async def gql_query(self, request: web.Request) -> web.Response:
+        """`POST /v1/gql/query {"q"}` -> `{"query", "data"}`; a bad query is 400 (syntax) or 422."""
+        key = self.authorize(request)
+        if isinstance(key, web.Response):
+            return key
+        body = await _json_body(request)
+        q = body.get("q") if isinstance(body, dict) else None
+        if not isinstance(q, str):
+            return error(400, "VALIDATION_ERROR", 'the body must be a JSON object with the query in "q"')
+        outcomes = await self._gql(key.project, [q])
+        if isinstance(outcomes, web.Response):
+            return outcomes
+        (outcome,) = outcomes
+        if outcome["status"] == "error":
+            problem = outcome["error"]
+            return json_response(
+                problem["status"],
+                {
+                    "error": {
+                        "code": problem["code"],
+                        "message": problem["message"],
+                        "position": problem["position"],
+                    }
+                },
+            )
+        return json_response(200, {"query": outcome["query"], "data": outcome["data"]})
+
+    async def gql_batch(self, request: web.Request) -> web.Response:
+        """`POST /v1/gql {"queries": [...]}` (1-10) -> one `{status, ...}` per query, in order."""
+        key = self.authorize(request)
+        if isinstance(key, web.Response):
+            return key
+        body = await _json_body(request)
+        queries = body.get("queries") if isinstance(body, dict) else None
+        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries) or not queries:
+            return error(400, "VALIDATION_ERROR", 'the body must be a JSON object with "queries": [strings]')
+        if len(queries) > MAX_BATCH:
+            return error(
+                400, "VALIDATION_ERROR", f"{len(queries)} queries; the limit is {MAX_BATCH} per request"
+            )
+        outcomes = await self._gql(key.project, queries)
+        if isinstance(outcomes, web.Response):
+            return outcomes
+        answer = [
+            o
+            if o["status"] == "ok"
+            else {"status": "error", "error": o["error"]["message"], "position": o["error"]["position"]}
+            for o in outcomes
+        ]
+        return json_response(200, answer)
+
+    async def _gql(self, project: str, queries: list[str]) -> list[dict[str, Any]] | web.Response:
+        payload = {"project": project, "queries": queries, "now_ns": time.time_ns()}
+        try:
+            outcomes: list[dict[str, Any]] = await self.backend.call("gql", payload)
+        except QueryError as exc:
+            return error(400, "VALIDATION_ERROR", str(exc))
+        except ReadUnavailable as exc:
+            return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
+        return outcomes
+
+    async def autocomplete(self, request: web.Request) -> web.Response:
+        """`GET /v1/gql/autocomplete?q=&cursor=N`: suggestions for the word at the cursor."""
+        key = self.authorize(request)
+        if isinstance(key, web.Response):
+            return key
+        q = request.query.get("q", "")
+        try:
+            cursor = int(request.query.get("cursor", str(len(q))))
+        except ValueError:
+            return error(400, "VALIDATION_ERROR", "'cursor' must be a whole number (a position in q)")
+        schema = await self._call("schema", key.project)
+        if isinstance(schema, web.Response):
+            return schema
+        return json_response(200, suggest(q, cursor, schema))
+
+    async def schema(self, request: web.Request) -> web.Response:
+        """`GET /v1/schema`: the discovered schema, kept by the engine as data arrives."""
+        key = self.authorize(request)
+        if isinstance(key, web.Response):
+            return key
+        schema = await self._call("schema", key.project)
+        return schema if isinstance(schema, web.Response) else json_response(200, schema)
+
+    async def info(self, request: web.Request) -> web.Response:
+        """`GET /v1/info`: the project, its usage and its key count. Millrace has no orgs."""
+        key = self.authorize(request)
+        if isinstance(key, web.Response):
+            return key
+        used = await self._call("usage", key.project)
+        if isinstance(used, web.Response):
+            return used
+        keys = sum(1 for k in self.keys.all() if k.project == key.project and not k.revoked)
+        return json_response(
+            200,
+            {"project": {"id": key.project, "name": key.project}, "org": None, "usage": used, "keys": keys},
+        )
+
+    async def _call(self, op: str, project: str) -> Any:
+        try:
+            return await self.backend.call(op, {"project": project})
+        except QueryError as exc:
+            return error(400, "VALIDATION_ERROR", str(exc))
+        except ReadUnavailable as exc:
+            return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 import uvloop
 from aiohttp import web
@@ -11,13 +13,31 @@ from millrace.config import Settings
 
 log = structlog.get_logger()
 
-# Protocol options for every way the gateway is served (tests included).
-SERVER_OPTIONS = {
+# Protocol options for every way the gateway is served (tests included); see `server_options`.
+SERVER_OPTIONS: dict[str, Any] = {
     # Bodies are decompressed by gateway.body, which enforces both size caps.
     "auto_decompress": False,
+    # Header limits: the request line (URL and query), one header line, the number of headers.
+    # Beyond them aiohttp answers 400 and closes, so headers cost at most ~100 x 16 KiB.
+    "max_line_size": 8190,
     "max_field_size": 16 * 1024,
     "max_headers": 100,
+    # After an early answer (401, 413, 408) aiohttp reads and drops the rest of the body for at
+    # most this long, so the client sees the answer rather than a reset; then it closes.
+    "lingering_time": 5,
 }
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """SERVER_OPTIONS plus the timeouts that come from settings.
+
+    aiohttp arms its keep-alive timer when a connection opens and after each response,
+    and closes the connection if no complete request head arrived by then: the one
+    timer cuts off idle connections and clients that never finish their headers.
+    Slow bodies are cut off by `gateway.body` (MILLRACE_BODY_TIMEOUT_S).
+    """
+    return {**SERVER_OPTIONS, "keepalive_timeout": settings.idle_timeout_s}
+
 
 # Seconds in-flight requests get to finish once SIGTERM arrived (then the producer flushes).
 SHUTDOWN_GRACE_S = 20
@@ -35,5 +55,5 @@ def serve(settings: Settings) -> None:
         print=None,
         loop=uvloop.new_event_loop(),
         handle_signals=True,
-        **SERVER_OPTIONS,  # type: ignore[arg-type]
+        **server_options(settings),
     )

@@ -60,7 +60,7 @@ class Settings:
     linger_ms: int = _setting("MILLRACE_KAFKA_LINGER_MS", "5", "Producer linger: how long to gather a batch")
     kafka_compression: str = _setting(
         "MILLRACE_KAFKA_COMPRESSION",
-        "lz4",
+        "zstd",  # aiokafka's lz4 is level 9: 4x the CPU of zstd-3 for a worse ratio (bench/RESULTS.md)
         "Producer compression of record batches: none, gzip, lz4, zstd or snappy",
     )
     produce_timeout_s: float = _setting(
@@ -72,18 +72,63 @@ class Settings:
         "Store: chdb://<dir> (embedded, in the worker) or http(s)://user:pass@host:port",
     )
     database: str = _setting("MILLRACE_CLICKHOUSE_DATABASE", "millrace", "ClickHouse database")
+    clickhouse_cluster: str = _setting(
+        "MILLRACE_CLICKHOUSE_CLUSTER",
+        "",
+        "ClickHouse cluster (remote_servers name): migrations run ON CLUSTER with Replicated* engines",
+    )
     worker_query_port: int = _setting(
-        "MILLRACE_WORKER_QUERY_PORT", "8091", "Loopback port where an embedded-mode worker answers reads"
+        "MILLRACE_WORKER_QUERY_PORT",
+        "8091",
+        "Worker's internal port: /internal/health, /metrics, and the gateway's reads in embedded mode",
+    )
+    worker_host: str = _setting(
+        "MILLRACE_WORKER_HOST",
+        "127.0.0.1",
+        "Address the worker's internal port listens on; 0.0.0.0 lets Prometheus scrape it (server DSN only)",
     )
     batch_rows: int = _setting("MILLRACE_BATCH_ROWS", "50000", "Worker flushes an insert at this many rows")
     batch_age_ms: int = _setting(
         "MILLRACE_BATCH_AGE_MS", "1000", "...or when the oldest buffered row is this old"
+    )
+    dlq_flood_threshold: int = _setting(
+        "MILLRACE_DLQ_FLOOD_THRESHOLD",
+        "100",
+        "Flood guard: the worker stops once this many dead letters fall in the window (0: never stops)",
+    )
+    dlq_flood_ratio: float = _setting(
+        "MILLRACE_DLQ_FLOOD_RATIO", "0.5", "...and they are at least this share (0-1] of messages read"
+    )
+    dlq_flood_window_s: int = _setting(
+        "MILLRACE_DLQ_FLOOD_WINDOW_S", "60", "...counted over this many seconds"
     )
     max_body_bytes: int = _setting(
         "MILLRACE_MAX_BODY_BYTES", "10485760", "Largest request body accepted on the wire (413 above)"
     )
     max_decompressed_bytes: int = _setting(
         "MILLRACE_MAX_DECOMPRESSED_BYTES", "20971520", "Largest body after decompression (413 above)"
+    )
+    max_records_per_request: int = _setting(
+        "MILLRACE_MAX_RECORDS_PER_REQUEST",
+        "50000",
+        "Most records (logs or events) one request may carry (413 above)",
+    )
+    rate_requests_per_s: float = _setting(
+        "MILLRACE_RATE_REQUESTS_PER_S", "1000", "Default requests/s per key and gateway process (0: no limit)"
+    )
+    rate_logs_per_s: float = _setting(
+        "MILLRACE_RATE_LOGS_PER_S", "200000", "Default records/s per key and gateway process (0: no limit)"
+    )
+    rate_burst_s: float = _setting(
+        "MILLRACE_RATE_BURST_S", "2", "Burst: a key's buckets hold this many seconds of its rates"
+    )
+    body_timeout_s: float = _setting(
+        "MILLRACE_BODY_TIMEOUT_S", "30", "Seconds a client gets to send a whole request body (408 after)"
+    )
+    idle_timeout_s: float = _setting(
+        "MILLRACE_IDLE_TIMEOUT_S",
+        "75",
+        "Idle keep-alive connections close after this; also the deadline for request headers",
     )
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
         "MILLRACE_TRUSTED_PROXIES", "", "CIDRs whose X-Forwarded-For is believed (comma separated)"
@@ -132,9 +177,18 @@ class Settings:
             "linger_ms": lambda n, v: _int(n, v, 0, 10000),
             "batch_rows": lambda n, v: _int(n, v, 1, 10_000_000),
             "batch_age_ms": lambda n, v: _int(n, v, 10, 600_000),
+            "dlq_flood_threshold": lambda n, v: _int(n, v, 0, 1_000_000_000),
+            "dlq_flood_ratio": _fraction,
+            "dlq_flood_window_s": lambda n, v: _int(n, v, 1, 86_400),
             "max_body_bytes": lambda n, v: _int(n, v, 1024, 1 << 31),
             "max_decompressed_bytes": lambda n, v: _int(n, v, 1024, 1 << 32),
             "produce_timeout_s": _positive_float,
+            "max_records_per_request": lambda n, v: _int(n, v, 1, 10_000_000),
+            "rate_requests_per_s": _rate,
+            "rate_logs_per_s": _rate,
+            "rate_burst_s": _positive_float,
+            "body_timeout_s": _positive_float,
+            "idle_timeout_s": _positive_float,
             "trusted_proxies": _networks,
             "log_level": lambda n, v: _choice(n, v.lower(), ("debug", "info", "warning", "error")),
             "log_format": lambda n, v: _choice(n, v.lower(), ("json", "console")),
@@ -148,6 +202,17 @@ class Settings:
             values[f.name] = parse(f.metadata["env"], raw[f.name]) if parse else raw[f.name]
         values["home"] = home
         values["clickhouse_dsn"] = dsn
+        if dsn.startswith("chdb:") and values["clickhouse_cluster"]:
+            raise ConfigError(
+                "MILLRACE_CLICKHOUSE_CLUSTER is set but the store is embedded (chdb://); "
+                "unset it, or point MILLRACE_CLICKHOUSE_DSN at a server of that cluster (http(s)://)"
+            )
+        if dsn.startswith("chdb:") and values["worker_host"] != "127.0.0.1":
+            # That port answers the gateway's (already authorized) reads without a key of its own.
+            raise ConfigError(
+                f"MILLRACE_WORKER_HOST={values['worker_host']!r} would expose the embedded store's read "
+                "port; with a chdb:// DSN leave it at 127.0.0.1, or use an http(s):// ClickHouse DSN"
+            )
         return cls(**values)
 
 
@@ -157,13 +222,35 @@ def _positive_float(name: str, raw: str) -> float:
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number; set it to seconds, e.g. 5") from None
     if value <= 0:
-        raise ConfigError(f"{name}={value} must be positive")
+        raise ConfigError(f"{name}={value} must be positive; set it to a number of seconds above 0, e.g. 5")
+    return value
+
+
+def _rate(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a number; set it per second, e.g. 1000 (0: no limit)"
+        ) from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{name}={value} must be 0 (no limit) or positive")
+    return value
+
+
+def _fraction(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to a share such as 0.5") from None
+    if not 0 < value <= 1:
+        raise ConfigError(f"{name}={value} is out of range; set it above 0 and at most 1, e.g. 0.5")
     return value
 
 
 def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
     if raw not in allowed:
-        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+        raise ConfigError(f"{name}={raw!r} is not allowed; set it to one of {', '.join(allowed)}")
     return raw
 
 

@@ -35,6 +35,12 @@ SCOPE_EVENTS = "events:write"
 SCOPE_READ = "data:read"
 ALL_SCOPES = (SCOPE_LOGS, SCOPE_EVENTS, SCOPE_READ)
 
+# Names a key's `limits` may carry (see gateway/limits.py).
+LIMIT_REQUESTS_PER_S = "requests_per_s"
+LIMIT_LOGS_PER_S = "logs_per_s"
+LIMIT_BURST_S = "burst_s"
+LIMIT_NAMES = (LIMIT_REQUESTS_PER_S, LIMIT_LOGS_PER_S, LIMIT_BURST_S)
+
 _PREFIX = "mr_"
 
 
@@ -76,17 +82,23 @@ def key_id_of(token: str) -> str | None:
     return key_id
 
 
-def new_key(project: str, scopes: frozenset[str], name: str = "") -> tuple[ApiKey, str]:
+def new_key(
+    project: str, scopes: frozenset[str], name: str = "", limits: dict[str, float] | None = None
+) -> tuple[ApiKey, str]:
     """A fresh key: the record to store and the plaintext to show once."""
     unknown = scopes - set(ALL_SCOPES)
     if unknown:
         raise ValueError(f"unknown scope(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_SCOPES)}")
+    limits = {k: float(v) for k, v in (limits or {}).items() if v}
+    bad = [k for k, v in limits.items() if k not in LIMIT_NAMES or not 0 < v < float("inf")]
+    if bad:
+        raise ValueError(f"limit {bad[0]!r} must be one of {', '.join(LIMIT_NAMES)} with a positive value")
     if not project or len(project) > 100 or not project.replace("-", "").replace("_", "").isalnum():
         raise ValueError("project names are 1-100 letters, digits, '-' or '_'")
     token = f"{_PREFIX}{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
     key_id = key_id_of(token)
     assert key_id is not None
-    record = ApiKey(key_id, project, scopes, _hash(token), time.time(), name=name)
+    record = ApiKey(key_id, project, scopes, _hash(token), time.time(), name=name, limits=limits)
     return record, token
 
 
@@ -187,9 +199,13 @@ async def _write(settings: Settings, record: ApiKey) -> None:
 
 
 async def create(
-    settings: Settings, project: str, scopes: frozenset[str], name: str = ""
+    settings: Settings,
+    project: str,
+    scopes: frozenset[str],
+    name: str = "",
+    limits: dict[str, float] | None = None,
 ) -> tuple[ApiKey, str]:
-    record, token = new_key(project, scopes, name)
+    record, token = new_key(project, scopes, name, limits)
     await _write(settings, record)
     return record, token
 

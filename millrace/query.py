@@ -1,8 +1,10 @@
-"""The read core: typed queries compiled to parameterized ClickHouse SQL.
+"""The read core: typed queries and GQL compiled to parameterized ClickHouse SQL, and run.
 
-Every read path (the gateway's `GET /api/v1/logs`, the worker's internal read port
-in embedded mode) goes through here. User input only ever reaches ClickHouse as a
-bound parameter; identifiers come from fixed tables in this module.
+Every read path goes through here: the gateway's `GET /api/v1/logs` and the GoodLogs
+endpoints (`/v1/gql*`, `/v1/schema`, `/v1/info`), directly with a ClickHouse server or
+via the worker's internal read port in embedded mode. `GET /api/v1/logs` is a GQL query
+built from its parameters, so both share one compiler (`millrace.gql`) and one projection.
+User input only ever reaches ClickHouse as a bound parameter.
 """
 
 from __future__ import annotations
@@ -13,44 +15,15 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from millrace.gql import GQLError, compile_query, compile_text
+from millrace.gql.ast import Compare, Expr, Field, Limit, Query, Text, Value, Window
+from millrace.gql.compile import TIME_COLUMNS, Compiled
 from schemas.record import LEVELS
 
 MAX_LIMIT = 1000
-
-# Columns returned by the logs search, in order. Timestamps are selected as integer
-# nanoseconds and rendered here, so output does not depend on the driver's timezone.
-_LOG_OUTPUT = (
-    "project",
-    "timestamp",
-    "observed_timestamp",
-    "level",
-    "severity_text",
-    "message",
-    "service",
-    "environment",
-    "host",
-    "dataset",
-    "trace_id",
-    "span_id",
-    "request_id",
-    "session_id",
-    "user_id",
-    "flow_id",
-    "tags",
-    "entity_name",
-    "entity_kind",
-    "entity_tags",
-    "error_name",
-    "error_stack",
-    "attributes",
-    "ua_browser",
-    "ua_os",
-    "ua_device",
-    "client_ip",
-    "dialect",
-    "ingest_id",
-)
-_TIME_COLUMNS = frozenset({"timestamp", "observed_timestamp"})
+MAX_BATCH = 10  # queries per POST /v1/gql (the seed's "Max 10 queries")
+# A runaway query costs its caller, not the engine everybody's inserts share.
+_QUERY_SETTINGS = {"max_execution_time": 30}
 
 
 class QueryError(ValueError):
@@ -87,6 +60,22 @@ class LogQuery:
         if unknown:
             raise QueryError(f"unknown level {unknown[0]!r}; use one of {', '.join(LEVELS)}")
 
+    def to_gql(self) -> Query:
+        """The same search as a GQL query: `level IN ... service = ... "text" | limit N`."""
+        filters: list[Expr] = []
+        if self.levels:
+            filters.append(
+                Compare(Field("level", 0), "in", tuple(Value(lvl, 0, True) for lvl in self.levels))
+            )
+        if self.service:
+            filters.append(Compare(Field("service", 0), "eq", (Value(self.service, 0, True),)))
+        if self.text:
+            filters.append(Text(Value(self.text, 0, True)))
+        window = None
+        if self.since_ns is not None or self.until_ns is not None:
+            window = Window(since_ns=self.since_ns, until_ns=self.until_ns)
+        return Query(filters=tuple(filters), window=window, pipeline=(Limit(self.limit, 0),))
+
 
 def parse_time(name: str, value: str) -> int:
     """ISO 8601 (zone optional, UTC assumed) to ns; the error names the parameter."""
@@ -101,32 +90,8 @@ def parse_time(name: str, value: str) -> int:
 
 def compile_logs(query: LogQuery) -> tuple[str, dict[str, Any]]:
     query.validate()
-    where = ["project = {project:String}"]
-    params: dict[str, Any] = {"project": query.project, "limit": query.limit}
-    if query.since_ns is not None:
-        where.append("timestamp >= fromUnixTimestamp64Nano({since:Int64}, 'UTC')")
-        params["since"] = query.since_ns
-    if query.until_ns is not None:
-        where.append("timestamp < fromUnixTimestamp64Nano({until:Int64}, 'UTC')")
-        params["until"] = query.until_ns
-    if query.levels:
-        where.append("level IN {levels:Array(String)}")
-        params["levels"] = list(query.levels)
-    if query.service:
-        where.append("service = {service:String}")
-        params["service"] = query.service
-    if query.text:
-        where.append("positionCaseInsensitiveUTF8(message, {text:String}) > 0")
-        params["text"] = query.text
-    # Aliases must not shadow columns: ClickHouse resolves WHERE names against aliases first.
-    columns = ", ".join(
-        f"toUnixTimestamp64Nano({c}) AS {c}_ns" if c in _TIME_COLUMNS else c for c in _LOG_OUTPUT
-    )
-    sql = (
-        f"SELECT {columns} FROM logs WHERE {' AND '.join(where)} "
-        "ORDER BY timestamp DESC LIMIT {limit:UInt32}"
-    )
-    return sql, params
+    compiled = compile_query(query.to_gql(), query.project, now_ns=0)
+    return compiled.sql, compiled.params
 
 
 def format_ns(ns: int) -> str:
@@ -135,16 +100,114 @@ def format_ns(ns: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rest:09d}Z"
 
 
-def run_logs(client: Client, query: LogQuery) -> list[dict[str, Any]]:
-    sql, params = compile_logs(query)
-    result = client.query(sql, parameters=params)
+def _search_rows(client: Client, compiled: Compiled) -> list[dict[str, Any]]:
+    result = client.query(compiled.sql, parameters=compiled.params, settings=_QUERY_SETTINGS)
     rows = []
     for values in result.result_rows:
-        row = dict(zip(_LOG_OUTPUT, values, strict=True))
-        for c in _TIME_COLUMNS:
+        row = dict(zip(compiled.columns, values, strict=True))
+        for c in TIME_COLUMNS:
             row[c] = format_ns(int(row[c]))
         rows.append(row)
     return rows
+
+
+def run_logs(client: Client, query: LogQuery) -> list[dict[str, Any]]:
+    query.validate()
+    return _search_rows(client, compile_query(query.to_gql(), query.project, now_ns=0))
+
+
+def run_compiled(client: Client, compiled: Compiled) -> dict[str, Any]:
+    """The `data` of a GQL answer: rows newest first, or groups with their value and how many there are."""
+    if compiled.mode == "search":
+        rows = _search_rows(client, compiled)
+        return {"mode": "search", "table": compiled.table, "results": rows, "count": len(rows)}
+    result = client.query(compiled.sql, parameters=compiled.params, settings=_QUERY_SETTINGS)
+    n = len(compiled.columns)
+    results = []
+    total = 0
+    for values in result.result_rows:
+        item = dict(zip(compiled.columns, values[:n], strict=True))
+        item["value"] = _number(values[n])
+        total = int(values[n + 1])
+        results.append(item)
+    return {"mode": "aggregate", "table": compiled.table, "results": results, "total_groups": total}
+
+
+def run_gql(client: Client, project: str, text: str, now_ns: int) -> dict[str, Any]:
+    """`{"query": <parsed>, "data": <result>}`; a query GQL cannot run raises GQLError."""
+    query, compiled = compile_text(text, project, now_ns)
+    return {"query": query.to_dict(), "data": run_compiled(client, compiled)}
+
+
+def run_gql_batch(client: Client, project: str, texts: list[str], now_ns: int) -> list[dict[str, Any]]:
+    """One outcome per query; a bad query fails alone. Store failures raise (the whole batch fails)."""
+    outcomes: list[dict[str, Any]] = []
+    for text in texts:
+        try:
+            outcomes.append({"status": "ok", **run_gql(client, project, text, now_ns)})
+        except GQLError as exc:
+            outcomes.append({"status": "error", "error": exc.to_dict()})
+    return outcomes
+
+
+def discovered_schema(client: Client, project: str, max_keys: int = 500) -> dict[str, Any]:
+    """GoodLogs' schema: property keys with type, examples and volume, event names with volume.
+
+    Reads `schema_fields`, which materialized views keep as data arrives (migration 003).
+    """
+    result = client.query(
+        "SELECT source, key, sum(volume) AS volume, sum(numbers), sum(booleans), "
+        "groupUniqArrayMerge(10)(examples) "
+        "FROM schema_fields WHERE project = {project:String} GROUP BY source, key "
+        "ORDER BY source, volume DESC, key LIMIT {per_source:UInt32} BY source",
+        parameters={"project": project, "per_source": max_keys},
+        settings=_QUERY_SETTINGS,
+    )
+    out: dict[str, list[dict[str, Any]]] = {
+        "log_properties": [],
+        "event_properties": [],
+        "event_names": [],
+        "log_levels": [],
+        "log_services": [],
+    }
+    for source, key, volume, numbers, booleans, examples in result.result_rows:
+        volume = int(volume)
+        if source in ("logs", "events"):
+            type_ = "number" if numbers == volume else "boolean" if booleans == volume else "string"
+            samples = sorted(str(e) for e in examples)
+            shown: list[Any] = [_typed(e, type_) for e in samples[:5]]
+            target = "log_properties" if source == "logs" else "event_properties"
+            out[target].append({"key": key, "type": type_, "examples": shown, "volume": volume})
+        elif source in ("event_names", "log_levels", "log_services"):
+            out[source].append({"name": key, "volume": volume})
+    return out
+
+
+def usage(client: Client, project: str) -> dict[str, int]:
+    """Logs and events stored for a project, and their uncompressed bytes (from `project_usage`)."""
+    result = client.query(
+        "SELECT source, sum(rows), sum(bytes) FROM project_usage WHERE project = {project:String} "
+        "GROUP BY source",
+        parameters={"project": project},
+        settings=_QUERY_SETTINGS,
+    )
+    totals = {str(source): (int(rows), int(size)) for source, rows, size in result.result_rows}
+    logs, events = totals.get("logs", (0, 0)), totals.get("events", (0, 0))
+    return {"logs": logs[0], "events": events[0], "bytes": logs[1] + events[1]}
+
+
+def _typed(example: str, type_: str) -> Any:
+    if type_ == "number":
+        number = float(example)
+        return int(number) if number.is_integer() and "." not in example else number
+    if type_ == "boolean":
+        return example == "true"
+    return example
+
+
+def _number(value: Any) -> int | float:
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def project_stats(client: Client, project: str, since_ns: int = 0) -> dict[str, Any]:
@@ -177,3 +240,21 @@ def _num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if number != number else round(number, 1)  # NaN when there are no rows
+
+
+def read_call(client: Client, op: str, payload: dict[str, Any]) -> Any:
+    """The GoodLogs reads by name, with JSON-able arguments and results: what the gateway's
+    direct reader calls and what the worker's internal port serves in embedded mode."""
+    project = payload["project"]
+    if not isinstance(project, str) or not project:
+        raise QueryError("a read needs a project")
+    if op == "gql":
+        queries = payload["queries"]
+        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+            raise QueryError("'queries' must be a list of strings")
+        return run_gql_batch(client, project, queries, int(payload["now_ns"]))
+    if op == "schema":
+        return discovered_schema(client, project)
+    if op == "usage":
+        return usage(client, project)
+    raise QueryError(f"unknown read {op!r}")

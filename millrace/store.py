@@ -18,6 +18,15 @@ import structlog
 from clickhouse_connect.driver.client import Client
 
 from millrace.config import Settings
+from schemas.record import EVENT_COLUMNS, EVENTS_TABLE, LOG_COLUMNS, LOGS_TABLE
+
+# Column types of the tables the pipeline inserts into, from the record definition (which
+# tests/test_schema.py checks against the DDL): given these, the client skips the
+# DESCRIBE TABLE round trip it would otherwise make before every insert.
+_COLUMN_TYPES: dict[str, dict[str, str]] = {
+    LOGS_TABLE: {name: kind for name, kind, _ in LOG_COLUMNS},
+    EVENTS_TABLE: {name: kind for name, kind, _ in EVENT_COLUMNS},
+}
 
 log = structlog.get_logger()
 
@@ -28,7 +37,11 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
     """A client whose current database is Millrace's, created if absent."""
     client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
     if create_database:
-        client.command(f"CREATE DATABASE IF NOT EXISTS {_ident(settings.database)}")
+        client.command(
+            on_cluster(
+                f"CREATE DATABASE IF NOT EXISTS {_ident(settings.database)}", settings.clickhouse_cluster
+            )
+        )
     client.database = settings.database
     if settings.embedded_store:
         # chDB keeps the database as handle state: apply it now, once.
@@ -57,12 +70,38 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in body.split(";") if s.strip()]
 
 
-def migrate(client: Client) -> list[str]:
+_DDL_TARGET = re.compile(
+    r"^((?:CREATE|ALTER|DROP)\s+(?:TABLE|MATERIALIZED\s+VIEW|VIEW|DATABASE)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?[\w.`]+)",
+    flags=re.IGNORECASE,
+)
+_LOCAL_ENGINE = re.compile(r"\bENGINE\s*=\s*(?!Replicated)(\w*MergeTree)\b")
+
+
+def on_cluster(statement: str, cluster: str) -> str:
+    """The cluster-ready form of one migration statement; unchanged when `cluster` is empty.
+
+    The files in schemas/migrations are written for one server (and chDB). On a
+    replicated cluster (one shard, N replicas) every DDL runs `ON CLUSTER` and every
+    MergeTree family engine becomes its Replicated* twin with the server's default
+    replica path and name (`default_replica_path`/`default_replica_name`, `{uuid}`,
+    `{shard}`, `{replica}` macros), so the same files serve both.
+    """
+    if not cluster:
+        return statement
+    name = _ident(cluster)
+    statement = _DDL_TARGET.sub(lambda m: f"{m[1]} ON CLUSTER {name}", statement, count=1)
+    return _LOCAL_ENGINE.sub(lambda m: f"ENGINE = Replicated{m[1]}", statement)
+
+
+def migrate(client: Client, cluster: str = "") -> list[str]:
     """Apply migrations not yet recorded; each statement is idempotent, so a crash mid-way is safe."""
     client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations "
-        "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
-        "ENGINE = ReplacingMergeTree ORDER BY version"
+        on_cluster(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
+            "ENGINE = ReplacingMergeTree ORDER BY version",
+            cluster,
+        )
     )
     done = {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
     applied = []
@@ -70,7 +109,7 @@ def migrate(client: Client) -> list[str]:
         if version in done:
             continue
         for statement in _statements(sql):
-            client.command(statement)
+            client.command(on_cluster(statement, cluster))
         client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
         applied.append(name)
         log.info("migration_applied", migration=name)
@@ -85,10 +124,12 @@ def insert_columns(
 ) -> None:
     """One columnar insert. The token makes a retried identical batch a no-op in the engine."""
     names = list(columns)
+    types = _COLUMN_TYPES.get(table)
     client.insert(
         table,
         [columns[n] for n in names],
         column_names=names,
+        column_type_names=[types[n] for n in names] if types and types.keys() >= set(names) else None,
         column_oriented=True,
         settings={
             "insert_deduplication_token": dedup_token,

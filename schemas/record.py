@@ -133,6 +133,11 @@ _LEVEL_ALIASES: Final = {
 }
 
 
+def level_of(name: str) -> str | None:
+    """The normalized level a free-form name means, or None when it names no level."""
+    return _LEVEL_ALIASES.get(name.strip().lower())
+
+
 def normalize_level(original: str | None, default: str = "info") -> tuple[str, int]:
     """Map a free-form level to (normalized level, severity number); unknown maps to `default`."""
     if original:

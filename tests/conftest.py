@@ -22,11 +22,12 @@ from aiohttp.test_utils import TestServer
 from clickhouse_connect.driver.client import Client
 
 from gateway.app import KEYS, create_app
-from gateway.server import SERVER_OPTIONS
+from gateway.server import server_options
 from millrace import keys, store
 from millrace.config import Settings
 from millrace.kafka.broker import LocalBroker
 from millrace.kafka.topics import ensure_topics
+from tests import backends
 from workers import pipeline
 from workers.server import read_app
 
@@ -51,10 +52,25 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+def pytest_report_header() -> str:
+    return backends.header()
+
+
 @pytest.fixture(scope="session")
-def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def backend() -> Iterator[dict[str, str]]:
+    """Settings pointing at Kafka and ClickHouse containers (MILLRACE_TEST_BACKEND=containers), or none."""
+    if backends.skip_reason() is not None:
+        yield {}
+        return
+    with backends.containers() as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]) -> Settings:
     home = tmp_path_factory.mktemp("millrace-home")
     env = {
+        **backend,
         "MILLRACE_HOME": str(home),
         "MILLRACE_KAFKA_PORT": str(free_port_pair()),
         "MILLRACE_PORT": str(free_port()),
@@ -66,7 +82,10 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def broker(base_settings: Settings) -> Iterator[LocalBroker]:
+def broker(base_settings: Settings) -> Iterator[LocalBroker | None]:
+    if not base_settings.local_broker:  # the containers backend brought its own
+        yield None
+        return
     local = LocalBroker(base_settings)
     local.fetch()
     local.start()
@@ -77,7 +96,7 @@ def broker(base_settings: Settings) -> Iterator[LocalBroker]:
 
 
 @pytest.fixture(scope="session")
-async def kafka(broker: LocalBroker, base_settings: Settings) -> Settings:
+async def kafka(broker: LocalBroker | None, base_settings: Settings) -> Settings:
     await ensure_topics(base_settings)
     return base_settings
 
@@ -162,7 +181,7 @@ async def stack(kafka: Settings) -> AsyncIterator[Stack]:
 
     await start_worker()
     server = TestServer(create_app(settings), port=settings.port)
-    await server.start_server(**SERVER_OPTIONS)
+    await server.start_server(**server_options(settings))
     session = aiohttp.ClientSession(auto_decompress=False)
     try:
         yield Stack(
@@ -179,3 +198,36 @@ async def stack(kafka: Settings) -> AsyncIterator[Stack]:
         await stop_worker()
         await read_runner.cleanup()
         client.close()
+
+
+@dataclass
+class Gateway:
+    url: str
+    keys: keys.KeyRing
+
+    async def wait_for_key(self, token: str, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.keys.authenticate(token) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the extra gateway did not see the new key")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+async def gateway_factory(stack: Stack) -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
+    """Starts extra gateways on the same broker and store with some settings changed
+    (`await gateway_factory(idle_timeout_s=1.0)`); they stop at the module's end."""
+    servers: list[TestServer] = []
+
+    async def start(**overrides: Any) -> Gateway:
+        settings = replace(stack.settings, port=free_port(), **overrides)
+        server = TestServer(create_app(settings), port=settings.port)
+        await server.start_server(**server_options(settings))
+        servers.append(server)
+        return Gateway(f"http://127.0.0.1:{server.port}", server.app[KEYS].ring)
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            await server.close()

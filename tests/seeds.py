@@ -36,7 +36,12 @@ def seed_text(prefix: str) -> str:
 
 def curl_examples(prefix: str) -> list[CurlExample]:
     """Every `curl ...` command in a seed file, continuation lines joined, parsed like a shell would."""
-    lines = seed_text(prefix).splitlines()
+    return curl_commands(seed_text(prefix))
+
+
+def curl_commands(text: str) -> list[CurlExample]:
+    """Every `curl ...` command in a text (a seed file, the README)."""
+    lines = text.splitlines()
     examples = []
     i = 0
     while i < len(lines):
@@ -103,8 +108,10 @@ def http_examples(prefix: str) -> list[CurlExample]:
             j += 1
         body = b""
         if j < len(lines) and lines[j].lstrip()[:1] in ("{", "["):
-            doc, _ = json.JSONDecoder().raw_decode("\n".join(lines[j:]))
-            body = json.dumps(doc, indent=2).encode()
+            # The JSON text exactly as the document shows it, not a re-serialization.
+            rest = "\n".join(lines[j:])
+            _, end = json.JSONDecoder().raw_decode(rest)
+            body = rest[:end].encode()
         parts = urlsplit(match.group(2))
         examples.append(CurlExample(match.group(1), parts.path, headers, body))
     return examples
@@ -122,3 +129,11 @@ def json_documents(prefix: str) -> list[Any]:
             continue
         docs.append(doc)
     return docs
+
+
+def section(prefix: str, heading: str, until: str) -> str:
+    """The text of a seed file between a line equal to `heading` and the next line starting `until`."""
+    lines = seed_text(prefix).splitlines()
+    start = lines.index(heading) + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(until))
+    return "\n".join(lines[start:end]).strip("\n")

@@ -12,7 +12,9 @@ materialized view in the same insert) makes the worker skip what is already stor
 A message that cannot be decoded or parsed is bad input, not an outage: it goes to
 the dead-letter topic with the reason and its source position, and its partition
 keeps flowing. Anything else (the store is down) is retried with backoff without
-committing, so nothing acknowledged is ever lost.
+committing, so nothing acknowledged is ever lost. If dead letters flood in (a bad
+deploy broke a parser), the flood guard (`millrace/dlq.py`) stops the worker instead:
+the batch that tripped it is left uncommitted and every partition paused until a restart.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
 
-from millrace import store
+from millrace import metrics, store
 from millrace.config import Settings
+from millrace.dlq import FLOOD_CODE, FloodGuard
 from millrace.kafka.topics import ENVELOPE_OVERHEAD
 from schemas.envelope import Envelope, EnvelopeError, decode
 from schemas.record import PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
@@ -43,6 +46,9 @@ log = structlog.get_logger()
 _INJECTS_CLIENT_FIELDS = frozenset({"goodlogs_logs", "goodlogs_events"})
 _MAP_COLUMN = {"logs": "attributes", "events": "properties"}
 
+# (client, table, columns, dedup token): the store boundary, one insert.
+InsertFn = Callable[[Client, str, dict[str, list[Any]], str], None]
+
 
 @dataclass(slots=True)
 class DeadLetter:
@@ -52,6 +58,7 @@ class DeadLetter:
     topic: str
     partition: int
     offset: int
+    request_id: str = ""  # the message key: the id the client got back in X-Request-Id
 
 
 @dataclass(slots=True)
@@ -78,6 +85,7 @@ class Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     commit: dict[TopicPartition, int] = field(default_factory=dict)
     rows: int = 0
+    messages: int = 0
     started: float = 0.0
 
     def __bool__(self) -> bool:
@@ -129,12 +137,15 @@ def enrich_step(envelope: Envelope, parsed: Parsed, record: ConsumerRecord, out:
         map_column = _MAP_COLUMN[parsed.table]
         rows = [{**row, map_column: {**row.get(map_column, {}), **injected}} for row in rows]
     defaults = TABLE_DEFAULTS[out.table]
+    filled = set().union(*rows)  # columns some row sets; the others are all default, in bulk
     for name, values in out.columns.items():
         if name in PIPELINE_COLUMNS:
             values.extend([facts[name]] * n)
-        else:
+        elif name in filled:
             default = defaults[name]
             values.extend([row.get(name, default) for row in rows])
+        else:
+            values.extend([defaults[name]] * n)
     out.rows += n
     lo, hi = out.ranges.get(record.partition, (record.offset, record.offset))
     out.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
@@ -149,7 +160,8 @@ class Pipeline:
         client: Client,
         consumer: AIOKafkaConsumer,
         dlq: AIOKafkaProducer,
-        insert: Callable[[Client, str, dict[str, list[Any]], str], None] = store.insert_columns,
+        insert: InsertFn = store.insert_columns,
+        flood: FloodGuard | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -160,28 +172,47 @@ class Pipeline:
         self._lock = asyncio.Lock()
         self.batch = Batch()
         self.watermarks: dict[tuple[str, int], int] = {}
+        # (table, partition, offset) stored above the watermark (see stored_above_watermarks).
+        self.stored_above: set[tuple[str, int, int]] = set()
+        # False from a rebalance until the watermarks are read again for the new assignment.
+        self.watermarks_loaded = False
         self.stopping = False
         self.stats = {"rows": 0, "batches": 0, "dead_letters": 0, "skipped_stored": 0}
+        self.flood = flood if flood is not None else FloodGuard.from_settings(settings)
 
     # -- stages -----------------------------------------------------------------
 
     def submit(self, record: ConsumerRecord) -> None:
+        if self.flood.tripped:
+            return  # halted: left uncommitted for the worker that runs after the fix
         batch = self.batch
         if not batch:
             batch.started = time.monotonic()
         batch.commit[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        batch.messages += 1
         try:
             envelope = decode_step(record)
             parsed = parse_step(envelope)
         except (EnvelopeError, ParseError) as exc:
             code = exc.code if isinstance(exc, ParseError) else "bad_envelope"
             batch.dead.append(
-                DeadLetter(record.value, str(exc), code, record.topic, record.partition, record.offset)
+                DeadLetter(
+                    record.value,
+                    str(exc),
+                    code,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    request_id=(record.key or b"").decode(errors="replace"),
+                )
             )
             return
         if not parsed.rows:
             return
-        if self.watermarks.get((parsed.table, record.partition), -1) >= record.offset:
+        if (
+            self.watermarks.get((parsed.table, record.partition), -1) >= record.offset
+            or (parsed.table, record.partition, record.offset) in self.stored_above
+        ):
             self.stats["skipped_stored"] += 1  # stored before a crash, not yet committed
             return
         table = batch.tables.get(parsed.table)
@@ -202,6 +233,9 @@ class Pipeline:
             batch, self.batch = self.batch, Batch()
             if not batch:
                 return
+            if self.flood.check(batch.messages, len(batch.dead)):
+                self._halt(batch)
+                return
             for table in batch.tables.values():
                 await self._insert_with_retry(table)
             for dead in batch.dead:
@@ -209,6 +243,7 @@ class Pipeline:
             await self.consumer.commit(batch.commit)
             self.stats["rows"] += batch.rows
             self.stats["batches"] += 1
+            metrics.BATCH_ROWS.observe(batch.rows)
             log.info(
                 "batch_stored",
                 rows=batch.rows,
@@ -221,25 +256,41 @@ class Pipeline:
         token = table.token(self.settings.topic)
         delay = 0.2
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await loop.run_in_executor(
-                    self._pool, self._insert, self.client, table.table, table.columns, token
-                )
-                return
-            except Exception as exc:
-                # The store is unavailable or refused the insert: keep the batch, do not
-                # commit, try again. Redelivery and dedup make a late success harmless.
-                log.warning(
-                    "insert_failed",
-                    table=table.table,
-                    rows=table.rows,
-                    error=str(exc)[:500],
-                    retry_in_s=delay,
-                    stage="sending",
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        paused: set[TopicPartition] = set()
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    await loop.run_in_executor(
+                        self._pool, self._insert, self.client, table.table, table.columns, token
+                    )
+                    metrics.inserted(table.table, table.rows, time.perf_counter() - started)
+                    return
+                except Exception as exc:
+                    metrics.INSERT_FAILURES.inc()
+                    if not paused:
+                        # The consume loop waits on this flush anyway; pausing also stops the
+                        # background fetcher from buffering more while the store is out.
+                        # Membership survives: aiokafka heartbeats from its own task, and
+                        # max_poll_interval_ms gives an outage 10 minutes before eviction.
+                        paused = set(self.consumer.assignment())
+                        self.consumer.pause(*paused)
+                    # The store is unavailable or refused the insert: keep the batch, do not
+                    # commit, try again. Redelivery and dedup make a late success harmless.
+                    log.warning(
+                        "insert_failed",
+                        code="insert_failed",
+                        table=table.table,
+                        rows=table.rows,
+                        error=str(exc)[:500],
+                        retry_in_s=delay,
+                        stage="sending",
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            if paused:
+                self.consumer.resume(*(paused & self.consumer.assignment()))
 
     async def _dead_letter(self, dead: DeadLetter) -> None:
         headers = [
@@ -251,12 +302,31 @@ class Pipeline:
         ]
         await self.dlq.send_and_wait(self.settings.dlq_topic, dead.value, headers=headers)
         self.stats["dead_letters"] += 1
+        metrics.DEAD_LETTERS.labels(dead.code).inc()
         log.warning(
             "dead_lettered",
             code=dead.code,
+            request_id=dead.request_id,
             reason=dead.reason[:200],
             partition=dead.partition,
             offset=dead.offset,
+            stage="processing",
+        )
+
+    def _halt(self, batch: Batch) -> None:
+        """The flood guard tripped: store, dead-letter and commit nothing more; stop reading.
+
+        The batch is dropped uncommitted, so the worker started after the fix re-reads it
+        from the last commit (Kafka keeps it meanwhile); health reports the condition.
+        """
+        self.consumer.pause(*self.consumer.assignment())
+        log.error(
+            "dlq_flood",
+            code=FLOOD_CODE,
+            held_messages=batch.messages,
+            held_dead_letters=len(batch.dead),
+            **{k: v for k, v in (self.flood.tripped or {}).items() if k != "code"},
+            action="consumption paused until restart; see README 'Dead letters'",
             stage="processing",
         )
 
@@ -264,12 +334,62 @@ class Pipeline:
 
     async def load_watermarks(self) -> None:
         loop = asyncio.get_running_loop()
-        self.watermarks = await loop.run_in_executor(
-            self._pool, store.watermarks, self.client, self.settings.topic
+        self.watermarks, self.stored_above = await loop.run_in_executor(
+            self._pool, _stored_positions, self.client, self.settings.topic
         )
+        self.watermarks_loaded = True
+
+    async def ensure_watermarks(self) -> None:
+        """Called before records are batched. The assignment callback loads the watermarks,
+        but aiokafka can hand out records of a new assignment while that callback still
+        runs, and a store that is down then leaves them unloaded: batching without them
+        would store a crashed worker's uncommitted batch a second time."""
+        delay = 0.2
+        while not self.watermarks_loaded:
+            try:
+                await self.load_watermarks()
+            except Exception as exc:
+                log.warning(
+                    "watermarks_failed",
+                    code="watermarks_failed",
+                    error=str(exc)[:500],
+                    retry_in_s=delay,
+                    stage="processing",
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _stored_positions(
+    client: Client, topic: str
+) -> tuple[dict[tuple[str, int], int], set[tuple[str, int, int]]]:
+    """The watermarks, and the messages stored above them.
+
+    The materialized view writes its part after the table's: a worker killed between the
+    two leaves rows stored with no watermark for them (seen under SIGKILL in
+    tests/test_delivery.py). The messages above each watermark are therefore read from
+    the tables themselves; only the uncommitted tail is found there, so the set is small.
+    This scans the offset columns (no index on them): a cost paid once per rebalance.
+    """
+    marks = store.watermarks(client, topic)
+    above: set[tuple[str, int, int]] = set()
+    for table in TABLE_COLUMNS:
+        known = {p: o for (t, p), o in marks.items() if t == table}
+        params: dict[str, Any] = {"topic": topic, "known": list(known)}
+        clauses = ["NOT has({known:Array(UInt32)}, kafka_partition)"]
+        for i, (partition, offset) in enumerate(sorted(known.items())):
+            clauses.append(f"(kafka_partition = {{p{i}:UInt32}} AND kafka_offset > {{o{i}:UInt64}})")
+            params[f"p{i}"], params[f"o{i}"] = partition, offset
+        result = client.query(
+            f"SELECT DISTINCT kafka_partition, kafka_offset FROM {table} "
+            f"WHERE kafka_topic = {{topic:String}} AND ({' OR '.join(clauses)})",
+            parameters=params,
+        )
+        above.update((table, int(p), int(o)) for p, o in result.result_rows)
+    return marks, above
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -279,9 +399,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Store and commit what we hold before another member takes these partitions.
         await self.pipeline.flush()
+        self.pipeline.watermarks_loaded = False
+        metrics.forget_lag(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.pipeline.load_watermarks()
+        self.pipeline.watermarks_loaded = False
+        try:
+            await self.pipeline.load_watermarks()
+        except Exception as exc:
+            # aiokafka would swallow it; the consume loop retries (ensure_watermarks).
+            log.warning(
+                "watermarks_failed", code="watermarks_failed", error=str(exc)[:500], stage="processing"
+            )
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
@@ -298,17 +427,42 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
-async def run(settings: Settings, client: Client, stop: asyncio.Event) -> Pipeline:
+async def run(
+    settings: Settings,
+    client: Client,
+    stop: asyncio.Event,
+    flood: FloodGuard | None = None,
+    *,
+    insert: InsertFn = store.insert_columns,
+    on_start: Callable[[Pipeline], None] | None = None,
+) -> Pipeline:
+    """Consume until `stop` is set. `insert` is the store boundary (tests inject failures
+    there); `on_start` sees the pipeline once it runs (tests watch its consumer)."""
     consumer = make_consumer(settings)
-    dlq = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
-    pipeline = Pipeline(settings, client, consumer, dlq)
+    dlq = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        # A dead letter is a whole envelope: without this, one over 1 MB would crash the worker.
+        max_request_size=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
+    )
+    pipeline = Pipeline(settings, client, consumer, dlq, insert=insert, flood=flood)
     await dlq.start()
     consumer.subscribe([settings.topic], listener=_Rebalance(pipeline))
     await consumer.start()
     log.info("worker_started", topic=settings.topic, group=settings.consumer_group)
+    if on_start is not None:
+        on_start(pipeline)
     try:
         while not stop.is_set():
+            if pipeline.flood.tripped:
+                # Halted: keep polling (to stay in the group) with every partition paused,
+                # including any a rebalance hands over.
+                consumer.pause(*consumer.assignment())
             records = await consumer.getmany(timeout_ms=100, max_records=1000)
+            await metrics.observe_lag(consumer)
+            if records:
+                await pipeline.ensure_watermarks()
             for batch in records.values():
                 for record in batch:
                     pipeline.submit(record)

@@ -17,22 +17,27 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from millrace import store
+from millrace import metrics, store
 from millrace.config import Settings
-from millrace.query import LogQuery, QueryError, project_stats, run_logs
+from millrace.dlq import FloodGuard
+from millrace.query import LogQuery, QueryError, project_stats, read_call, run_logs
 from workers import pipeline
 
 log = structlog.get_logger()
 
 
-def read_app(settings: Settings) -> web.Application:
-    """The worker's loopback port: health always, reads only where the engine is ours (embedded)."""
+def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Application:
+    """The worker's internal port: health and metrics always; reads only where the engine is ours."""
     app = web.Application()
 
     async def health(request: web.Request) -> web.Response:
+        if flood is not None and flood.tripped is not None:
+            # Not healthy: the flood guard stopped consumption (README "Dead letters").
+            return web.json_response({"status": "halted", **flood.tripped}, status=503)
         return web.json_response({"status": "ok"})
 
     app.router.add_get("/internal/health", health)
+    app.router.add_get("/metrics", metrics.handle)
     if not settings.embedded_store:
         return app
     client = store.connect(settings, create_database=False)
@@ -46,10 +51,36 @@ def read_app(settings: Settings) -> web.Application:
             body = {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}}
             return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
         except Exception as exc:
-            log.exception("read_failed", stage="processing")
+            log.exception(
+                "read_failed",
+                code="read_failed",
+                stage="processing",
+                request_id=request.headers.get("X-Request-Id", ""),
+            )
             body = {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}}
             return web.Response(status=500, body=orjson.dumps(body), content_type="application/json")
         return web.Response(body=orjson.dumps({"logs": rows}), content_type="application/json")
+
+    async def read(request: web.Request) -> web.Response:
+        """GoodLogs reads (gql, schema, usage): `millrace.query.read_call`, for the gateway."""
+        try:
+            payload = orjson.loads(await request.read())
+            result = await asyncio.get_running_loop().run_in_executor(
+                pool, read_call, client, request.match_info["op"], payload
+            )
+        except (QueryError, KeyError, TypeError, ValueError) as exc:
+            body = {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}}
+            return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
+        except Exception as exc:
+            log.exception(
+                "read_failed",
+                code="read_failed",
+                stage="processing",
+                request_id=request.headers.get("X-Request-Id", ""),
+            )
+            body = {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}}
+            return web.Response(status=500, body=orjson.dumps(body), content_type="application/json")
+        return web.Response(body=orjson.dumps({"result": result}), content_type="application/json")
 
     async def close(app: web.Application) -> None:
         pool.shutdown(wait=False)
@@ -67,6 +98,7 @@ def read_app(settings: Settings) -> web.Application:
         return web.Response(body=orjson.dumps(result), content_type="application/json")
 
     app.router.add_post("/internal/v1/logs", logs)
+    app.router.add_post("/internal/v1/read/{op}", read)
     app.router.add_get("/internal/v1/stats", stats)
     app.on_cleanup.append(close)
     return app
@@ -74,17 +106,19 @@ def read_app(settings: Settings) -> web.Application:
 
 async def main(settings: Settings) -> None:
     client = await asyncio.to_thread(store.connect, settings)
-    await asyncio.to_thread(store.migrate, client)
+    await asyncio.to_thread(store.migrate, client, settings.clickhouse_cluster)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(read_app(settings), access_log=None)
+    flood = FloodGuard.from_settings(settings)
+    runner = web.AppRunner(read_app(settings, flood), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", settings.worker_query_port).start()
-    log.info("worker_internal_port", url=settings.worker_query_url)
+    # MILLRACE_WORKER_HOST: loopback in embedded mode (config enforces it), 0.0.0.0 for scraping.
+    await web.TCPSite(runner, settings.worker_host, settings.worker_query_port).start()
+    log.info("worker_internal_port", host=settings.worker_host, port=settings.worker_query_port)
     try:
-        await pipeline.run(settings, client, stop)
+        await pipeline.run(settings, client, stop, flood)
     finally:
         await runner.cleanup()
         client.close()

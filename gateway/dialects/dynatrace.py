@@ -1,7 +1,8 @@
 """Dynatrace log ingest (seed 002): `POST /api/v2/logs/ingest`, `Authorization: Api-Token <key>`.
 
 Full success is `204` with no body; when some events were dropped, `200` with the
-SuccessEnvelope `{"details": {"message": ..., "code": 200}}` naming them. Errors use
+SuccessEnvelope `{"details": {"message": ..., "code": 200}}` naming them; when every
+event was dropped, `400` naming them. Errors use
 Dynatrace's ErrorEnvelope `{"error": {"code": <status>, "message": ...}}`.
 """
 
@@ -29,6 +30,10 @@ def _success(parsed: Parsed, received_at_ns: int) -> web.Response:
         return web.Response(status=204)
     dropped = "; ".join(f"event {r.index}: {r.reason}" for r in parsed.rejected[:_SHOWN])
     more = f" (and {len(parsed.rejected) - _SHOWN} more)" if len(parsed.rejected) > _SHOWN else ""
+    if not parsed.rows:
+        # Nothing ingested is no partial success: the input is invalid.
+        message = f"no event ingested, {len(parsed.rejected)} dropped: {dropped}{more}"
+        return _error(Problem(400, "invalid_events", message))
     message = f"{len(parsed.rows)} event(s) ingested, {len(parsed.rejected)} dropped: {dropped}{more}"
     return json_response(200, {"details": {"message": message, "code": 200}})
 

@@ -4,12 +4,16 @@ The rule, in order (README "Which API is `POST /v1/logs`?"):
 1. an `X-TG2G-Api-Key` header: TG2G;
 2. an `X-API-Key` header or a `?format=` parameter: Timberlogs (only it has either);
 3. a Content-Type only Timberlogs accepts (NDJSON, syslog, text, CSV, OBL): Timberlogs;
-4. a JSON object body with a `batch` array: GoodLogs; with `source`/`entity` beside
-   `logs` (the TG2G shape) and no Bearer key: TG2G, so its 401 reads right;
+4. a JSON object body with a `batch` key: GoodLogs; with `source`/`entity` beside
+   `logs` (the TG2G shape) and no Bearer key: TG2G, so its 401 reads right. A body that
+   is not valid JSON but opens with `{"batch":` is GoodLogs too, so a GoodLogs client
+   learns of its broken JSON in GoodLogs' error format;
 5. anything else: Timberlogs, whose content sniffing takes any format.
 """
 
 from __future__ import annotations
+
+import re
 
 import orjson
 from aiohttp import web
@@ -33,6 +37,7 @@ _TIMBERLOGS_ONLY_TYPES = frozenset(
         "application/x-obl",
     }
 )
+_BATCH_OPENING = re.compile(rb'\s*\{\s*"batch"\s*:')
 
 
 def by_headers(request: web.Request) -> Dialect | None:
@@ -54,7 +59,7 @@ def choose(request: web.Request, body: bytes) -> Dialect:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return TIMBERLOGS
+            return GOODLOGS_LOGS if _BATCH_OPENING.match(body) else TIMBERLOGS
         if isinstance(doc, dict):
             if "batch" in doc:
                 return GOODLOGS_LOGS

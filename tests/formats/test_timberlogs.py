@@ -756,9 +756,15 @@ def test_rfc3164_forms() -> None:
         ("Jun 15 12:00:00", utc_ns(2024, 6, 16), utc_ns(2024, 6, 15, 12)),
         ("Feb 29 12:00:00", utc_ns(2024, 3, 1), utc_ns(2024, 2, 29, 12)),
         ("Feb 29 12:00:00", utc_ns(2025, 3, 1), utc_ns(2024, 2, 29, 12)),
+        ("Feb 29 12:00:00", utc_ns(2028, 2, 28), utc_ns(2024, 2, 29, 12)),
+        # Months back, not months ahead: logs come from the past.
+        ("Jan 15 10:30:00", utc_ns(2026, 11, 24), utc_ns(2026, 1, 15, 10, 30)),
+        ("Jun 15 12:00:00", utc_ns(2025, 1, 10), utc_ns(2024, 6, 15, 12)),
+        # The sender's local time east of UTC is read as UTC: hours ahead stay this year.
+        ("Jun 15 12:00:00", utc_ns(2024, 6, 15, 0, 30), utc_ns(2024, 6, 15, 12)),
     ],
 )
-def test_rfc3164_year_is_the_one_nearest_the_receive_time(stamp: str, received: int, expected: int) -> None:
+def test_rfc3164_year_is_the_latest_not_in_the_future(stamp: str, received: int, expected: int) -> None:
     assert syslog(f"<13>{stamp} h app: m", received)["timestamp"] == expected
 
 

@@ -22,4 +22,10 @@ PARSERS: dict[str, Parser] = {
     "timberlogs": timberlogs.parse,
 }
 
-__all__ = ["PARSERS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]
+# Validate-only fast paths for the gateway: the parser's exact answer (error or counts)
+# without building rows. A dialect missing here is validated by its full parser.
+VALIDATORS: dict[str, Parser] = {
+    "astralog": astralog.validate,
+}
+
+__all__ = ["PARSERS", "VALIDATORS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]

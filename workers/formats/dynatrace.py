@@ -22,7 +22,7 @@ the first present key of each list wins; the keys not chosen stay attributes):
     timestamp <- timestamp, @timestamp, _timestamp, eventtime, date, published_date, syslog.timestamp,
                  time, epochSecond, startTime, datetime, ts, timeMillis, @t. Unix s/ms (numbers or
                  digit strings), RFC 3339 / ISO 8601 (`2022-01-17T22:12:31.0000`; no zone = UTC),
-                 RFC 3164 (`Jan 17 22:12:31`, year nearest the receive time).
+                 RFC 3164 (`Jan 17 22:12:31`, the latest year not in the future).
     level     <- loglevel, status, severity, level, syslog.severity; string values only, so an HTTP
                  `status: 200` stays an attribute. Words normalize_level knows map as it says; others
                  as Dynatrace does, by first letter: e/a/c/s -> error, f -> fatal, w -> warn,

@@ -7,8 +7,10 @@
                            notice/info -> info, debug -> debug; the severity name is `severity_text`
                            and `data.severity`
     facility (PRI // 8) -> data.facility (its name: kern, user, ..., local7)
-    TIMESTAMP           -> timestamp. RFC 3164 has no year: the year that puts it nearest the receive
-                           time (a `Dec 31` line received on January 1st is last year's). A 3164
+    TIMESTAMP           -> timestamp. RFC 3164 has no year: the latest year that does not put it
+                           more than a day past the receive time (a `Jan 15` line received in
+                           November is this year's, a `Dec 31` line received on January 1st
+                           last year's). A 3164
                            line may carry an RFC 3339 time instead, as many senders do.
     HOSTNAME            -> data.hostname, and the `host` column
     APP-NAME / TAG      -> source

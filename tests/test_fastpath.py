@@ -1,0 +1,229 @@
+"""The gateway's validate-only fast paths answer exactly as the full parsers do.
+
+For every body, `validate` raises the same ParseError (code, status, message, details) as
+`parse`, or neither raises and both count the same records. Bodies are generated around
+the edges the fast path takes shortcuts on: field types, empty strings, ISO times near the
+1970/2100 limits and with whitespace or offsets, numeric times, nested and list metadata,
+extra fields, deep nesting and the attribute-count limit.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests.formats.conftest import deep_object, make_ctx
+from workers.formats import PARSERS, VALIDATORS, Parsed, ParseError, astralog
+from workers.formats.astralog import validate as astralog_validate
+from workers.formats.common import MAX_ATTRIBUTE_KEYS, parse_timestamp
+
+TIMES = st.sampled_from(
+    [
+        "2024-05-31T15:30:45Z",
+        "2024-05-31T15:30:45.250+02:00",
+        "2024-05-31 15:30:45",
+        "2024-05-31",
+        " 2024-05-31T15:30:45Z ",
+        "2024-05-31T15:30:45Z\n",
+        "1970-01-01T00:00:00Z",
+        "1970-01-01T00:00:00+01:00",
+        "1971-01-01T00:00:00-23:59",
+        "2098-12-31T23:59:59-23:59",
+        "2099-12-31T23:00:00-23:00",
+        "2100-01-01T00:00:00Z",
+        "2100-01-01T00:00:01Z",
+        "1969-12-31T23:59:59Z",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "2024-13-01T00:00:00Z",
+        "2024-02-30T00:00:00Z",
+        "20240531T153045Z",
+        "20240531",
+        "1717169445",
+        "1717169445.25",
+        "1717169445000",
+        "99999999999999999999",
+        "²",
+        "2024-",
+        "-2024-05-31",
+        "yesterday",
+        "",
+        "   ",
+    ]
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+FIELD_VALUES = st.one_of(st.text(max_size=6), st.just(""), SCALARS, st.lists(SCALARS, max_size=2), st.just({}))
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 30)) == 0:
+        return draw(JSON)  # not even an object
+    record: dict[str, Any] = {
+        "project_id": "org-xyz",
+        "timestamp": draw(TIMES),
+        "level": draw(st.sampled_from(["info", "WARN", " error ", "nonsense"])),
+        "service": "api",
+        "message": "hello",
+    }
+    for name in draw(st.sets(st.sampled_from(sorted(record)), max_size=2)):
+        if draw(st.booleans()):
+            del record[name]
+        else:
+            record[name] = draw(FIELD_VALUES)
+    if draw(st.booleans()):
+        record["timestamp"] = draw(st.one_of(TIMES, SCALARS))
+    choice = draw(st.integers(0, 6))
+    if choice == 1:
+        record["metadata"] = draw(st.dictionaries(st.text(max_size=4), JSON, max_size=6))
+    elif choice == 2:
+        record["metadata"] = draw(JSON)
+    elif choice == 3:
+        record["metadata"] = {"user_id": 123, "http": {"status": 200, "tags": ["a", 1, None]}}
+    elif choice == 4:  # the shape the plain fast path takes: scalars and one level of objects
+        keys = st.text(max_size=3)
+        flat = st.dictionaries(keys, st.one_of(SCALARS, st.lists(SCALARS, max_size=2)), max_size=3)
+        record["metadata"] = draw(st.dictionaries(keys, st.one_of(SCALARS, flat), max_size=5))
+    if draw(st.integers(0, 5)) == 0:
+        record[draw(st.text(max_size=4))] = draw(JSON)  # an undocumented field (or an override)
+    return record
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> bytes:
+    kind = draw(st.integers(0, 20))
+    if kind == 0:
+        return draw(st.binary(max_size=40))
+    if kind == 1:
+        return orjson.dumps(draw(JSON))
+    if kind == 2:
+        return orjson.dumps({"logs": draw(JSON)})
+    return orjson.dumps({"logs": draw(st.lists(records(), min_size=0, max_size=6))})
+
+
+def outcome(fn: Any, body: bytes) -> tuple[Any, ...]:
+    try:
+        parsed: Parsed = fn(body, make_ctx(path="/v1/drain"))
+    except ParseError as exc:
+        return ("error", exc.code, exc.status, exc.message, exc.details)
+    return ("ok", len(parsed.rows), parsed.rejected, parsed.table)
+
+
+def test_astralog_registered() -> None:
+    """The gateway finds AstraLog's fast path in the registry, next to the parser."""
+    assert VALIDATORS["astralog"] is astralog_validate
+    assert set(VALIDATORS) <= set(PARSERS)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies())
+@example(b"")
+@example(b'{"logs": []}')
+@example(orjson.dumps({"logs": [{"project_id": "p"}]}))
+def test_astralog_validate_answers_as_parse(body: bytes) -> None:
+    """validate raises iff parse raises, with the same error; otherwise both count the same logs."""
+    assert outcome(astralog_validate, body) == outcome(PARSERS["astralog"], body)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records(), min_size=1, max_size=6))
+def test_astralog_rows_as_general_path(logs: list[Any]) -> None:
+    """parse's fast path for plain records builds the very rows the general `_row` builds."""
+    body = orjson.dumps({"logs": logs})
+    try:
+        expected = [astralog._row(i, item) for i, item in enumerate(logs)]
+    except ParseError as exc:
+        with pytest.raises(ParseError) as err:
+            astralog.parse(body, make_ctx())
+        assert (exc.code, exc.message) == (err.value.code, err.value.message)
+    else:
+        assert astralog.parse(body, make_ctx()).rows == expected
+
+
+def valid_log(**extra: Any) -> dict[str, Any]:
+    return {
+        "project_id": "p",
+        "timestamp": "2024-05-31T15:30:45Z",
+        "level": "info",
+        "service": "s",
+        "message": "m",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    "logs",
+    [
+        [valid_log()] * 3,
+        [valid_log(), valid_log(timestamp="2100-01-02T00:00:00Z")],
+        [valid_log(metadata={"k": deep_object(40)})],
+        [valid_log(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS)})],
+        [valid_log(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS + 1)})],
+        [valid_log(metadata={"a": {str(i): i for i in range(600)}, "b": {str(i): i for i in range(600)}})],
+        [valid_log(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS)}, extra=1)],
+        [valid_log(metadata={"a": [[[[1]]]], "b": {"c": {"d": 1}}})],
+        [valid_log(timestamp=1717169445123), valid_log(level="")],
+        [valid_log(), 7],
+    ],
+)
+def test_astralog_edges(logs: list[Any]) -> None:
+    """The limits (depth, attribute count, time range) and numeric times give parse's answer."""
+    body = orjson.dumps({"logs": logs})
+    assert outcome(astralog_validate, body) == outcome(PARSERS["astralog"], body)
+
+
+def test_astralog_seed_shape_is_counted() -> None:
+    """The benchmark's shape (nested `http` object, ISO times with ms) is accepted and counted."""
+    logs = [
+        valid_log(
+            timestamp="2026-11-24T00:30:26.123Z",
+            metadata={"user_id": 7, "ip": "10.0.0.1", "http": {"status": 200, "path": "/x"}, "ms": 1.5},
+        )
+    ] * 4
+    assert outcome(astralog_validate, orjson.dumps({"logs": logs})) == ("ok", 4, [], "logs")
+
+
+def reference_ns(text: str) -> int | None:
+    """parse_timestamp's ISO branch as it was before its integer fast path (via timestamp())."""
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    ns = (int(dt.replace(microsecond=0).timestamp()) * 1_000_000 + dt.microsecond) * 1000
+    return ns if 0 <= ns <= 4_102_444_800 * 10**9 else None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.one_of(
+        st.none(),
+        st.timedeltas(min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)),
+    ),
+    st.sampled_from(["", "Z", " "]),
+)
+def test_iso_timestamps_as_before(when: datetime, offset: timedelta | None, suffix: str) -> None:
+    """The integer fast path of parse_timestamp gives the ns the timestamp() formula gave, offsets included."""
+    if offset is not None:
+        text = when.replace(tzinfo=timezone(offset)).isoformat()
+    else:
+        text = when.isoformat() + suffix
+    assert parse_timestamp(text) == reference_ns(text)

@@ -3,7 +3,7 @@
 (a) Kafka produce: Kafka's own `org.apache.kafka.tools.ProducerPerformance` (the
     kafka-tools jar, fetched with the broker by deploy/kafka/pom.xml) sends the same
     request bodies as records to a topic of its own on the bench's broker, with the
-    gateway's producer settings (acks=all, idempotence, linger, lz4). It runs until its
+    gateway's producer settings (acks=all, idempotence, linger, compression). It runs until its
     5-second windows cover `seconds`, after a first window that is left out as JVM warm-up.
 (b) ClickHouse insert: a separate process opens a fresh chDB path, applies the project's
     migrations, turns the same bodies into rows with the project's own parser and

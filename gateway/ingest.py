@@ -57,6 +57,11 @@ def client_ip(
     return hops[0] if hops else peer
 
 
+def _text(header: str) -> str:
+    """A header as valid UTF-8: aiohttp keeps undecodable bytes as surrogates, which no JSON can carry."""
+    return header.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _is_trusted(address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
@@ -104,7 +109,7 @@ class Ingestor:
         ctx = ParseContext(
             received_at_ns=received_at_ns,
             path=request.path,
-            content_type=request.headers.get("Content-Type", ""),
+            content_type=_text(request.headers.get("Content-Type", "")),
             # A key sent as a query parameter (Dynatrace's ?api-token=) must not travel on to Kafka.
             query={k: v for k, v in request.query.items() if v != token},
         )
@@ -126,7 +131,7 @@ class Ingestor:
                 dialect=name,
                 path=request.path,
                 content_type=ctx.content_type,
-                user_agent=request.headers.get("User-Agent", ""),
+                user_agent=_text(request.headers.get("User-Agent", "")),
                 client_ip=client_ip(request, self.settings.trusted_proxies),
                 received_at_ns=received_at_ns,
                 body=body,

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.dialects.base import bearer, json_response
-from millrace import store
+from millrace import internal, store
 from millrace.config import Settings
 from millrace.gql.autocomplete import suggest
 from millrace.keys import SCOPE_READ, ApiKey, KeyRing
@@ -73,7 +73,10 @@ class WorkerReader:
 
     def __init__(self, settings: Settings) -> None:
         self._url = settings.worker_query_url
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30),
+            headers={internal.HEADER: internal.ensure_token(settings)},
+        )
 
     async def logs(self, query: LogQuery) -> list[dict[str, Any]]:
         payload = await self._post("/internal/v1/logs", query.to_dict())

@@ -17,7 +17,7 @@ import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from millrace import keys
+from millrace import internal, keys
 from millrace.query import LogQuery, compile_logs
 from tests.conftest import Gateway, Stack
 from tests.test_limits import WIRES, post
@@ -307,3 +307,60 @@ async def test_keys_are_stored_only_as_hashes(stack: Stack) -> None:
     assert ours and all(v["key_hash"] == record.key_hash for v in ours)
     secret = token.rsplit("_", 1)[1].encode()
     assert not [v for v in values if secret in v or token.encode() in v]
+
+
+# -- the worker's internal read port ---------------------------------------------------------------
+
+
+async def test_the_workers_read_port_refuses_reads_without_the_state_directorys_token(stack: Stack) -> None:
+    """Loopback is not a boundary: a local process without the token file reads nothing."""
+    base = stack.settings.worker_query_url
+    query = {"project": "anyone", "limit": 10}
+    async with stack.session.post(f"{base}/internal/v1/logs", data=orjson.dumps(query)) as resp:
+        assert resp.status == 401
+        assert orjson.loads(await resp.read())["error"]["code"] == "UNAUTHORIZED"
+    async with stack.session.post(
+        f"{base}/internal/v1/logs", data=orjson.dumps(query), headers={internal.HEADER: "guess"}
+    ) as resp:
+        assert resp.status == 401
+    async with stack.session.post(
+        f"{base}/internal/v1/read/usage", data=orjson.dumps({"project": "anyone"})
+    ) as resp:
+        assert resp.status == 401
+    token = internal.ensure_token(stack.settings)
+    assert internal.token_path(stack.settings).stat().st_mode & 0o777 == 0o600
+    async with stack.session.post(
+        f"{base}/internal/v1/logs", data=orjson.dumps(query), headers={internal.HEADER: token}
+    ) as resp:
+        assert resp.status == 200
+        assert orjson.loads(await resp.read()) == {"logs": []}
+    async with stack.session.get(f"{base}/internal/health") as resp:
+        assert resp.status == 200  # health and metrics carry no tenant data
+
+
+def test_a_malformed_request_is_logged_as_one_line_without_its_bytes() -> None:
+    """aiohttp quotes the bad header line in its exception: our filter keeps only the error class."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    from millrace.log import ClientProtocolErrors
+
+    secret = "mr_0123456789ab_" + "s" * 40
+    try:
+        raise LineTooLong(f"Authorization: {secret}", "16384")
+    except LineTooLong:
+        import sys
+
+        record = logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request from %s",
+            ("1.2.3.4",),
+            sys.exc_info(),
+        )
+    assert ClientProtocolErrors().filter(record)
+    assert record.levelno == logging.WARNING
+    assert record.exc_info is None
+    text = record.getMessage()
+    assert "LineTooLong" in text and secret not in text

@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
 
@@ -151,6 +152,10 @@ def enrich_step(envelope: Envelope, parsed: Parsed, record: ConsumerRecord, out:
     out.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
 
 
+class _GiveUp(Exception):
+    """An insert keeps failing while the worker is asked to stop: leave the batch uncommitted."""
+
+
 class Pipeline:
     """Turns consumer records into batches and batches into stored rows and commits."""
 
@@ -236,11 +241,22 @@ class Pipeline:
             if self.flood.check(batch.messages, len(batch.dead)):
                 self._halt(batch)
                 return
-            for table in batch.tables.values():
-                await self._insert_with_retry(table)
+            try:
+                for table in batch.tables.values():
+                    await self._insert_with_retry(table)
+            except _GiveUp:
+                # Stopping while the store is out: nothing of this batch is committed, so
+                # the next owner of these partitions reads it again (dedup keeps that exact).
+                log.warning("batch_abandoned", code="batch_abandoned", rows=batch.rows, stage="sending")
+                return
             for dead in batch.dead:
                 await self._dead_letter(dead)
-            await self.consumer.commit(batch.commit)
+            try:
+                await self.consumer.commit(batch.commit)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # We lost these partitions (evicted or rebalanced mid-batch). The rows are stored,
+                # and the new owner skips them by the offset watermark: not an error to die for.
+                log.warning("commit_failed", code="commit_failed", error=type(exc).__name__, stage="sending")
             self.stats["rows"] += batch.rows
             self.stats["batches"] += 1
             metrics.BATCH_ROWS.observe(batch.rows)
@@ -286,6 +302,8 @@ class Pipeline:
                         retry_in_s=delay,
                         stage="sending",
                     )
+                    if self.stopping:
+                        raise _GiveUp from exc
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
         finally:
@@ -466,9 +484,15 @@ async def run(
             for batch in records.values():
                 for record in batch:
                     pipeline.submit(record)
+                    # Bounded by rows, not by what one fetch returned (up to 1000 envelopes of
+                    # 500 logs): big batches cost memory and make the GC rescan live rows.
+                    if pipeline.batch.rows >= settings.batch_rows:
+                        await pipeline.flush()
             if pipeline.due():
                 await pipeline.flush()
-        # Graceful stop: store and commit what was consumed before leaving the group.
+        # Graceful stop: store and commit what was consumed before leaving the group. If the
+        # store is out, one failed attempt is enough: the batch stays uncommitted (redelivered).
+        pipeline.stopping = True
         await pipeline.flush()
     finally:
         await consumer.stop()

@@ -9,6 +9,7 @@ engine), so a slow query never holds up an insert.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from millrace import metrics, store
+from millrace import internal, metrics, store
 from millrace.config import Settings
 from millrace.dlq import FloodGuard
 from millrace.query import LogQuery, QueryError, project_stats, read_call, run_logs
@@ -40,6 +41,8 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
     app.router.add_get("/metrics", metrics.handle)
     if not settings.embedded_store:
         return app
+    # Reads need the state directory's token; health and metrics stay open (millrace/internal.py).
+    app.middlewares.append(internal.guard(internal.ensure_token(settings)))
     client = store.connect(settings, create_database=False)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read")
 
@@ -105,6 +108,10 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
 
 
 async def main(settings: Settings) -> None:
+    # A batch keeps ~10^5 row dicts alive: with default thresholds the GC rescans them again
+    # and again (bench/RESULTS.md). Freeze what start-up allocated and collect less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     client = await asyncio.to_thread(store.connect, settings)
     await asyncio.to_thread(store.migrate, client, settings.clickhouse_cluster)
     stop = asyncio.Event()

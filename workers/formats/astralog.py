@@ -21,8 +21,8 @@ _TEXT_FIELDS = ("project_id", "level", "service", "message")
 
 
 def parse(body: bytes, ctx: ParseContext) -> Parsed:
-    rows = [_plain_row(item) if _plain(item) else _row(i, item) for i, item in enumerate(_logs(load_json(body)))]
-    return Parsed(rows=rows)
+    logs = _logs(load_json(body))
+    return Parsed(rows=[_plain_row(item) if _plain(item) else _row(i, item) for i, item in enumerate(logs)])
 
 
 def validate(body: bytes, ctx: ParseContext) -> Parsed:
@@ -50,7 +50,7 @@ def _logs(doc: Any) -> list[Any]:
 
 
 def _plain(item: Any) -> bool:
-    """True only if `_row(item)` surely succeeds: no extra fields, non-empty strings, ISO time, flat metadata."""
+    """True only if `_row(item)` surely succeeds: no extra fields, texts set, ISO time, flat metadata."""
     if type(item) is not dict or not item.keys() <= _KNOWN:
         return False
     for f in _TEXT_FIELDS:
@@ -68,7 +68,7 @@ def _plain_row(item: dict[str, Any]) -> dict[str, Any]:
     attributes: dict[str, str] = {}
     metadata = item.get("metadata")
     if metadata:
-        if False:  # the general flatten's handling of an empty key, kept in one place
+        if "" in metadata:  # the general flatten's handling of an empty key, kept in one place
             flatten(metadata, "", attributes)
         else:
             flatten_plain(metadata, attributes)

@@ -133,7 +133,7 @@ def insert_columns(
         column_oriented=True,
         settings={
             "insert_deduplication_token": dedup_token,
-            # Logs from many days in one batch are normal (back-fills): never refuse them.
+            # Partitions are receive days, so a batch spans two only around midnight; never refuse.
             "throw_on_max_partitions_per_insert_block": 0,
         },
     )

@@ -523,8 +523,11 @@ async def test_kafka_down_answers_503_with_retry_after_and_recovers_without_rest
     its own error format within 10 s, never success; the same gateway recovers when Kafka returns,
     and what it acknowledged is stored once."""
     # The dedicated broker, but the session's chDB engine (one engine path per process).
-    settings = replace(dedicated_broker.settings, clickhouse_dsn=stack.settings.clickhouse_dsn)
+    # Its own topic name too: the session's store holds watermarks of the session's topic.
     project = f"kafka-down-{uuid.uuid4().hex[:6]}"
+    settings = replace(
+        dedicated_broker.settings, clickhouse_dsn=stack.settings.clickhouse_dsn, topic=f"millrace.{project}"
+    )
     await ensure_topics(settings)
     key = await new_key(settings, project)
     client = store.connect(settings)
@@ -827,3 +830,73 @@ async def test_fail_n_times_and_crash_between_insert_and_commit_store_exactly_on
     await worker.halt()
     assert p.stats["skipped_stored"] > 0, "the restarted worker did not meet the stored offsets"
     report("fail-n-and-crash", skipped_stored=p.stats["skipped_stored"], **numbers)
+
+
+# -- a raw topic deleted and re-created under the same name ---------------------------------------
+
+
+async def test_a_recreated_topic_is_not_skipped_for_the_old_topics_watermarks(stack: Stack) -> None:
+    """The store remembers offsets of a topic's earlier life; the new topic (offsets from 0)
+    must still be stored in full, not skipped as 'already stored'."""
+    tag = uuid.uuid4().hex[:8]
+    settings = replace(stack.settings, topic=f"millrace.recreated-{tag}", consumer_group=f"recreated-{tag}")
+    await ensure_topics(settings)
+    # The earlier life: rows at high offsets on every partition (the view keeps their watermarks).
+    old = [[f"old-life-{tag}-{p}" for p in range(settings.partitions)]]
+    columns = {
+        "project": [f"old-{tag}"] * settings.partitions,
+        "message": old[0],
+        "kafka_topic": [settings.topic] * settings.partitions,
+        "kafka_partition": list(range(settings.partitions)),
+        "kafka_offset": [10_000] * settings.partitions,
+    }
+    await asyncio.to_thread(
+        stack.client.insert,
+        "logs",
+        list(columns.values()),
+        column_names=list(columns),
+        column_oriented=True,
+    )
+    tenant = await stack.tenant(f"recreated-{tag}")
+    client = store.connect(settings, create_database=False)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(pipeline.run(settings, client, stop))
+    server = TestServer(create_app(settings), port=free_port())
+    await server.start_server(**SERVER_OPTIONS)
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        await wait_for_gateway_key(server, tenant.key)
+        for i in range(8):
+            async with stack.session.post(
+                url + "/v1/drain",
+                data=orjson.dumps(
+                    {
+                        "logs": [
+                            {
+                                "project_id": "p",
+                                "timestamp": "2024-05-31T15:30:45Z",
+                                "level": "info",
+                                "service": "s",
+                                "message": f"new-life-{i}",
+                            }
+                        ]
+                    }
+                ),
+                headers={"Authorization": tenant.key},
+            ) as resp:
+                assert resp.status == 200
+        assert await stack.wait_rows(tenant.project, 8) == 8
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 60)
+        await server.close()
+        client.close()
+
+
+async def wait_for_gateway_key(server: TestServer, token: str, timeout_s: float = 10) -> None:
+    from gateway.app import KEYS
+
+    deadline = time.monotonic() + timeout_s
+    while server.app[KEYS].ring.authenticate(token) is None:
+        assert time.monotonic() < deadline, "the gateway did not see the key"
+        await asyncio.sleep(0.05)

@@ -352,9 +352,23 @@ class Pipeline:
 
     async def load_watermarks(self) -> None:
         loop = asyncio.get_running_loop()
-        self.watermarks, self.stored_above = await loop.run_in_executor(
+        marks, above = await loop.run_in_executor(
             self._pool, _stored_positions, self.client, self.settings.topic
         )
+        assigned = [tp for tp in self.consumer.assignment() if tp.topic == self.settings.topic]
+        ends = await self.consumer.end_offsets(assigned) if assigned else {}
+        stale = {tp.partition for tp, end in ends.items() if _stale(marks, above, tp.partition, end)}
+        if stale:
+            # A stored offset at or past the end of the log cannot come from this topic: it was
+            # deleted and re-created under the same name (or truncated). Trusting those marks
+            # would silently skip the new topic's messages; ignoring them risks at most a
+            # duplicate of an uncommitted batch. Loud, because an operator should know.
+            log.error(
+                "stale_watermarks", code="stale_watermarks", partitions=sorted(stale), stage="processing"
+            )
+            marks = {k: v for k, v in marks.items() if k[1] not in stale}
+            above = {k for k in above if k[1] not in stale}
+        self.watermarks, self.stored_above = marks, above
         self.watermarks_loaded = True
 
     async def ensure_watermarks(self) -> None:
@@ -379,6 +393,15 @@ class Pipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _stale(
+    marks: dict[tuple[str, int], int], above: set[tuple[str, int, int]], partition: int, end: int
+) -> bool:
+    """True when some table claims an offset of `partition` that the log has not reached yet."""
+    return any(o >= end for (_, p), o in marks.items() if p == partition) or any(
+        o >= end for _, p, o in above if p == partition
+    )
 
 
 def _stored_positions(

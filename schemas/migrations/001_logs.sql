@@ -42,10 +42,15 @@ CREATE TABLE IF NOT EXISTS logs
     INDEX idx_attr_keys mapKeys(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_attr_values mapValues(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_trace_id trace_id TYPE bloom_filter(0.001) GRANULARITY 1,
-    INDEX idx_request_id request_id TYPE bloom_filter(0.001) GRANULARITY 1
+    INDEX idx_request_id request_id TYPE bloom_filter(0.001) GRANULARITY 1,
+    -- Event-time pruning that the partition key no longer gives (live logs: receive day ~ event day).
+    INDEX idx_timestamp timestamp TYPE minmax GRANULARITY 1
 )
 ENGINE = MergeTree
-PARTITION BY toDate(timestamp)
+-- By receive day, not event day: all rows of one Kafka message share observed_timestamp, so
+-- each message lands in one part, atomically (the worker's crash recovery relies on it),
+-- back-fills do not scatter an insert over many partitions, and the TTL drops whole parts.
+PARTITION BY toDate(observed_timestamp)
 ORDER BY (project, service, timestamp)
 -- Retention counts from when Millrace received a log, so back-filled old logs are kept.
 TTL toDateTime(observed_timestamp) + INTERVAL 30 DAY

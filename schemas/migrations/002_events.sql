@@ -20,10 +20,15 @@ CREATE TABLE IF NOT EXISTS events
     inserted_at         DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta(8), ZSTD(1)),
     INDEX idx_distinct_id distinct_id TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_prop_keys mapKeys(properties) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_prop_values mapValues(properties) TYPE bloom_filter(0.01) GRANULARITY 1
+    INDEX idx_prop_values mapValues(properties) TYPE bloom_filter(0.01) GRANULARITY 1,
+    -- Event-time pruning that the partition key no longer gives (live logs: receive day ~ event day).
+    INDEX idx_timestamp timestamp TYPE minmax GRANULARITY 1
 )
 ENGINE = MergeTree
-PARTITION BY toDate(timestamp)
+-- By receive day, not event day: all rows of one Kafka message share observed_timestamp, so
+-- each message lands in one part, atomically (the worker's crash recovery relies on it),
+-- back-fills do not scatter an insert over many partitions, and the TTL drops whole parts.
+PARTITION BY toDate(observed_timestamp)
 ORDER BY (project, event, timestamp)
 TTL toDateTime(observed_timestamp) + INTERVAL 90 DAY
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 10000;

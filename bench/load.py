@@ -61,6 +61,7 @@ class LoadConfig:
     duration_s: float
     gzip: bool = False
     index: int = 0  # this process's number: its counter slot and its first body
+    rate_rps: float = 0.0  # requests/s this process starts at most (0: as fast as answers come)
     timeout_s: float = 30.0
 
 
@@ -90,10 +91,20 @@ async def _drive(cfg: LoadConfig, bodies: list[bytes], counters: Any, base: int,
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
         started = loop.time()
         deadline = started + cfg.duration_s
+        # Paced load (--rate): one schedule shared by all connections, so a sustainable rate
+        # can be measured with a bounded backlog instead of always overdriving the worker.
+        interval = 1 / cfg.rate_rps if cfg.rate_rps > 0 else 0.0
+        schedule = [started]
 
         async def connection(slot: int) -> None:
             i = slot
             while loop.time() < deadline:
+                if interval:
+                    at = max(schedule[0], loop.time())
+                    schedule[0] = at + interval
+                    if at >= deadline:
+                        break
+                    await asyncio.sleep(at - loop.time())
                 body = bodies[i % len(bodies)]
                 i += cfg.connections
                 t0 = time.perf_counter()

@@ -52,15 +52,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gzip", action="store_true", help="send bodies gzip-compressed (Content-Encoding: gzip)")
     p.add_argument("--connections", type=int, default=16, help="requests in flight per load process")
     p.add_argument("--load-procs", type=int, default=1, help="load-generator processes")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="target logs/s over all load processes (default 0: closed loop, as fast as the gateway answers)",
+    )
     p.add_argument("--pool", type=int, default=64, help="distinct request bodies generated up front")
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between counter/CPU samples")
     p.add_argument(
         "--stats-interval",
         type=float,
-        default=1.0,
+        default=5.0,
         help="seconds between polls of the worker's stats (each one is a query the worker pays for)",
     )
-    p.add_argument("--tail-timeout", type=float, default=60, help="seconds to wait for the tail to land")
+    p.add_argument(
+        "--tail-timeout", type=float, default=300, help="seconds to wait for the tail to land (default 300)"
+    )
     p.add_argument("--baseline-seconds", type=float, default=15)
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument(
@@ -226,6 +234,7 @@ def spawn_load(
             duration_s=args.duration,
             gzip=args.gzip,
             index=i,
+            rate_rps=args.rate / per_body / args.load_procs if args.rate > 0 else 0.0,
         )
         proc = ctx.Process(target=load.main, args=(cfg, group.counters, ready, group.go, send), daemon=True)
         proc.start()

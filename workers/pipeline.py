@@ -175,6 +175,7 @@ class Pipeline:
         self._insert = insert
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insert")
         self._lock = asyncio.Lock()
+        self._inflight: asyncio.Task[None] | None = None
         self.batch = Batch()
         self.watermarks: dict[tuple[str, int], int] = {}
         # (table, partition, offset) stored above the watermark (see stored_above_watermarks).
@@ -234,39 +235,57 @@ class Pipeline:
         return batch.rows >= self.settings.batch_rows or age_ms >= self.settings.batch_age_ms
 
     async def flush(self) -> None:
+        """Store and commit everything consumed so far, including a batch still in flight."""
+        await self.flush_behind()
+        await self.drain()
+
+    async def flush_behind(self) -> None:
+        """Hand the current batch to the store and return while it is inserted, so the next
+        batch is parsed meanwhile. At most one batch is in flight (its commit precedes the
+        next one's), so offsets are still committed in order and only after their rows."""
         async with self._lock:
             batch, self.batch = self.batch, Batch()
+            await self.drain()
             if not batch:
                 return
             if self.flood.check(batch.messages, len(batch.dead)):
                 self._halt(batch)
                 return
-            try:
-                for table in batch.tables.values():
-                    await self._insert_with_retry(table)
-            except _GiveUp:
-                # Stopping while the store is out: nothing of this batch is committed, so
-                # the next owner of these partitions reads it again (dedup keeps that exact).
-                log.warning("batch_abandoned", code="batch_abandoned", rows=batch.rows, stage="sending")
-                return
-            for dead in batch.dead:
-                await self._dead_letter(dead)
-            try:
-                await self.consumer.commit(batch.commit)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # We lost these partitions (evicted or rebalanced mid-batch). The rows are stored,
-                # and the new owner skips them by the offset watermark: not an error to die for.
-                log.warning("commit_failed", code="commit_failed", error=type(exc).__name__, stage="sending")
-            self.stats["rows"] += batch.rows
-            self.stats["batches"] += 1
-            metrics.BATCH_ROWS.observe(batch.rows)
-            log.info(
-                "batch_stored",
-                rows=batch.rows,
-                dead_letters=len(batch.dead),
-                partitions=len(batch.commit),
-                stage="sending",
-            )
+            self._inflight = asyncio.create_task(self._store(batch))
+
+    async def drain(self) -> None:
+        """Wait for the batch in flight to be stored and committed; its failure is ours."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
+
+    async def _store(self, batch: Batch) -> None:
+        try:
+            for table in batch.tables.values():
+                await self._insert_with_retry(table)
+        except _GiveUp:
+            # Stopping while the store is out: nothing of this batch is committed, so
+            # the next owner of these partitions reads it again (dedup keeps that exact).
+            log.warning("batch_abandoned", code="batch_abandoned", rows=batch.rows, stage="sending")
+            return
+        for dead in batch.dead:
+            await self._dead_letter(dead)
+        try:
+            await self.consumer.commit(batch.commit)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # We lost these partitions (evicted or rebalanced mid-batch). The rows are stored,
+            # and the new owner skips them by the offset watermark: not an error to die for.
+            log.warning("commit_failed", code="commit_failed", error=type(exc).__name__, stage="sending")
+        self.stats["rows"] += batch.rows
+        self.stats["batches"] += 1
+        metrics.BATCH_ROWS.observe(batch.rows)
+        log.info(
+            "batch_stored",
+            rows=batch.rows,
+            dead_letters=len(batch.dead),
+            partitions=len(batch.commit),
+            stage="sending",
+        )
 
     async def _insert_with_retry(self, table: TableBatch) -> None:
         token = table.token(self.settings.topic)
@@ -510,9 +529,9 @@ async def run(
                     # Bounded by rows, not by what one fetch returned (up to 1000 envelopes of
                     # 500 logs): big batches cost memory and make the GC rescan live rows.
                     if pipeline.batch.rows >= settings.batch_rows:
-                        await pipeline.flush()
+                        await pipeline.flush_behind()
             if pipeline.due():
-                await pipeline.flush()
+                await pipeline.flush_behind()
         # Graceful stop: store and commit what was consumed before leaving the group. If the
         # store is out, one failed attempt is enough: the batch stays uncommitted (redelivered).
         pipeline.stopping = True

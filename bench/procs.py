@@ -152,8 +152,9 @@ def free_port(*, pair: bool = False, taken: set[int] | None = None) -> int:
     raise RuntimeError("no free port found")
 
 
-def http_json(url: str, timeout_s: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+def http_json(url: str, timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> Any:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
         return orjson.loads(resp.read())
 
 

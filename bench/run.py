@@ -36,6 +36,7 @@ import orjson
 
 from bench import load, payloads, procs, report, sampling
 from bench.baselines import kafka_produce
+from millrace import internal
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -311,7 +312,10 @@ def measure(args: argparse.Namespace, target: Target, group: LoadGroup) -> dict[
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     ticks = sampling.Ticks(group.counters, args.load_procs, target.pids, t0)
-    stats = sampling.StatsPoller(stats_url, t0, args.stats_interval) if stats_url else None
+    # The worker's internal port wants the token of the pipeline's state directory.
+    token_file = args.home / "internal-token"
+    token = {internal.HEADER: token_file.read_text().strip()} if token_file.exists() else None
+    stats = sampling.StatsPoller(stats_url, t0, args.stats_interval, token) if stats_url else None
     group.go.set()
     if stats:
         stats.start()

@@ -47,9 +47,10 @@ class Ticks:
 class StatsPoller(threading.Thread):
     """Polls the worker's stats about once per interval, never more than one request at a time."""
 
-    def __init__(self, url: str, t0: float, interval_s: float) -> None:
+    def __init__(self, url: str, t0: float, interval_s: float, headers: dict[str, str] | None = None) -> None:
         super().__init__(name="stats-poller", daemon=True)
         self.url = url
+        self.headers = headers or {}
         self.t0 = t0
         self.interval_s = interval_s
         self.rows: list[dict[str, Any]] = []
@@ -60,7 +61,7 @@ class StatsPoller(threading.Thread):
     def poll(self) -> dict[str, Any] | None:
         sent = time.monotonic()
         try:
-            stats = procs.http_json(self.url, timeout_s=30)
+            stats = procs.http_json(self.url, timeout_s=30, headers=self.headers)
         except OSError:
             with self._lock:
                 self.errors += 1

@@ -24,8 +24,8 @@ from millrace.config import Settings
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HEADER = "X-Millrace-Internal-Token"
-# Tenant data. /internal/v1/stats (landed counts for the bench and delivery tests) is not yet here.
-PROTECTED_PREFIXES = ("/internal/v1/logs", "/internal/v1/read/")
+# Tenant data: reads, and per-project landed counts (the bench's and the delivery tests' stats).
+PROTECTED_PREFIXES = ("/internal/v1/",)
 
 
 def token_path(settings: Settings) -> Path:

@@ -38,7 +38,7 @@ from clickhouse_connect.driver.client import Client
 
 from gateway.app import create_app
 from gateway.server import SERVER_OPTIONS
-from millrace import keys, store
+from millrace import internal, keys, store
 from millrace.config import Settings
 from millrace.kafka.broker import LocalBroker
 from millrace.kafka.topics import ensure_topics
@@ -259,7 +259,11 @@ class Cluster:
 
     async def worker_stats(self, project: str) -> dict[str, Any]:
         url = f"{self.settings.worker_query_url}/internal/v1/stats?project={project}"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, s.get(url) as r:
+        headers = {internal.HEADER: internal.ensure_token(self.settings)}
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s,
+            s.get(url, headers=headers) as r,
+        ):
             assert r.status == 200, await r.text()
             stats: dict[str, Any] = await r.json()
             return stats

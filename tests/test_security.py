@@ -327,6 +327,8 @@ async def test_the_workers_read_port_refuses_reads_without_the_state_directorys_
         f"{base}/internal/v1/read/usage", data=orjson.dumps({"project": "anyone"})
     ) as resp:
         assert resp.status == 401
+    async with stack.session.get(f"{base}/internal/v1/stats?project=anyone") as resp:
+        assert resp.status == 401  # per-project counts are tenant data too
     token = internal.ensure_token(stack.settings)
     assert internal.token_path(stack.settings).stat().st_mode & 0o777 == 0o600
     async with stack.session.post(

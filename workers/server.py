@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import orjson
 import structlog
@@ -25,6 +27,10 @@ from millrace.query import LogQuery, QueryError, project_stats, read_call, run_l
 from workers import pipeline
 
 log = structlog.get_logger()
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Application:
@@ -46,13 +52,12 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
     client = store.connect(settings, create_database=False)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read")
 
-    async def logs(request: web.Request) -> web.Response:
+    async def answer(request: web.Request, key: str, fn: Callable[..., Any], *args: Any) -> web.Response:
+        """Run one read in the pool: bad input is the caller's 400, anything else our 500."""
         try:
-            query = LogQuery.from_dict(orjson.loads(await request.read()))
-            rows = await asyncio.get_running_loop().run_in_executor(pool, run_logs, client, query)
-        except (QueryError, TypeError, orjson.JSONDecodeError) as exc:
-            body = {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}}
-            return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
+            result = await asyncio.get_running_loop().run_in_executor(pool, fn, client, *args)
+        except (QueryError, KeyError, TypeError, ValueError) as exc:
+            return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}})
         except Exception as exc:
             log.exception(
                 "read_failed",
@@ -60,30 +65,23 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
                 stage="processing",
                 request_id=request.headers.get("X-Request-Id", ""),
             )
-            body = {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}}
-            return web.Response(status=500, body=orjson.dumps(body), content_type="application/json")
-        return web.Response(body=orjson.dumps({"logs": rows}), content_type="application/json")
+            return _json(500, {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}})
+        return _json(200, {key: result})
+
+    async def logs(request: web.Request) -> web.Response:
+        try:
+            query = LogQuery.from_dict(orjson.loads(await request.read()))
+        except (QueryError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}})
+        return await answer(request, "logs", run_logs, query)
 
     async def read(request: web.Request) -> web.Response:
         """GoodLogs reads (gql, schema, usage): `millrace.query.read_call`, for the gateway."""
         try:
             payload = orjson.loads(await request.read())
-            result = await asyncio.get_running_loop().run_in_executor(
-                pool, read_call, client, request.match_info["op"], payload
-            )
-        except (QueryError, KeyError, TypeError, ValueError) as exc:
-            body = {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}}
-            return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
-        except Exception as exc:
-            log.exception(
-                "read_failed",
-                code="read_failed",
-                stage="processing",
-                request_id=request.headers.get("X-Request-Id", ""),
-            )
-            body = {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}}
-            return web.Response(status=500, body=orjson.dumps(body), content_type="application/json")
-        return web.Response(body=orjson.dumps({"result": result}), content_type="application/json")
+        except orjson.JSONDecodeError as exc:
+            return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}})
+        return await answer(request, "result", read_call, request.match_info["op"], payload)
 
     async def close(app: web.Application) -> None:
         pool.shutdown(wait=False)

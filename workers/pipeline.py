@@ -3,7 +3,8 @@
     consume -> decode (envelope) -> parse (dialect) -> enrich -> batch -> insert -> commit
 
 Offsets travel with the rows: a batch knows, per partition, the next offset to
-commit, and commits only after its rows are in ClickHouse. Redelivery is harmless
+commit, and commits only after its rows are in ClickHouse. One batch is inserted
+while the next is parsed (at most one in flight, so commits stay in order). Redelivery is harmless
 twice over: an insert carries a deduplication token built from its offsets (a
 retried identical insert is dropped by the engine), and after a crash between
 insert and commit the per-table watermark (highest stored offset, maintained by a

@@ -89,7 +89,7 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
     app[KEYS] = keys
     app[INGESTOR] = Ingestor(settings, keys.ring, producer)
     reader: ReadBackend = WorkerReader(settings) if settings.embedded_store else StoreReader(settings)
-    app[READ_API] = ReadApi(keys.ring, reader)
+    app[READ_API] = ReadApi(keys.ring, reader, app[INGESTOR].limits)
     yield
     # Runs after the server stopped accepting and in-flight handlers finished:
     # flush what is still lingering in the producer, then let go of Kafka.

@@ -106,6 +106,17 @@ class Limits:
             requests.take(1)
         return None
 
+    def request(self, key: ApiKey) -> Problem | None:
+        """Charge one request only (reads: they carry no records, and an ingest budget spent
+        on logs must not lock the same key out of reading)."""
+        requests = self._bucket(self._requests, key, LIMIT_REQUESTS_PER_S, self.settings.rate_requests_per_s)
+        if requests is None:
+            return None
+        if (wait := requests.wait_for(1)) > 0:
+            return rate_limited(wait, "request")
+        requests.take(1)
+        return None
+
     def after_parse(self, key: ApiKey, parsed: Parsed) -> Problem | None:
         """The global record cap, then charge the records the parse produced."""
         cap = self.settings.max_records_per_request

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.dialects.base import bearer, json_response
+from gateway.limits import Limits
 from millrace import internal, store
 from millrace.config import Settings
 from millrace.gql.autocomplete import suggest
@@ -134,9 +135,10 @@ def query_from_request(project: str, params: Any) -> LogQuery:
 
 
 class ReadApi:
-    def __init__(self, keys: KeyRing, backend: ReadBackend) -> None:
+    def __init__(self, keys: KeyRing, backend: ReadBackend, limits: Limits | None = None) -> None:
         self.keys = keys
         self.backend = backend
+        self.limits = limits  # the ingest path's buckets: a key's requests/s covers its reads too
 
     def authorize(self, request: web.Request) -> ApiKey | web.Response:
         """The key with the read scope, or the GoodLogs-format refusal to send."""
@@ -146,6 +148,12 @@ class ReadApi:
             return error(401, "UNAUTHORIZED", "missing or invalid API key")
         if SCOPE_READ not in key.scopes:
             return error(403, "FORBIDDEN", f"this key lacks the '{SCOPE_READ}' scope")
+        if self.limits is not None and (limited := self.limits.request(key)) is not None:
+            return json_response(
+                429,
+                {"error": {"code": "RATE_LIMITED", "message": limited.message}},
+                retry_after=limited.retry_after,
+            )
         return key
 
     async def logs(self, request: web.Request) -> web.Response:

@@ -541,3 +541,27 @@ async def test_a_client_that_trickles_its_body_gets_408_and_is_cut_off(stack: St
         assert took <= 7.0
     finally:
         writer.close()
+
+
+async def test_reads_spend_the_keys_request_rate_but_not_its_log_budget(stack: Stack) -> None:
+    """A key's requests/s covers its reads (429 in GoodLogs' error format); an exhausted logs/s
+    budget does not lock the same key out of reading."""
+    project = f"readrate-{uuid.uuid4().hex[:6]}"
+    spent = await limited_key(stack, project, **{LIMIT_LOGS_PER_S: 1, LIMIT_BURST_S: 1})
+    wire = WIRES["astralog"]
+    assert (await post(stack, stack.url, wire.path, wire.body("fill", 5), wire.headers(spent)))[0] == 200
+    assert (await post(stack, stack.url, wire.path, wire.body("more", 1), wire.headers(spent)))[0] == 429
+    bearer = {"Authorization": f"Bearer {spent}"}
+    async with stack.session.get(stack.url + "/api/v1/logs", headers=bearer) as resp:
+        assert resp.status == 200  # the logs bucket is in debt; reads do not touch it
+
+    slow = await limited_key(stack, project, **{LIMIT_REQUESTS_PER_S: 1, LIMIT_BURST_S: 2})  # 2 tokens
+    bearer = {"Authorization": f"Bearer {slow}"}
+    statuses = []
+    for _ in range(3):
+        async with stack.session.get(stack.url + "/v1/info", headers=bearer) as resp:
+            statuses.append(resp.status)
+            body, retry = orjson.loads(await resp.read()), resp.headers.get("Retry-After")
+    assert statuses == [200, 200, 429]
+    assert body["error"]["code"] == "RATE_LIMITED"
+    assert retry is not None and int(retry) >= 1

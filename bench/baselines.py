@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import payloads
 from bench.payloads import DIALECTS, Dialect
 
 PERF_CLASS = "org.apache.kafka.tools.ProducerPerformance"
@@ -163,7 +164,6 @@ def _rows(bodies: list[bytes], dialect: Dialect, batch_rows: int) -> tuple[Any, 
     """One worker-shaped columnar batch of `batch_rows` rows, and the parse+enrich CPU seconds it took."""
     from aiokafka.structs import ConsumerRecord
 
-    from schemas.envelope import Envelope
     from workers.formats import PARSERS, ParseContext
     from workers.pipeline import TableBatch, enrich_step
 
@@ -175,18 +175,7 @@ def _rows(bodies: list[bytes], dialect: Dialect, batch_rows: int) -> tuple[Any, 
     while batch is None or batch.rows < batch_rows:
         body = bodies[offset % len(bodies)]
         now = time.time_ns()
-        envelope = Envelope(
-            request_id=f"{offset:024x}",
-            project="bench-baseline",
-            key_id="bench",
-            dialect=dialect.parser,
-            path=dialect.path,
-            content_type=dialect.content_type,
-            user_agent="millrace-bench/1 (python aiohttp)",
-            client_ip="127.0.0.1",
-            received_at_ns=now,
-            body=body,
-        )
+        envelope = payloads.envelope(dialect, body, offset, "bench-baseline", now)
         parsed = parse(
             body, ParseContext(received_at_ns=now, path=dialect.path, content_type=dialect.content_type)
         )

@@ -45,7 +45,7 @@ def _best(fn: Callable[[], Any], reps: int) -> float:
 def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict[str, float]:
     from aiokafka.structs import ConsumerRecord
 
-    from schemas.envelope import Envelope, encode
+    from schemas.envelope import encode
     from workers import formats
     from workers.formats import PARSERS, ParseContext
     from workers.pipeline import TableBatch, decode_step, enrich_step, parse_step
@@ -59,21 +59,7 @@ def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict
     validators: dict[str, Any] = getattr(formats, "VALIDATORS", {})  # absent before the fast path
     check = validators.get(dialect.parser) or PARSERS[dialect.parser]
     parse = PARSERS[dialect.parser]
-    envelopes = [
-        Envelope(
-            request_id=f"{i:024x}",
-            project="bench-micro",
-            key_id="bench",
-            dialect=dialect.parser,
-            path=dialect.path,
-            content_type=dialect.content_type,
-            user_agent="millrace-bench/1 (python aiohttp)",
-            client_ip="127.0.0.1",
-            received_at_ns=now,
-            body=body,
-        )
-        for i, body in enumerate(bodies)
-    ]
+    envelopes = [payloads.envelope(dialect, body, i, "bench-micro", now) for i, body in enumerate(bodies)]
     records = [
         ConsumerRecord("millrace.raw", i % 4, i, 0, 0, None, encode(e), None, 0, len(e.body), [])
         for i, e in enumerate(envelopes)

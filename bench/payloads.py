@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from schemas.envelope import Envelope
+
 SERVICES = (
     "api-gateway",
     "checkout-service",
@@ -286,8 +288,11 @@ def batch_size(dialect: Dialect, requested: int) -> int:
     return min(requested, dialect.max_batch) if dialect.max_batch else requested
 
 
+USER_AGENT = "millrace-bench/1 (python aiohttp)"
+
+
 def headers(dialect: Dialect, key: str, gzip: bool = False) -> dict[str, str]:
-    out = {"Content-Type": dialect.content_type, "User-Agent": "millrace-bench/1 (python aiohttp)"}
+    out = {"Content-Type": dialect.content_type, "User-Agent": USER_AGENT}
     out.update(dialect.auth(key))
     if gzip:
         out["Content-Encoding"] = "gzip"
@@ -314,3 +319,19 @@ def check(dialect: Dialect, body: bytes, logs_per_body: int) -> None:
             f"{dialect.name} payload: {len(parsed.rows)} rows, {len(parsed.rejected)} rejected "
             f"(expected {logs_per_body} rows): {parsed.rejected[:3]}"
         )
+
+
+def envelope(dialect: Dialect, body: bytes, index: int, project: str, received_at_ns: int) -> Envelope:
+    """The envelope the gateway would produce for `body`: what the worker-side benches consume."""
+    return Envelope(
+        request_id=f"{index:024x}",
+        project=project,
+        key_id="bench",
+        dialect=dialect.parser,
+        path=dialect.path,
+        content_type=dialect.content_type,
+        user_agent=USER_AGENT,
+        client_ip="127.0.0.1",
+        received_at_ns=received_at_ns,
+        body=body,
+    )

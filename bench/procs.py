@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from millrace.kafka.broker import port_in_use
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Ports other people on this machine use: never pick them, even when they look free.
 RESERVED_PORTS = frozenset({8080, 8091, 9092, 9093})
@@ -127,16 +129,6 @@ def find_role(role: str, home: Path | None) -> int | None:
     return None
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port(*, pair: bool = False, taken: set[int] | None = None) -> int:
     """A free loopback port (and port + 1, for the broker's controller, when `pair`)."""
     taken = taken or set()
@@ -147,7 +139,7 @@ def free_port(*, pair: bool = False, taken: set[int] | None = None) -> int:
         wanted = {port, port + 1} if pair else {port}
         if wanted & (RESERVED_PORTS | taken) or port + 1 > 65535:
             continue
-        if all(_bindable(p) for p in wanted):
+        if not any(port_in_use(p) for p in wanted):
             return port
     raise RuntimeError("no free port found")
 

@@ -21,7 +21,7 @@ from gateway.ingest import REQUEST_ID, Handler, Ingestor, new_request_id
 from gateway.read import ReadApi, ReadBackend, StoreReader, WorkerReader
 from millrace import metrics
 from millrace.config import Settings
-from millrace.kafka.topics import ENVELOPE_OVERHEAD
+from millrace.kafka.topics import envelope_producer
 from millrace.keys import KeyStore
 
 log = structlog.get_logger()
@@ -69,13 +69,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _kafka(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
-        acks="all",
-        enable_idempotence=True,
+    producer = envelope_producer(
+        settings,
         linger_ms=settings.linger_ms,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
-        max_request_size=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
         request_timeout_ms=int(settings.produce_timeout_s * 1000),
     )
     keys = KeyStore(settings)

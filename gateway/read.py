@@ -103,8 +103,8 @@ class WorkerReader:
         await self._session.close()
 
 
-def error(status: int, code: str, message: str) -> web.Response:
-    return json_response(status, {"error": {"code": code, "message": message}})
+def error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
+    return json_response(status, {"error": {"code": code, "message": message}}, retry_after)
 
 
 def query_from_request(project: str, params: Any) -> LogQuery:
@@ -149,11 +149,7 @@ class ReadApi:
         if SCOPE_READ not in key.scopes:
             return error(403, "FORBIDDEN", f"this key lacks the '{SCOPE_READ}' scope")
         if self.limits is not None and (limited := self.limits.request(key)) is not None:
-            return json_response(
-                429,
-                {"error": {"code": "RATE_LIMITED", "message": limited.message}},
-                retry_after=limited.retry_after,
-            )
+            return error(429, "RATE_LIMITED", limited.message, limited.retry_after)
         return key
 
     async def logs(self, request: web.Request) -> web.Response:

@@ -37,7 +37,7 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import ConsumerRecord
 
 from millrace.config import Settings
-from millrace.kafka.topics import ENVELOPE_OVERHEAD, REQUEST_TIMEOUT_MS, admin_client
+from millrace.kafka.topics import ENVELOPE_OVERHEAD, REQUEST_TIMEOUT_MS, admin_client, envelope_producer
 from schemas.envelope import Envelope, EnvelopeError, decode
 
 log = structlog.get_logger()
@@ -248,12 +248,7 @@ async def replay(
     done = await replay_markers(settings)
     producer = None
     if not dry_run:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
-        )
+        producer = envelope_producer(settings)
         await producer.start()
     try:
         reader = dead_letters(settings, from_offset=from_offset, partition=partition, code=code)

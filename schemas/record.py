@@ -78,6 +78,8 @@ LOGS_TABLE: Final = "logs"
 EVENTS_TABLE: Final = "events"
 TABLE_COLUMNS: Final = {LOGS_TABLE: LOG_COLUMN_NAMES, EVENTS_TABLE: EVENT_COLUMN_NAMES}
 TABLE_DEFAULTS: Final = {LOGS_TABLE: LOG_DEFAULTS, EVENTS_TABLE: EVENT_DEFAULTS}
+# Where each table keeps the fields it has no column for (searchable as map keys).
+MAP_COLUMN: Final = {LOGS_TABLE: "attributes", EVENTS_TABLE: "properties"}
 
 # Columns a parser may fill. The rest are request facts and bookkeeping that the
 # pipeline owns, so a log body can never forge its project or its Kafka offset.

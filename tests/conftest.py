@@ -101,6 +101,15 @@ async def kafka(broker: LocalBroker | None, base_settings: Settings) -> Settings
     return base_settings
 
 
+async def wait_for_key(ring: keys.KeyRing, token: str, timeout_s: float = 10) -> None:
+    """Until a gateway's key ring (it follows the keys topic) knows a key created just now."""
+    deadline = time.monotonic() + timeout_s
+    while ring.authenticate(token) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the gateway did not see the new key")
+        await asyncio.sleep(0.05)
+
+
 @dataclass
 class Tenant:
     project: str
@@ -128,11 +137,7 @@ class Stack:
         return Tenant(project, token, read_token)
 
     async def wait_for_key(self, token: str, timeout_s: float = 10) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.gateway_keys.authenticate(token) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the gateway did not see the new key")
-            await asyncio.sleep(0.05)
+        await wait_for_key(self.gateway_keys, token, timeout_s)
 
     def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self.client.query(sql, parameters=params).result_rows
@@ -206,11 +211,7 @@ class Gateway:
     keys: keys.KeyRing
 
     async def wait_for_key(self, token: str, timeout_s: float = 10) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.keys.authenticate(token) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the extra gateway did not see the new key")
-            await asyncio.sleep(0.05)
+        await wait_for_key(self.keys, token, timeout_s)
 
 
 @pytest.fixture(scope="module")

@@ -137,3 +137,15 @@ def section(prefix: str, heading: str, until: str) -> str:
     start = lines.index(heading) + 1
     end = next(i for i in range(start, len(lines)) if lines[i].startswith(until))
     return "\n".join(lines[start:end]).strip("\n")
+
+
+def with_key(ex: CurlExample, key: str) -> CurlExample:
+    """The example with only its key swapped, wherever the dialect carries it."""
+    headers = dict(ex.headers)
+    for name, value in headers.items():
+        if name == "Authorization":
+            scheme, sep, _ = value.partition(" ")
+            headers[name] = f"{scheme} {key}" if sep else key
+        elif name in ("X-TG2G-Api-Key", "X-API-Key"):
+            headers[name] = key
+    return CurlExample(ex.method, ex.path, headers, ex.body)

@@ -42,8 +42,8 @@ from millrace import internal, keys, store
 from millrace.config import Settings
 from millrace.kafka.broker import LocalBroker
 from millrace.kafka.topics import ensure_topics
-from tests.conftest import Stack, free_port, free_port_pair
-from tests.seeds import CurlExample, curl_examples, http_examples
+from tests.conftest import Gateway, Stack, free_port, free_port_pair
+from tests.seeds import CurlExample, curl_examples, http_examples, with_key
 from workers import pipeline
 from workers.pipeline import Pipeline
 
@@ -441,17 +441,6 @@ async def test_sigterm_to_gateway_and_worker_under_load_loses_nothing_acknowledg
 # -- Kafka down: a dedicated broker, paused and then really stopped --------------------------
 
 
-def with_key(ex: CurlExample, key: str) -> CurlExample:
-    headers = dict(ex.headers)
-    for name, value in headers.items():
-        if name == "Authorization":
-            scheme, sep, _ = value.partition(" ")
-            headers[name] = f"{scheme} {key}" if sep else key
-        elif name in ("X-TG2G-Api-Key", "X-API-Key"):
-            headers[name] = key
-    return CurlExample(ex.method, ex.path, headers, ex.body)
-
-
 def dialect_requests(key: str) -> dict[str, tuple[CurlExample, Callable[[Any], bool]]]:
     """One ingest request per dialect, and how that dialect's 503 body must look."""
     (astralog,) = curl_examples("001")
@@ -839,53 +828,36 @@ async def test_fail_n_times_and_crash_between_insert_and_commit_store_exactly_on
 # -- a raw topic deleted and re-created under the same name ---------------------------------------
 
 
-async def test_a_recreated_topic_is_not_skipped_for_the_old_topics_watermarks(stack: Stack) -> None:
+async def test_a_recreated_topic_is_not_skipped_for_the_old_topics_watermarks(
+    stack: Stack, gateway_factory: Callable[..., Awaitable[Gateway]]
+) -> None:
     """The store remembers offsets of a topic's earlier life; the new topic (offsets from 0)
     must still be stored in full, not skipped as 'already stored'."""
     tag = uuid.uuid4().hex[:8]
     settings = replace(stack.settings, topic=f"millrace.recreated-{tag}", consumer_group=f"recreated-{tag}")
     await ensure_topics(settings)
     # The earlier life: rows at high offsets on every partition (the view keeps their watermarks).
-    old = [[f"old-life-{tag}-{p}" for p in range(settings.partitions)]]
+    partitions = list(range(settings.partitions))
     columns = {
-        "project": [f"old-{tag}"] * settings.partitions,
-        "message": old[0],
-        "kafka_topic": [settings.topic] * settings.partitions,
-        "kafka_partition": list(range(settings.partitions)),
-        "kafka_offset": [10_000] * settings.partitions,
+        "project": [f"old-{tag}" for _ in partitions],
+        "message": [f"old-life-{tag}-{p}" for p in partitions],
+        "kafka_topic": [settings.topic for _ in partitions],
+        "kafka_partition": partitions,
+        "kafka_offset": [10_000 for _ in partitions],
     }
     await asyncio.to_thread(
-        stack.client.insert,
-        "logs",
-        list(columns.values()),
-        column_names=list(columns),
-        column_oriented=True,
+        stack.client.insert, "logs", list(columns.values()), column_names=list(columns), column_oriented=True
     )
     tenant = await stack.tenant(f"recreated-{tag}")
-    client = store.connect(settings, create_database=False)
+    gateway = await gateway_factory(topic=settings.topic, consumer_group=settings.consumer_group)
+    await gateway.wait_for_key(tenant.key)
     stop = asyncio.Event()
-    worker = asyncio.create_task(pipeline.run(settings, client, stop))
-    server = TestServer(create_app(settings), port=free_port())
-    await server.start_server(**SERVER_OPTIONS)
+    worker = asyncio.create_task(pipeline.run(settings, stack.client, stop))
     try:
-        url = f"http://127.0.0.1:{server.port}"
-        await wait_for_gateway_key(server, tenant.key)
         for i in range(8):
             async with stack.session.post(
-                url + "/v1/drain",
-                data=orjson.dumps(
-                    {
-                        "logs": [
-                            {
-                                "project_id": "p",
-                                "timestamp": "2024-05-31T15:30:45Z",
-                                "level": "info",
-                                "service": "s",
-                                "message": f"new-life-{i}",
-                            }
-                        ]
-                    }
-                ),
+                gateway.url + "/v1/drain",
+                data=drain_body([f"new-life-{i}"]),
                 headers={"Authorization": tenant.key},
             ) as resp:
                 assert resp.status == 200
@@ -893,14 +865,3 @@ async def test_a_recreated_topic_is_not_skipped_for_the_old_topics_watermarks(st
     finally:
         stop.set()
         await asyncio.wait_for(worker, 60)
-        await server.close()
-        client.close()
-
-
-async def wait_for_gateway_key(server: TestServer, token: str, timeout_s: float = 10) -> None:
-    from gateway.app import KEYS
-
-    deadline = time.monotonic() + timeout_s
-    while server.app[KEYS].ring.authenticate(token) is None:
-        assert time.monotonic() < deadline, "the gateway did not see the key"
-        await asyncio.sleep(0.05)

@@ -33,6 +33,7 @@ from tests.seeds import (
     http_examples,
     json_documents,
     section,
+    with_key,
 )
 
 pytestmark = pytest.mark.integration
@@ -49,18 +50,6 @@ async def send(stack: Stack, ex: CurlExample, **headers: str) -> tuple[int, Any,
     ) as resp:
         raw = await resp.read()
         return resp.status, (orjson.loads(raw) if raw else None), dict(resp.headers)
-
-
-def with_key(ex: CurlExample, key: str) -> CurlExample:
-    """The example with only its key swapped, wherever the dialect carries it."""
-    headers = dict(ex.headers)
-    for name, value in headers.items():
-        if name == "Authorization":
-            scheme, sep, _ = value.partition(" ")
-            headers[name] = f"{scheme} {key}" if sep else key
-        elif name in ("X-TG2G-Api-Key", "X-API-Key"):
-            headers[name] = key
-    return CurlExample(ex.method, ex.path, headers, ex.body)
 
 
 def rows(stack: Stack, project: str, columns: str, table: str = "logs") -> list[tuple[Any, ...]]:
@@ -422,19 +411,22 @@ def _session(event_id: str, kind: str, **data: str) -> dict[str, str]:
 
 _TL_SYSLOG_5424 = {"hostname": "myhost", "procid": "1234"}
 # The stored rows of each curl example of the seed, in the document's order, by message.
+# The seed's RFC 5424 line, stored: both in its curl example and in its "Body (Syslog)" section.
+TL_SYSLOG_NOTICE = tl(
+    "Connection refused",
+    "info",
+    "api",
+    severity_text="notice",
+    host="myhost",
+    ts=utc(2024, 1, 15, 10, 30, 0),
+    attributes={**_TL_SYSLOG_5424, "severity": "notice", "facility": "local4"},
+)
+
 TIMBERLOGS_STORED: list[list[dict[str, Any]]] = [
     [tl("Application started", "info", "my-app")],
     [tl("Connection refused", "error", "api"), tl("Request completed", "info", "api")],
     [
-        tl(
-            "Connection refused",
-            "info",
-            "api",
-            severity_text="notice",
-            host="myhost",
-            ts=utc(2024, 1, 15, 10, 30, 0),
-            attributes={**_TL_SYSLOG_5424, "severity": "notice", "facility": "local4"},
-        ),
+        TL_SYSLOG_NOTICE,
         tl(
             "Retrying connection",
             "info",
@@ -594,15 +586,7 @@ async def test_timberlogs_body_examples(stack: Stack) -> None:
             ts=utc(2024, 1, 15, 10, 5, 0),
             attributes={**obl, "label": "hello", "spoken": "true", "event_id": "e1", "event_type": "button"},
         ),
-        tl(
-            "Connection refused",
-            "info",
-            "api",
-            severity_text="notice",
-            host="myhost",
-            ts=utc(2024, 1, 15, 10, 30, 0),
-            attributes={**_TL_SYSLOG_5424, "severity": "notice", "facility": "local4"},
-        ),
+        TL_SYSLOG_NOTICE,
         tl(
             "Connection refused",
             "error",

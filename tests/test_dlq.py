@@ -27,7 +27,7 @@ from clickhouse_connect.driver.client import Client
 
 from millrace import dlq, store
 from millrace.config import Settings
-from millrace.kafka.topics import ENVELOPE_OVERHEAD, ensure_topics
+from millrace.kafka.topics import ensure_topics, envelope_producer
 from schemas.envelope import Envelope, encode
 from tests.conftest import Stack
 from workers import pipeline
@@ -78,12 +78,7 @@ class Lane:
             **overrides,  # type: ignore[arg-type]
         )
         await ensure_topics(settings)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
-        )
+        producer = envelope_producer(settings)
         await producer.start()
         return cls(settings, store.connect(settings), producer)
 

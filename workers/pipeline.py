@@ -36,9 +36,9 @@ from clickhouse_connect.driver.client import Client
 from millrace import metrics, store
 from millrace.config import Settings
 from millrace.dlq import FLOOD_CODE, FloodGuard
-from millrace.kafka.topics import ENVELOPE_OVERHEAD
+from millrace.kafka.topics import ENVELOPE_OVERHEAD, envelope_producer
 from schemas.envelope import Envelope, EnvelopeError, decode
-from schemas.record import PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
+from schemas.record import MAP_COLUMN, PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
 from workers.enrich import user_agent
 from workers.formats import PARSERS, ParseContext, Parsed, ParseError
 
@@ -46,7 +46,6 @@ log = structlog.get_logger()
 
 # Dialects whose API promises server-injected `$browser`, `$os`, `$device`, `$ip` fields.
 _INJECTS_CLIENT_FIELDS = frozenset({"goodlogs_logs", "goodlogs_events"})
-_MAP_COLUMN = {"logs": "attributes", "events": "properties"}
 
 # (client, table, columns, dedup token): the store boundary, one insert.
 InsertFn = Callable[[Client, str, dict[str, list[Any]], str], None]
@@ -136,7 +135,7 @@ def enrich_step(envelope: Envelope, parsed: Parsed, record: ConsumerRecord, out:
             "$device": agent.device,
             "$ip": envelope.client_ip,
         }
-        map_column = _MAP_COLUMN[parsed.table]
+        map_column = MAP_COLUMN[parsed.table]
         rows = [{**row, map_column: {**row.get(map_column, {}), **injected}} for row in rows]
     defaults = TABLE_DEFAULTS[out.table]
     filled = set().union(*rows)  # columns some row sets; the others are all default, in bulk
@@ -500,13 +499,7 @@ async def run(
     """Consume until `stop` is set. `insert` is the store boundary (tests inject failures
     there); `on_start` sees the pipeline once it runs (tests watch its consumer)."""
     consumer = make_consumer(settings)
-    dlq = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        # A dead letter is a whole envelope: without this, one over 1 MB would crash the worker.
-        max_request_size=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
-    )
+    dlq = envelope_producer(settings)  # a dead letter is a whole envelope
     pipeline = Pipeline(settings, client, consumer, dlq, insert=insert, flood=flood)
     await dlq.start()
     consumer.subscribe([settings.topic], listener=_Rebalance(pipeline))

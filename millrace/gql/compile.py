@@ -27,63 +27,29 @@ from millrace.gql.ast import (
 )
 from millrace.gql.lexer import GQLError
 from millrace.gql.parser import AGGREGATE_NAMES, parse, parse_time
-from schemas.record import EVENTS_TABLE, LEVELS, LOGS_TABLE, level_of
+from schemas.record import (
+    EVENT_COLUMN_NAMES,
+    EVENTS_TABLE,
+    LEVELS,
+    LOG_COLUMN_NAMES,
+    LOGS_TABLE,
+    MAP_COLUMN,
+    level_of,
+)
 
 SEARCH_LIMIT = 100  # rows when the query says nothing
 SEARCH_MAX = 1000
 GROUPS_LIMIT = 1000  # groups when the query says nothing
 GROUPS_MAX = 10_000
 
-# What a search returns, in order. Timestamps are selected as integer nanoseconds and
-# rendered by the caller, so output does not depend on the driver's timezone.
-LOG_OUTPUT = (
-    "project",
-    "timestamp",
-    "observed_timestamp",
-    "level",
-    "severity_text",
-    "message",
-    "service",
-    "environment",
-    "host",
-    "dataset",
-    "trace_id",
-    "span_id",
-    "request_id",
-    "session_id",
-    "user_id",
-    "flow_id",
-    "tags",
-    "entity_name",
-    "entity_kind",
-    "entity_tags",
-    "error_name",
-    "error_stack",
-    "attributes",
-    "ua_browser",
-    "ua_os",
-    "ua_device",
-    "client_ip",
-    "dialect",
-    "ingest_id",
-)
-EVENT_OUTPUT = (
-    "project",
-    "timestamp",
-    "observed_timestamp",
-    "event",
-    "distinct_id",
-    "properties",
-    "ua_browser",
-    "ua_os",
-    "ua_device",
-    "client_ip",
-    "dialect",
-    "ingest_id",
-)
+# What a search returns, in order: every column but the stored severity number and the Kafka
+# bookkeeping. Timestamps are selected as integer nanoseconds and rendered by the caller, so
+# output does not depend on the driver's timezone.
+_NOT_SHOWN = frozenset({"severity_number", "kafka_topic", "kafka_partition", "kafka_offset"})
+LOG_OUTPUT = tuple(c for c in LOG_COLUMN_NAMES if c not in _NOT_SHOWN)
+EVENT_OUTPUT = tuple(c for c in EVENT_COLUMN_NAMES if c not in _NOT_SHOWN)
 TIME_COLUMNS = frozenset({"timestamp", "observed_timestamp"})
 SOURCES = {LOGS_TABLE: LOG_OUTPUT, EVENTS_TABLE: EVENT_OUTPUT}
-MAP_COLUMN = {LOGS_TABLE: "attributes", EVENTS_TABLE: "properties"}
 
 Kind = Literal["string", "text", "level", "time", "array"]
 

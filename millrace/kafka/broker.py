@@ -120,7 +120,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # Like the JVM's server sockets, so a port in TIME_WAIT after our own stop counts as free.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -264,7 +264,7 @@ class LocalBroker:
             return
         self.pid_file.unlink(missing_ok=True)  # stale: its process is gone
         for port in (self.port, self.controller_port):
-            if _port_in_use(port):
+            if port_in_use(port):
                 raise BrokerError(
                     f"port {port} is already in use by another process; the local broker needs "
                     f"{self.port} and {self.controller_port}: set MILLRACE_KAFKA_PORT to a free port"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
@@ -23,6 +24,19 @@ log = structlog.get_logger()
 CLIENT_ID = "millrace-admin"
 REQUEST_TIMEOUT_MS = 15_000
 ENVELOPE_OVERHEAD = 64 * 1024  # room for an envelope's metadata on top of the largest body
+
+
+def envelope_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """A producer for whole envelopes (gateway, dead letters, replay): acknowledged by every
+    in-sync replica, idempotent, and large enough for the biggest body the gateway accepts
+    (without the size, one envelope over 1 MB would fail to send)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
+        **options,
+    )
 
 
 def wanted_topics(settings: Settings) -> list[NewTopic]:

@@ -7,14 +7,37 @@ seed document is a change to the tests.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+
+def _seeds_dir() -> Path:
+    """The seed documents: `MILLRACE_SEEDS_DIR`, else `shared/seeds` beside the checkout, else
+    beside the local repository this checkout was cloned from (a scratch clone elsewhere)."""
+    if configured := os.environ.get("MILLRACE_SEEDS_DIR"):
+        return Path(configured)
+    checkout = Path(__file__).resolve().parents[1]
+    beside = checkout.parent / "shared" / "seeds"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(
+        ["git", "-C", str(checkout), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        return Path(origin).resolve().parent / "shared" / "seeds"
+    return beside
+
+
+SEEDS = _seeds_dir()
 
 
 @dataclass
@@ -29,7 +52,8 @@ def seed_text(prefix: str) -> str:
     matches = sorted(SEEDS.glob(f"{prefix}_*.txt"))
     if not matches:
         raise FileNotFoundError(
-            f"seed {prefix}_*.txt not found in {SEEDS}; shared/ must sit beside the checkout"
+            f"seed {prefix}_*.txt not found in {SEEDS}; "
+            "put shared/ beside the checkout or set MILLRACE_SEEDS_DIR"
         )
     return matches[0].read_text()
 

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from millrace.config import Settings
-from millrace.kafka.broker import LocalBroker
+from millrace.kafka.broker import LocalBroker, process_exited
 from millrace.kafka.topics import admin_client, describe, ensure_topics, wait_for_kafka
 
 pytestmark = pytest.mark.integration
@@ -36,15 +36,8 @@ def free_listener_and_controller_ports() -> int:
 
 
 def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # Still in the table: only acceptable as a zombie awaiting its parent.
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes() == b""
-    except FileNotFoundError:
-        return True
+    """Gone, or a zombie awaiting its parent (not merely exiting)."""
+    return process_exited(pid)
 
 
 async def read_all(settings: Settings, topic: str, expected: int) -> list[tuple[bytes, bytes]]:

@@ -142,6 +142,27 @@ def _cmdline(pid: int) -> list[str] | None:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
+def process_exited(pid: int) -> bool:
+    """The process is gone or a zombie. An empty argv alone does not say so: a process on its
+    way out releases its memory (and argv) before it can be reaped, and may still hold ports."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return True
+        try:  # no /proc here: all we can ask is whether the pid exists
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+    except OSError:
+        return False
+    state = stat.rpartition(")")[2].split()[:1]  # the field after the (command name)
+    return state in (["Z"], ["X"])
+
+
 def _new_cluster_id() -> str:
     """A Kafka cluster id: a random UUID in URL-safe base64, as `kafka-storage random-uuid` prints."""
     while True:
@@ -442,8 +463,8 @@ class LocalBroker:
             if self._proc is not None and self._proc.pid == pid:
                 if self._proc.poll() is not None:
                     return True
-            elif not self._is_our_broker(pid):
-                return True
+            elif process_exited(pid) or (_cmdline(pid) and not self._is_our_broker(pid)):
+                return True  # exited, or the pid already belongs to another program
             time.sleep(0.1)
         return False
 

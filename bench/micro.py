@@ -12,7 +12,10 @@ Stages, in the order a log meets them:
   alive, so the garbage collector's cost of a large batch is included);
 - worker `insert`: `store.insert_columns` of that batch into a fresh embedded ClickHouse
   (chDB) directory, process CPU (all threads), and the part of it spent in Python
-  serializing the batch (`client.insert` without the engine call).
+  serializing the batch (`client.insert` without the engine call);
+- worker `store parse`: for bodies the gateway marks `store_parses`, the whole worker side
+  instead: decode, defer, and the `INSERT ... SELECT` in which the engine parses the raw
+  bodies (`pipeline.insert_table`), process CPU (all threads).
 
 Each figure is the minimum over `--reps` repetitions of CPU time (`time.process_time`),
 the least disturbed by other processes on a shared machine. Wall-clock throughput is
@@ -84,14 +87,15 @@ def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict
         "worker_decode_parse_enrich_us": _best(worker, reps) * us,
     }
     if insert:
-        out.update(_insert(batch[0], max(2, reps // 2)))
+        out.update(_insert(batch[0], records, max(2, reps // 2)))
     out["logs_per_rep"] = logs
     return out
 
 
-def _insert(table: Any, reps: int) -> dict[str, float]:
+def _insert(table: Any, records: list[Any], reps: int) -> dict[str, float]:
     from millrace import store
     from millrace.config import Settings
+    from workers.pipeline import TableBatch, decode_step, insert_table
 
     with tempfile.TemporaryDirectory(prefix="millrace-micro-") as home:
         client = store.connect(Settings.from_env({"MILLRACE_HOME": home}))
@@ -115,12 +119,25 @@ def _insert(table: Any, reps: int) -> dict[str, float]:
             python = _best(lambda: store.insert_columns(client, table.table, table.columns, "x"), reps)
         finally:
             backend.execute_data_insert = real
+        store_parse = None
+        if all(decode_step(r).store_parses for r in records):
+
+            def store_parsed() -> None:
+                deferred = TableBatch.empty(table.table)
+                for record in records:
+                    deferred.defer(decode_step(record), record)
+                insert_table(client, deferred, f"s{next(tokens)}")
+
+            store_parse = _best(store_parsed, reps)
         client.close()
-    return {
+    out = {
         "worker_insert_us": total * 1e6 / table.rows,
         "worker_insert_python_us": python * 1e6 / table.rows,
         "batch_rows": table.rows,
     }
+    if store_parse is not None:
+        out["worker_store_parse_us"] = store_parse * 1e6 / table.rows
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -323,6 +323,10 @@ def check(dialect: Dialect, body: bytes, logs_per_body: int) -> None:
 
 def envelope(dialect: Dialect, body: bytes, index: int, project: str, received_at_ns: int) -> Envelope:
     """The envelope the gateway would produce for `body`: what the worker-side benches consume."""
+    from workers.formats import PARSERS, VALIDATORS, ParseContext
+
+    ctx = ParseContext(received_at_ns=received_at_ns, path=dialect.path, content_type=dialect.content_type)
+    checked = (VALIDATORS.get(dialect.parser) or PARSERS[dialect.parser])(body, ctx)
     return Envelope(
         request_id=f"{index:024x}",
         project=project,
@@ -334,4 +338,6 @@ def envelope(dialect: Dialect, body: bytes, index: int, project: str, received_a
         client_ip="127.0.0.1",
         received_at_ns=received_at_ns,
         body=body,
+        store_parses=checked.store_parses,
+        records=len(checked.rows) if checked.store_parses else 0,
     )

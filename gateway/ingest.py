@@ -136,6 +136,8 @@ class Ingestor:
                 received_at_ns=received_at_ns,
                 body=body,
                 query=dict(ctx.query),
+                store_parses=parsed.store_parses,
+                records=len(parsed.rows) if parsed.store_parses else 0,
             )
             try:
                 await self._produce(envelope)

@@ -9,7 +9,8 @@ these functions in a thread.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -137,6 +138,49 @@ def insert_columns(
             "throw_on_max_partitions_per_insert_block": 0,
         },
     )
+
+
+def insert_select(
+    client: Client,
+    table: str,
+    columns: Sequence[str],
+    select: Callable[[str], str],
+    structure: str,
+    data: bytes,
+    dedup_token: str,
+    input_settings: Mapping[str, int],
+    parameters: Mapping[str, Any],
+) -> None:
+    """One `INSERT ... SELECT` over JSONEachRow `data`, so the engine parses the rows itself.
+
+    `select(source)` builds the SELECT from a table expression: a file the embedded engine
+    reads (chDB takes SQL, not a request body), or the request body of a server's `input()`.
+    The dedup token works as in `insert_columns`.
+    """
+    settings = {
+        **input_settings,
+        "insert_deduplication_token": dedup_token,
+        "throw_on_max_partitions_per_insert_block": 0,
+    }
+    head = f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in columns)})"
+    if client.uri.startswith("chdb:"):
+        with tempfile.NamedTemporaryFile(prefix="millrace-", suffix=".jsonl") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            source = f"file({_quote(tmp.name)}, 'JSONEachRow', {_quote(structure)})"
+            client.command(f"{head} {select(source)}", parameters=dict(parameters), settings=settings)
+    else:
+        source = f"input({_quote(structure)})"
+        client.command(
+            f"{head} {select(source)} FORMAT JSONEachRow",
+            parameters=dict(parameters),
+            data=data,
+            settings=settings,
+        )
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def watermarks(client: Client, topic: str) -> dict[tuple[str, int], int]:

@@ -45,7 +45,7 @@ from millrace.kafka.topics import ensure_topics
 from tests.conftest import Gateway, Stack, free_port, free_port_pair
 from tests.seeds import CurlExample, curl_examples, http_examples, with_key
 from workers import pipeline
-from workers.pipeline import Pipeline
+from workers.pipeline import Pipeline, TableBatch
 
 pytestmark = pytest.mark.integration
 
@@ -636,16 +636,16 @@ class FlakyStore:
     crash_after_insert: bool = False
     attempts: list[tuple[float, str, int, bool]] = field(default_factory=list)  # (time, token, rows, ok)
 
-    def __call__(self, client: Client, table: str, columns: dict[str, list[Any]], token: str) -> None:
-        rows = len(next(iter(columns.values())))
+    def __call__(self, client: Client, table: TableBatch, token: str) -> None:
+        rows = table.rows
         failing = self.fail_next > 0 or time.monotonic() < self.fail_until
         if failing:
             self.fail_next = max(0, self.fail_next - 1)
             if self.landed:
-                store.insert_columns(client, table, columns, token)
+                pipeline.insert_table(client, table, token)
             self.attempts.append((time.monotonic(), token, rows, False))
             raise ConnectionError("injected: the store is unreachable")
-        store.insert_columns(client, table, columns, token)
+        pipeline.insert_table(client, table, token)
         self.attempts.append((time.monotonic(), token, rows, True))
         if self.crash_after_insert:
             self.crash_after_insert = False

@@ -2,6 +2,11 @@
 
     consume -> decode (envelope) -> parse (dialect) -> enrich -> batch -> insert -> commit
 
+An envelope the gateway marked `store_parses` skips parse and enrich here: its raw body
+is batched as is and the engine parses it inside the insert (`insert_table`), with the
+same result (workers/formats/astralog_store.py). A table's batch holds one kind or is
+turned wholly into rows before its insert, so each batch is still one insert per table.
+
 Offsets travel with the rows: a batch knows, per partition, the next offset to
 commit, and commits only after its rows are in ClickHouse. One batch is inserted
 while the next is parsed (at most one in flight, so commits stay in order). Redelivery is harmless
@@ -40,15 +45,15 @@ from millrace.kafka.topics import ENVELOPE_OVERHEAD, envelope_producer
 from schemas.envelope import Envelope, EnvelopeError, decode
 from schemas.record import MAP_COLUMN, PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
 from workers.enrich import user_agent
-from workers.formats import PARSERS, ParseContext, Parsed, ParseError
+from workers.formats import PARSERS, ParseContext, Parsed, ParseError, astralog_store
 
 log = structlog.get_logger()
 
 # Dialects whose API promises server-injected `$browser`, `$os`, `$device`, `$ip` fields.
 _INJECTS_CLIENT_FIELDS = frozenset({"goodlogs_logs", "goodlogs_events"})
 
-# (client, table, columns, dedup token): the store boundary, one insert.
-InsertFn = Callable[[Client, str, dict[str, list[Any]], str], None]
+# (client, table batch, dedup token): the store boundary, one insert.
+InsertFn = Callable[[Client, "TableBatch", str], None]
 
 
 @dataclass(slots=True)
@@ -70,6 +75,8 @@ class TableBatch:
     columns: dict[str, list[Any]]
     ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
     rows: int = 0
+    # Envelopes whose bodies the engine parses in the insert (store_parses), not yet rows.
+    deferred: list[tuple[Envelope, ConsumerRecord]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, table: str) -> TableBatch:
@@ -78,6 +85,46 @@ class TableBatch:
     def token(self, topic: str) -> str:
         spans = ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(self.ranges.items()))
         return f"{self.table}|{topic}|{spans}"
+
+    def accepts_deferred(self, dialect: str) -> bool:
+        if self.deferred:
+            return self.deferred[0][0].dialect == dialect
+        return not self.rows
+
+    def defer(self, envelope: Envelope, record: ConsumerRecord) -> None:
+        self.deferred.append((envelope, record))
+        self.rows += envelope.records
+        self._cover(record)
+
+    def materialize(self) -> list[DeadLetter]:
+        """Parse the deferred envelopes here instead, into rows; what fails to parse is returned."""
+        deferred, self.deferred = self.deferred, []
+        self.rows -= sum(envelope.records for envelope, _ in deferred)
+        dead = []
+        for envelope, record in deferred:
+            try:
+                parsed = parse_step(envelope)
+            except ParseError as exc:  # the gateway validated it: only a bug gets here
+                dead.append(_dead_letter(record, str(exc), exc.code))
+                continue
+            enrich_step(envelope, parsed, record, self)
+        return dead
+
+    def _cover(self, record: ConsumerRecord) -> None:
+        lo, hi = self.ranges.get(record.partition, (record.offset, record.offset))
+        self.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
+
+
+def _dead_letter(record: ConsumerRecord, reason: str, code: str) -> DeadLetter:
+    return DeadLetter(
+        record.value,
+        reason,
+        code,
+        record.topic,
+        record.partition,
+        record.offset,
+        request_id=(record.key or b"").decode(errors="replace"),
+    )
 
 
 @dataclass(slots=True)
@@ -148,8 +195,49 @@ def enrich_step(envelope: Envelope, parsed: Parsed, record: ConsumerRecord, out:
         else:
             values.extend([defaults[name]] * n)
     out.rows += n
-    lo, hi = out.ranges.get(record.partition, (record.offset, record.offset))
-    out.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
+    out._cover(record)
+
+
+# Dialects whose bodies the engine can parse itself, when the gateway found them fit.
+STORE_PARSED = {"astralog": astralog_store}
+
+
+def insert_table(client: Client, table: TableBatch, token: str) -> None:
+    """The batch of one table as one insert: rows through clickhouse-connect's columnar
+    insert, or deferred bodies through an `INSERT ... SELECT` the engine parses itself."""
+    if not table.deferred:
+        store.insert_columns(client, table.table, table.columns, token)
+        return
+    sql = STORE_PARSED[table.deferred[0][0].dialect]
+    lines = []
+    for envelope, record in table.deferred:
+        agent = user_agent(envelope.user_agent)
+        lines.append(
+            sql.line(
+                envelope.body,
+                offset=record.offset,
+                partition=record.partition,
+                observed_ns=envelope.received_at_ns,
+                project=envelope.project,
+                ingest_id=envelope.request_id,
+                browser=agent.browser,
+                os=agent.os,
+                device=agent.device,
+                client_ip=envelope.client_ip,
+                dialect=envelope.dialect,
+            )
+        )
+    store.insert_select(
+        client,
+        table.table,
+        sql.COLUMNS,
+        sql.select_sql,
+        sql.STRUCTURE,
+        b"".join(lines),
+        token,
+        sql.INPUT_SETTINGS,
+        {"topic": table.deferred[0][1].topic},
+    )
 
 
 class _GiveUp(Exception):
@@ -165,7 +253,7 @@ class Pipeline:
         client: Client,
         consumer: AIOKafkaConsumer,
         dlq: AIOKafkaProducer,
-        insert: InsertFn = store.insert_columns,
+        insert: InsertFn = insert_table,
         flood: FloodGuard | None = None,
     ) -> None:
         self.settings = settings
@@ -198,34 +286,40 @@ class Pipeline:
         batch.messages += 1
         try:
             envelope = decode_step(record)
-            parsed = parse_step(envelope)
+            deferrable = envelope.store_parses and envelope.dialect in STORE_PARSED
+            parsed = None if deferrable else parse_step(envelope)
         except (EnvelopeError, ParseError) as exc:
             code = exc.code if isinstance(exc, ParseError) else "bad_envelope"
-            batch.dead.append(
-                DeadLetter(
-                    record.value,
-                    str(exc),
-                    code,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    request_id=(record.key or b"").decode(errors="replace"),
-                )
-            )
+            batch.dead.append(_dead_letter(record, str(exc), code))
             return
-        if not parsed.rows:
+        if parsed is not None and not parsed.rows:
             return
+        name = parsed.table if parsed is not None else STORE_PARSED[envelope.dialect].TABLE
         if (
-            self.watermarks.get((parsed.table, record.partition), -1) >= record.offset
-            or (parsed.table, record.partition, record.offset) in self.stored_above
+            self.watermarks.get((name, record.partition), -1) >= record.offset
+            or (name, record.partition, record.offset) in self.stored_above
         ):
             self.stats["skipped_stored"] += 1  # stored before a crash, not yet committed
             return
-        table = batch.tables.get(parsed.table)
+        table = batch.tables.get(name)
         if table is None:
-            table = batch.tables[parsed.table] = TableBatch.empty(parsed.table)
-        enrich_step(envelope, parsed, record, table)
-        batch.rows += len(parsed.rows)
+            table = batch.tables[name] = TableBatch.empty(name)
+        before = table.rows
+        if parsed is None and table.accepts_deferred(envelope.dialect):
+            table.defer(envelope, record)
+        else:
+            # One insert per table and batch: rows and deferred bodies do not mix, so the
+            # deferred ones become rows (slower, never different).
+            if table.deferred:
+                batch.dead.extend(table.materialize())
+            if parsed is None:
+                try:
+                    parsed = parse_step(envelope)
+                except ParseError as exc:  # the gateway validated it: only a bug gets here
+                    batch.dead.append(_dead_letter(record, str(exc), exc.code))
+                    return
+            enrich_step(envelope, parsed, record, table)
+        batch.rows += table.rows - before
 
     def due(self) -> bool:
         batch = self.batch
@@ -262,7 +356,7 @@ class Pipeline:
     async def _store(self, batch: Batch) -> None:
         try:
             for table in batch.tables.values():
-                await self._insert_with_retry(table)
+                await self._insert_with_retry(table, batch)
         except _GiveUp:
             # Stopping while the store is out: nothing of this batch is committed, so
             # the next owner of these partitions reads it again (dedup keeps that exact).
@@ -287,7 +381,7 @@ class Pipeline:
             stage="sending",
         )
 
-    async def _insert_with_retry(self, table: TableBatch) -> None:
+    async def _insert_with_retry(self, table: TableBatch, batch: Batch) -> None:
         token = table.token(self.settings.topic)
         delay = 0.2
         loop = asyncio.get_running_loop()
@@ -296,13 +390,23 @@ class Pipeline:
             while True:
                 started = time.perf_counter()
                 try:
-                    await loop.run_in_executor(
-                        self._pool, self._insert, self.client, table.table, table.columns, token
-                    )
+                    await loop.run_in_executor(self._pool, self._insert, self.client, table, token)
                     metrics.inserted(table.table, table.rows, time.perf_counter() - started)
                     return
                 except Exception as exc:
                     metrics.INSERT_FAILURES.inc()
+                    if table.deferred:
+                        # Whether the engine refused a body or is out, the rows built here are
+                        # always right: retry as rows at once (same token, so never twice).
+                        log.warning(
+                            "store_parse_failed",
+                            code="store_parse_failed",
+                            table=table.table,
+                            error=str(exc)[:500],
+                            stage="sending",
+                        )
+                        batch.dead.extend(table.materialize())
+                        continue
                     if not paused:
                         # The consume loop waits on this flush anyway; pausing also stops the
                         # background fetcher from buffering more while the store is out.
@@ -493,7 +597,7 @@ async def run(
     stop: asyncio.Event,
     flood: FloodGuard | None = None,
     *,
-    insert: InsertFn = store.insert_columns,
+    insert: InsertFn = insert_table,
     on_start: Callable[[Pipeline], None] | None = None,
 ) -> Pipeline:
     """Consume until `stop` is set. `insert` is the store boundary (tests inject failures

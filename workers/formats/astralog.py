@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.record import normalize_level
+from workers.formats import astralog_store
 from workers.formats.base import ParseContext, Parsed, ParseError
 from workers.formats.common import flatten, load_json, parse_timestamp
 from workers.formats.validate import accepted, flatten_plain, iso_time, plain_object
@@ -32,10 +33,16 @@ def validate(body: bytes, ctx: ParseContext) -> Parsed:
     `_row`, which raises exactly what `parse` raises for it (tests/test_fastpath.py).
     """
     logs = _logs(load_json(body))
+    store_parses = True
     for i, item in enumerate(logs):
         if not _plain(item):
             _row(i, item)
-    return accepted(len(logs))
+            store_parses = False
+        elif store_parses:
+            store_parses = astralog_store.ready(item)
+    parsed = accepted(len(logs))
+    parsed.store_parses = store_parses
+    return parsed
 
 
 def _logs(doc: Any) -> list[Any]:

@@ -59,3 +59,6 @@ class Parsed:
     rows: list[dict[str, Any]]
     rejected: list[Rejection] = field(default_factory=list)
     table: str = LOGS_TABLE
+    # Set by a validator: every record has a shape the store can parse from the raw body
+    # itself, with the same result (workers/formats/astralog_store.py).
+    store_parses: bool = False

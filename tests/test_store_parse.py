@@ -205,8 +205,10 @@ RAW_BODIES = [
     b'"message":"m","metadata":{"a":12.50,"b":1E1,"c":-0,"d":-0.0,"e":1.0e-1,"f":100,"g":{"h":2.50,"i":3E0}}}]}',
     # escapes in keys and values, pretty-printed over several lines, an extra top-level key
     b'{\n  "logs": [\n    {\n      "project_id": "p\\u00e9",\n      "timestamp": "2024-05-31T15:30:45Z",\n'
-    b'      "level": "ERROR",\n      "service": "s\\/t",\n      "message": "line\\nbreak \\ud83d\\ude00 \\u0000",\n'
-    b'      "metadata": {"k\\u00e9y": "v\\"q\\"", "n": null, "t": true, "e": {}}\n    }\n  ],\n  "next": 1\n}',
+    b'      "level": "ERROR",\n      "service": "s\\/t",\n'
+    b'      "message": "line\\nbreak \\ud83d\\ude00 \\u0000",\n'
+    b'      "metadata": {"k\\u00e9y": "v\\"q\\"", "n": null, "t": true, "e": {}}\n'
+    b'    }\n  ],\n  "next": 1\n}',
     # metadata null and empty, several records, project_id inside metadata overridden
     b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"debug","service":"s",'
     b'"message":"1","metadata":null},{"project_id":"p","timestamp":"2024-05-31T15:30:46Z","level":"fatal",'

@@ -87,7 +87,11 @@ class Settings:
         "127.0.0.1",
         "Address the worker's internal port listens on; 0.0.0.0 lets Prometheus scrape it (server DSN only)",
     )
-    batch_rows: int = _setting("MILLRACE_BATCH_ROWS", "50000", "Worker flushes an insert at this many rows")
+    batch_rows: int = _setting(
+        "MILLRACE_BATCH_ROWS",
+        "50000",
+        "Worker flushes an insert at this many rows (rows the store parses count a quarter)",
+    )
     batch_age_ms: int = _setting(
         "MILLRACE_BATCH_AGE_MS", "1000", "...or when the oldest buffered row is this old"
     )

@@ -161,6 +161,11 @@ def insert_select(
         **input_settings,
         "insert_deduplication_token": dedup_token,
         "throw_on_max_partitions_per_insert_block": 0,
+        # One part per partition, as a columnar insert writes: the SELECT's blocks are squashed
+        # into one, by one thread, so a message's rows are never split over two parts.
+        "max_insert_threads": 1,
+        "min_insert_block_size_rows": 1 << 40,
+        "min_insert_block_size_bytes": 1 << 40,
     }
     head = f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in columns)})"
     if client.uri.startswith("chdb:"):

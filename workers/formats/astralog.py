@@ -35,11 +35,11 @@ def validate(body: bytes, ctx: ParseContext) -> Parsed:
     logs = _logs(load_json(body))
     store_parses = True
     for i, item in enumerate(logs):
+        if store_parses and astralog_store.ready(item):
+            continue  # plain, and of the shape the store parses itself
+        store_parses = False
         if not _plain(item):
             _row(i, item)
-            store_parses = False
-        elif store_parses:
-            store_parses = astralog_store.ready(item)
     parsed = accepted(len(logs))
     parsed.store_parses = store_parses
     return parsed

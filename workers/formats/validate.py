@@ -21,7 +21,7 @@ _PLACEHOLDER: Final[dict[str, Any]] = {}
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 # At most this many keys are looked at before a record counts as unusual (full parse):
 # far below MAX_ATTRIBUTE_KEYS, so a "plain" record can never reach that limit.
-_KEY_BUDGET: Final = MAX_ATTRIBUTE_KEYS // 2
+KEY_BUDGET: Final = MAX_ATTRIBUTE_KEYS // 2
 _fromisoformat = datetime.fromisoformat
 
 
@@ -37,7 +37,7 @@ def plain_object(value: dict[str, Any]) -> bool:
     Deeper nesting, lists holding containers, or many keys answer False (not sure), never
     because the value is invalid.
     """
-    if len(value) > _KEY_BUDGET:
+    if len(value) > KEY_BUDGET:
         return False
     keys = len(value)
     scalars = _SCALARS
@@ -47,7 +47,7 @@ def plain_object(value: dict[str, Any]) -> bool:
             continue
         if kind is dict:
             keys += len(item)
-            if keys > _KEY_BUDGET:
+            if keys > KEY_BUDGET:
                 return False
             for inner in item.values():
                 kind = type(inner)

@@ -209,6 +209,7 @@ def clickhouse_insert(bodies_file: Path, dialect: Dialect, batch_rows: int, seco
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         (count,) = client.query(f"SELECT count() FROM {batch.table}").result_rows[0]
         stats_cost = _stats_cost(client)
+        engine_parsed = _engine_parsed(client, bodies, dialect, batch_rows, seconds)
         client.close()
     rows = inserts * batch.rows
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
@@ -225,6 +226,46 @@ def clickhouse_insert(bodies_file: Path, dialect: Dialect, batch_rows: int, seco
         "parse_enrich_logs_per_s_one_core": round(parsed_logs / parse_s) if parse_s else None,
         "parse_enrich_us_per_log": round(parse_s / parsed_logs * 1e6, 2),
         "stats_query": stats_cost,
+        "engine_parsed": engine_parsed,
+    }
+
+
+def _engine_parsed(
+    client: Any, bodies: list[bytes], dialect: Dialect, batch_rows: int, seconds: float
+) -> dict[str, Any] | None:
+    """The same bodies the way the worker stores bodies the gateway marked `store_parses`: one
+    `INSERT ... SELECT` per batch in which the engine parses them (batches of
+    `batch_rows * DEFERRED_SHARE` rows, as the worker sizes them). None for other dialects."""
+    from aiokafka.structs import ConsumerRecord
+
+    from workers.pipeline import DEFERRED_SHARE, TableBatch, insert_table
+
+    now = time.time_ns()
+    envelopes = [payloads.envelope(dialect, b, i, "bench-baseline", now) for i, b in enumerate(bodies)]
+    if not all(e.store_parses for e in envelopes):
+        return None
+    target = batch_rows * DEFERRED_SHARE
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    inserts = rows = offset = 0
+    while inserts == 0 or time.perf_counter() - started < seconds:
+        table = TableBatch.empty("logs")
+        while table.rows < target:
+            envelope = envelopes[offset % len(envelopes)]
+            table.defer(envelope, ConsumerRecord("bench", 0, offset, 0, 0, None, b"", None, 0, 0, []))
+            offset += 1
+        insert_table(client, table, f"bench-baseline-parsed-{inserts}")
+        inserts += 1
+        rows += table.rows
+    elapsed = time.perf_counter() - started
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return {
+        "engine": "chDB, INSERT ... SELECT over the raw bodies (workers.pipeline.insert_table)",
+        "batch_rows": target,
+        "inserts": inserts,
+        "rows_per_s": round(rows / elapsed),
+        "cpu_us_per_row": round(cpu / rows * 1e6, 2),
     }
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
@@ -19,7 +21,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 
 from millrace.config import Settings
-from schemas.record import EVENT_COLUMNS, EVENTS_TABLE, LOG_COLUMNS, LOGS_TABLE
+from schemas.record import EVENT_COLUMNS, EVENTS_TABLE, LOG_COLUMNS, LOGS_TABLE, TABLE_DEFAULTS
 
 # Column types of the tables the pipeline inserts into, from the record definition (which
 # tests/test_schema.py checks against the DDL): given these, the client skips the
@@ -140,6 +142,47 @@ def insert_columns(
     )
 
 
+def embedded(client: Client) -> bool:
+    """Whether `client` is the in-process engine (chDB) rather than a server."""
+    return client.uri.startswith("chdb:")
+
+
+@contextmanager
+def staged(client: Client, table: str, columns: Mapping[str, Sequence[Any]]) -> Iterator[str]:
+    """`columns` (rows of `table`) in a Memory table of their own, for one `INSERT ... SELECT`
+    to read beside other input; dropped afterwards. Embedded engine only (same process)."""
+    types = _COLUMN_TYPES[table]
+    stage = f"millrace_stage_{uuid.uuid4().hex}"
+    definition = ", ".join(f"{_ident(name)} {types[name]}" for name in columns)
+    client.command(f"CREATE TABLE {stage} ({definition}) ENGINE = Memory")
+    try:
+        client.insert(
+            stage,
+            [columns[n] for n in columns],
+            column_names=list(columns),
+            column_type_names=[types[n] for n in columns],
+            column_oriented=True,
+        )
+        yield stage
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {stage}")
+
+
+def default_sql(table: str, column: str) -> str:
+    """A column's default value (schemas.record) as a typed SQL literal."""
+    kind = _COLUMN_TYPES[table][column]
+    value = TABLE_DEFAULTS[table][column]
+    if isinstance(value, str):
+        literal = _quote(value)
+    elif isinstance(value, int):
+        literal = str(value)
+    elif isinstance(value, dict):
+        literal = "map()"
+    else:
+        literal = "[]"
+    return f"CAST({literal} AS {kind})"
+
+
 def insert_select(
     client: Client,
     table: str,
@@ -168,7 +211,7 @@ def insert_select(
         "min_insert_block_size_bytes": 1 << 40,
     }
     head = f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in columns)})"
-    if client.uri.startswith("chdb:"):
+    if embedded(client):
         with tempfile.NamedTemporaryFile(prefix="millrace-", suffix=".jsonl") as tmp:
             tmp.write(data)
             tmp.flush()

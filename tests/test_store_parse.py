@@ -274,3 +274,40 @@ async def test_a_large_batch_is_one_part(stack: Stack) -> None:
         "SELECT count(), uniqExact(kafka_offset), uniqExact(_part) FROM logs WHERE kafka_topic = {t:String}",
         t=topic,
     ) == [(60_000, 120, 1)]
+
+
+async def test_rows_and_bodies_in_one_batch_are_one_insert(stack: Stack) -> None:
+    """A batch mixing store-parsed bodies with rows built in Python (another dialect, an
+    AstraLog body of another shape) is one insert, one part, with the rows the Python
+    parser gives for all of them."""
+    from bench import payloads
+
+    bodies = [
+        ("astralog", payloads.bodies(payloads.DIALECTS["astralog"], 50, 1, seed=3)[0]),
+        ("tg2g", payloads.bodies(payloads.DIALECTS["tg2g"], 40, 1, seed=4)[0]),
+        ("astralog", orjson.dumps({"logs": [{**LOG, "metadata": {"tags": ["list", "keeps", "python"]}}]})),
+        ("astralog", payloads.bodies(payloads.DIALECTS["astralog"], 30, 1, seed=5)[0]),
+    ]
+    envelopes = []
+    for dialect, body in bodies:
+        if dialect == "astralog":
+            envelopes.append(decode(encode(envelope_for(body))))
+        else:
+            bench = payloads.DIALECTS[dialect]
+            envelopes.append(decode(encode(payloads.envelope(bench, body, 9, "store-parse", time.time_ns()))))
+    assert [e.store_parses for e in envelopes] == [True, False, False, True]
+    run = uuid.uuid4().hex
+    mixed, python = TableBatch.empty("logs"), TableBatch.empty("logs")
+    for offset, envelope in enumerate(envelopes):
+        mixed_record = record(f"sp-{run}-mixed", envelope.body, offset)
+        if envelope.store_parses:
+            mixed.defer(envelope, mixed_record)
+        else:
+            enrich_step(envelope, parse_step(envelope), mixed_record, mixed)
+        enrich_step(envelope, parse_step(envelope), record(f"sp-{run}-py", envelope.body, offset), python)
+    assert mixed.deferred_rows == 80 and mixed.rows == python.rows == 121
+    insert_table(stack.client, mixed, f"sp-{run}-mixed-token")
+    insert_table(stack.client, python, f"sp-{run}-py-token")
+    assert stored(stack.client, f"sp-{run}-mixed") == stored(stack.client, f"sp-{run}-py")
+    one_part = "SELECT uniqExact(_part) FROM logs WHERE kafka_topic = {t:String}"
+    assert stack.query(one_part, t=f"sp-{run}-mixed") == [(1,)]

@@ -4,8 +4,8 @@
 
 An envelope the gateway marked `store_parses` skips parse and enrich here: its raw body
 is batched as is and the engine parses it inside the insert (`insert_table`), with the
-same result (workers/formats/astralog_store.py). A table's batch holds one kind or is
-turned wholly into rows before its insert, so each batch is still one insert per table.
+same result (workers/formats/astralog_store.py). Rows built here and such bodies still go
+in one insert per table and batch (one part, so the watermarks stay exact).
 
 Offsets travel with the rows: a batch knows, per partition, the next offset to
 commit, and commits only after its rows are in ClickHouse. One batch is inserted
@@ -91,9 +91,7 @@ class TableBatch:
         return f"{self.table}|{topic}|{spans}"
 
     def accepts_deferred(self, dialect: str) -> bool:
-        if self.deferred:
-            return self.deferred[0][0].dialect == dialect
-        return not self.rows
+        return not self.deferred or self.deferred[0][0].dialect == dialect
 
     def defer(self, envelope: Envelope, record: ConsumerRecord) -> None:
         self.deferred.append((envelope, record))
@@ -216,10 +214,13 @@ STORE_PARSED = {"astralog": astralog_store}
 
 def insert_table(client: Client, table: TableBatch, token: str) -> None:
     """The batch of one table as one insert: rows through clickhouse-connect's columnar
-    insert, or deferred bodies through an `INSERT ... SELECT` the engine parses itself."""
+    insert, deferred bodies through an `INSERT ... SELECT` the engine parses itself, and
+    both at once (embedded engine) as the rows staged in a Memory table UNION ALL the bodies."""
     if not table.deferred:
         store.insert_columns(client, table.table, table.columns, token)
         return
+    if table.rows > table.deferred_rows and not store.embedded(client):
+        raise ValueError("rows and deferred bodies in one insert need the embedded engine")
     sql = STORE_PARSED[table.deferred[0][0].dialect]
     lines = []
     for envelope, record in table.deferred:
@@ -239,17 +240,38 @@ def insert_table(client: Client, table: TableBatch, token: str) -> None:
                 dialect=envelope.dialect,
             )
         )
-    store.insert_select(
-        client,
-        table.table,
-        sql.COLUMNS,
-        sql.select_sql,
-        sql.STRUCTURE,
-        b"".join(lines),
-        token,
-        sql.INPUT_SETTINGS,
-        {"topic": table.deferred[0][1].topic},
-    )
+    data = b"".join(lines)
+    params = {"topic": table.deferred[0][1].topic}
+    if table.rows == table.deferred_rows:
+        store.insert_select(
+            client,
+            table.table,
+            sql.COLUMNS,
+            sql.select_sql,
+            sql.STRUCTURE,
+            data,
+            token,
+            sql.INPUT_SETTINGS,
+            params,
+        )
+        return
+    columns = TABLE_COLUMNS[table.table]
+    with store.staged(client, table.table, table.columns) as stage:
+        padded = ", ".join(c if c in sql.COLUMNS else store.default_sql(table.table, c) for c in columns)
+        store.insert_select(
+            client,
+            table.table,
+            columns,
+            lambda source: (
+                f"SELECT {', '.join(columns)} FROM {stage} UNION ALL "
+                f"SELECT {padded} FROM ({sql.select_sql(source)})"
+            ),
+            sql.STRUCTURE,
+            data,
+            token,
+            sql.INPUT_SETTINGS,
+            params,
+        )
 
 
 class _GiveUp(Exception):
@@ -320,11 +342,7 @@ class Pipeline:
         if parsed is None and table.accepts_deferred(envelope.dialect):
             table.defer(envelope, record)
         else:
-            # One insert per table and batch: rows and deferred bodies do not mix, so the
-            # deferred ones become rows (slower, never different).
-            if table.deferred:
-                batch.dead.extend(table.materialize())
-            if parsed is None:
+            if parsed is None:  # a second store-parsed dialect in one batch: not worth a case
                 try:
                     parsed = parse_step(envelope)
                 except ParseError as exc:  # the gateway validated it: only a bug gets here
@@ -394,6 +412,11 @@ class Pipeline:
         )
 
     async def _insert_with_retry(self, table: TableBatch, batch: Batch) -> None:
+        if table.deferred and table.rows > table.deferred_rows and not store.embedded(self.client):
+            # A server's input() reads one request body, and staging the rows in a table
+            # there is not safe behind a load balancer (another replica may answer the
+            # next request): a mixed batch is stored as rows.
+            batch.dead.extend(table.materialize())
         token = table.token(self.settings.topic)
         delay = 0.2
         loop = asyncio.get_running_loop()

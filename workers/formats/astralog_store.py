@@ -205,19 +205,24 @@ def select_sql(source: str, topic_param: str = "topic") -> str:
         "[('project_id', l.project_id)])"
     )
     return f"""SELECT
-    proj,
-    toDateTime64(parseDateTime64BestEffort(l.timestamp, 6, 'UTC'), 9, 'UTC'),
-    fromUnixTimestamp64Nano(obs, 'UTC'),
-    transform(lower(l.level), {_ALIAS_KEYS}, {_ALIAS_LEVELS}, 'info'),
-    l.level,
-    transform(lower(l.level), {_ALIAS_KEYS}, {_ALIAS_NUMBERS}, toUInt8({LEVELS["info"]})),
-    l.service,
-    l.message,
-    mapFromArrays(arrayMap(t -> t.1, kv), arrayMap(t -> t.2, kv)),
-    uab, uao, uad, ip, dia, rid,
-    {{{topic_param}:String}},
-    p,
-    o
+    proj AS project,
+    toDateTime64(parseDateTime64BestEffort(l.timestamp, 6, 'UTC'), 9, 'UTC') AS timestamp,
+    fromUnixTimestamp64Nano(obs, 'UTC') AS observed_timestamp,
+    transform(lower(l.level), {_ALIAS_KEYS}, {_ALIAS_LEVELS}, 'info') AS level,
+    l.level AS severity_text,
+    transform(lower(l.level), {_ALIAS_KEYS}, {_ALIAS_NUMBERS}, toUInt8({LEVELS["info"]})) AS severity_number,
+    l.service AS service,
+    l.message AS message,
+    mapFromArrays(arrayMap(t -> t.1, kv), arrayMap(t -> t.2, kv)) AS attributes,
+    uab AS ua_browser,
+    uao AS ua_os,
+    uad AS ua_device,
+    ip AS client_ip,
+    dia AS dialect,
+    rid AS ingest_id,
+    {{{topic_param}:String}} AS kafka_topic,
+    p AS kafka_partition,
+    o AS kafka_offset
 FROM (
     -- A key seen twice keeps its last value: reversed, each key's first occurrence, reversed back.
     SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,

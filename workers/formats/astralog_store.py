@@ -194,9 +194,12 @@ def select_sql(source: str, topic_param: str = "topic") -> str:
     """
     inner_text = _TEXT.format(raw="y.2", path="l.metadata, i, j")
     outer_text = _TEXT.format(raw="x.2", path="l.metadata, i")
+    # The object's pairs are extracted once and bound as `kvs` (a lambda over a one-element
+    # array: SQL has no let); written twice, the engine parsed the object twice.
     nested = (
-        f"arrayMap((y, j) -> (concat(x.1, '.', y.1), {inner_text}), "
-        "JSONExtractKeysAndValuesRaw(x.2), arrayEnumerate(JSONExtractKeysAndValuesRaw(x.2)))"
+        f"arrayMap(kvs -> arrayMap((y, j) -> (concat(x.1, '.', y.1), {inner_text}), kvs, "
+        "arrayEnumerate(kvs)), "
+        "[JSONExtractKeysAndValuesRaw(x.2)])[1]"
     )
     pairs = (
         "arrayConcat(arrayFlatten(arrayMap((x, i) -> if(startsWith(x.2, '{'), "

@@ -11,8 +11,8 @@ Stages, in the order a log meets them:
   into one columnar batch of `--batch-rows` rows, as the worker does (the batch stays
   alive, so the garbage collector's cost of a large batch is included);
 - worker `insert`: `store.insert_columns` of that batch into a fresh embedded ClickHouse
-  (chDB) directory, process CPU (all threads), and the part of it spent in Python
-  serializing the batch (`client.insert` without the engine call);
+  (chDB) directory, process CPU (all threads, background merges stopped), and the part of
+  it spent in Python serializing the batch (`client.insert` without the engine call);
 - worker `store parse`: for bodies the gateway marks `store_parses`, the whole worker side
   instead: decode, defer, and the `INSERT ... SELECT` in which the engine parses the raw
   bodies (`pipeline.insert_table`), process CPU (all threads).
@@ -100,6 +100,9 @@ def _insert(table: Any, records: list[Any], reps: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="millrace-micro-") as home:
         client = store.connect(Settings.from_env({"MILLRACE_HOME": home}))
         store.migrate(client)
+        # Background merges of earlier repetitions would land on later ones (and on the other
+        # path): stopped, so these are the inserts alone; `make bench` shows merges per log.
+        client.command("SYSTEM STOP MERGES")
         store.insert_columns(client, table.table, table.columns, "warm-up")
         tokens = iter(range(10**6))
         total = _best(

@@ -14,7 +14,7 @@ from schemas.record import normalize_level
 from workers.formats import astralog_store
 from workers.formats.base import ParseContext, Parsed, ParseError
 from workers.formats.common import flatten, load_json, parse_timestamp
-from workers.formats.validate import accepted, flatten_plain, iso_time, plain_object
+from workers.formats.validate import accepted, flatten_plain, iso_time, plain_object, texts_set
 
 REQUIRED = ("project_id", "timestamp", "level", "service", "message")
 _KNOWN = {*REQUIRED, "metadata"}
@@ -58,12 +58,8 @@ def _logs(doc: Any) -> list[Any]:
 
 def _plain(item: Any) -> bool:
     """True only if `_row(item)` surely succeeds: no extra fields, texts set, ISO time, flat metadata."""
-    if type(item) is not dict or not item.keys() <= _KNOWN:
+    if not texts_set(item, _KNOWN, _TEXT_FIELDS):
         return False
-    for f in _TEXT_FIELDS:
-        value = item.get(f)
-        if type(value) is not str or not value:
-            return False
     if not iso_time(item.get("timestamp")):
         return False
     metadata = item.get("metadata")

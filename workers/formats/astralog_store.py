@@ -19,7 +19,7 @@ from typing import Any, Final
 import orjson
 
 from schemas.record import LEVEL_ALIASES, LEVELS, LOGS_TABLE
-from workers.formats.validate import KEY_BUDGET, iso_time
+from workers.formats.validate import KEY_BUDGET, iso_time, texts_set
 
 TABLE: Final = LOGS_TABLE
 
@@ -36,12 +36,8 @@ def ready(item: Any) -> bool:
     One pass over the record, as cheap as `_plain` alone: the gateway runs it on every
     record and falls back to `_plain` for the first record it answers False for.
     """
-    if type(item) is not dict or not item.keys() <= _KNOWN:
+    if not texts_set(item, _KNOWN, _TEXT_FIELDS):
         return False
-    for name in _TEXT_FIELDS:
-        value = item.get(name)
-        if type(value) is not str or not value:
-            return False
     timestamp = item.get("timestamp")
     if type(timestamp) is not str or not _iso_shape(timestamp) or not iso_time(timestamp):
         return False
@@ -163,30 +159,36 @@ _TEXT = (
     "match({raw}, '^-?[0-9]+$') AND JSONType({path}) = 'Double', concat({raw}, '.0'), {raw})"
 )
 
-COLUMNS: Final = (
-    "project",
-    "timestamp",
-    "observed_timestamp",
-    "level",
-    "severity_text",
-    "severity_number",
-    "service",
-    "message",
-    "attributes",
-    "ua_browser",
-    "ua_os",
-    "ua_device",
-    "client_ip",
-    "dialect",
-    "ingest_id",
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
-)
+# Each column the SELECT fills, with its expression over a record `l` (the body's `logs[i]`,
+# typed by STRUCTURE), its facts and `kv` (the flattened metadata); the rest keep their defaults.
+_EXPRESSIONS: Final = {
+    "project": "proj",
+    "timestamp": "toDateTime64(parseDateTime64BestEffort(l.timestamp, 6, 'UTC'), 9, 'UTC')",
+    "observed_timestamp": "fromUnixTimestamp64Nano(obs, 'UTC')",
+    "level": f"transform(lower(l.level), {_ALIAS_KEYS}, {_ALIAS_LEVELS}, 'info')",
+    "severity_text": "l.level",
+    "severity_number": (
+        f"transform(lower(l.level), {_ALIAS_KEYS}, {_ALIAS_NUMBERS}, toUInt8({LEVELS['info']}))"
+    ),
+    "service": "l.service",
+    "message": "l.message",
+    "attributes": "mapFromArrays(arrayMap(t -> t.1, kv), arrayMap(t -> t.2, kv))",
+    "ua_browser": "uab",
+    "ua_os": "uao",
+    "ua_device": "uad",
+    "client_ip": "ip",
+    "dialect": "dia",
+    "ingest_id": "rid",
+    "kafka_topic": "{topic:String}",
+    "kafka_partition": "p",
+    "kafka_offset": "o",
+}
+COLUMNS: Final = tuple(_EXPRESSIONS)
 
 
-def select_sql(source: str, topic_param: str = "topic") -> str:
-    """The SELECT producing `COLUMNS` from `source` (a `file(...)` or `input(...)` table).
+def select_sql(source: str) -> str:
+    """The SELECT producing `COLUMNS` from `source` (a `file(...)` or `input(...)` table);
+    the Kafka topic is the query parameter `topic`.
 
     Metadata is flattened as `flatten_plain` does (objects one level deep into `a.b`,
     an empty object as "{}"), then `project_id` is added; a key seen twice keeps its
@@ -207,25 +209,9 @@ def select_sql(source: str, topic_param: str = "topic") -> str:
         "JSONExtractKeysAndValuesRaw(l.metadata) AS top, arrayEnumerate(top))), "
         "[('project_id', l.project_id)])"
     )
+    columns = ",\n    ".join(f"{expression} AS {name}" for name, expression in _EXPRESSIONS.items())
     return f"""SELECT
-    proj AS project,
-    toDateTime64(parseDateTime64BestEffort(l.timestamp, 6, 'UTC'), 9, 'UTC') AS timestamp,
-    fromUnixTimestamp64Nano(obs, 'UTC') AS observed_timestamp,
-    transform(lower(l.level), {_ALIAS_KEYS}, {_ALIAS_LEVELS}, 'info') AS level,
-    l.level AS severity_text,
-    transform(lower(l.level), {_ALIAS_KEYS}, {_ALIAS_NUMBERS}, toUInt8({LEVELS["info"]})) AS severity_number,
-    l.service AS service,
-    l.message AS message,
-    mapFromArrays(arrayMap(t -> t.1, kv), arrayMap(t -> t.2, kv)) AS attributes,
-    uab AS ua_browser,
-    uao AS ua_os,
-    uad AS ua_device,
-    ip AS client_ip,
-    dia AS dialect,
-    rid AS ingest_id,
-    {{{topic_param}:String}} AS kafka_topic,
-    p AS kafka_partition,
-    o AS kafka_offset
+    {columns}
 FROM (
     -- A key seen twice keeps its last value: reversed, each key's first occurrence, reversed back.
     SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,

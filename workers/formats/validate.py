@@ -10,6 +10,7 @@ the error `parse` would. So the two can never disagree, only the speed differs.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any, Final
 
@@ -29,6 +30,17 @@ def accepted(count: int, table: str | None = None) -> Parsed:
     """The answer for `count` accepted records, without their rows."""
     rows = [_PLACEHOLDER] * count
     return Parsed(rows=rows) if table is None else Parsed(rows=rows, table=table)
+
+
+def texts_set(item: Any, known: AbstractSet[str], texts: tuple[str, ...]) -> bool:
+    """`item` is an object of `known` fields only, with every one of `texts` a non-empty string."""
+    if type(item) is not dict or not item.keys() <= known:
+        return False
+    for name in texts:
+        value = item.get(name)
+        if type(value) is not str or not value:
+            return False
+    return True
 
 
 def plain_object(value: dict[str, Any]) -> bool:

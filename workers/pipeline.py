@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from millrace import metrics, store
 from millrace.config import Settings
@@ -431,17 +432,37 @@ class Pipeline:
                 except Exception as exc:
                     metrics.INSERT_FAILURES.inc()
                     if table.deferred:
-                        # Whether the engine refused a body or is out, the rows built here are
-                        # always right: retry as rows at once (same token, so never twice).
-                        log.warning(
-                            "store_parse_failed",
-                            code="store_parse_failed",
-                            table=table.table,
-                            error=str(exc)[:500],
-                            stage="sending",
-                        )
-                        batch.dead.extend(table.materialize())
-                        continue
+                        # The same token does not dedupe a retry as rows against the engine's
+                        # insert (other blocks), so first ask what is stored: one insert is one
+                        # part, all of the batch or none of it.
+                        try:
+                            landed = await loop.run_in_executor(
+                                self._pool, _landed, self.client, table, self.settings.topic
+                            )
+                        except Exception:
+                            landed = None  # the store is out: retry the same insert below
+                        if landed:  # stored; what failed came after (a view, the stage's drop)
+                            log.warning(
+                                "insert_failed_after_storing",
+                                code="insert_failed_after_storing",
+                                table=table.table,
+                                error=str(exc)[:500],
+                                stage="sending",
+                            )
+                            metrics.inserted(table.table, table.rows, time.perf_counter() - started)
+                            return
+                        if landed is False and not isinstance(exc, OperationalError):
+                            # Nothing stored and the engine refused the insert (a connection
+                            # error could still be running on a server): build the rows here.
+                            log.warning(
+                                "store_parse_failed",
+                                code="store_parse_failed",
+                                table=table.table,
+                                error=str(exc)[:500],
+                                stage="sending",
+                            )
+                            batch.dead.extend(table.materialize())
+                            continue
                     if not paused:
                         # The consume loop waits on this flush anyway; pausing also stops the
                         # background fetcher from buffering more while the store is out.
@@ -551,6 +572,19 @@ class Pipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _landed(client: Client, table: TableBatch, topic: str) -> bool:
+    """Whether the rows of `table`'s messages are in the store (any of them means all)."""
+    positions = {(record.partition, record.offset) for _, record in table.deferred}
+    columns = table.columns
+    positions.update(zip(columns["kafka_partition"], columns["kafka_offset"], strict=True))
+    found = client.query(
+        f"SELECT 1 FROM {table.table} WHERE kafka_topic = {{topic:String}} "
+        "AND (kafka_partition, kafka_offset) IN {positions:Array(Tuple(UInt32, UInt64))} LIMIT 1",
+        parameters={"topic": topic, "positions": sorted(positions)},
+    )
+    return bool(found.result_rows)
 
 
 def _stale(

@@ -14,6 +14,7 @@ embedded verbatim.
 
 from __future__ import annotations
 
+from math import copysign
 from typing import Any, Final
 
 import orjson
@@ -95,8 +96,9 @@ def _iso_shape(text: str) -> bool:
 def _float_ready(value: float) -> bool:
     # Both print the shortest round-trip digits but start exponents at different magnitudes:
     # only the range where both print plain decimals (integral values get ".0" in the SQL).
+    # -0.0 inside a nested object comes back from the engine as 0.0: refused everywhere.
     magnitude = abs(value)
-    return magnitude < 1e15 and (magnitude >= 1e-4 or value.is_integer())
+    return magnitude < 1e15 and (magnitude >= 1e-4 or (value.is_integer() and copysign(1.0, value) > 0))
 
 
 def line(
@@ -206,22 +208,36 @@ def select_sql(source: str) -> str:
     pairs = (
         "arrayConcat(arrayFlatten(arrayMap((x, i) -> if(startsWith(x.2, '{'), "
         f"if(x.2 = '{{}}', [(x.1, '{{}}')], {nested}), [(x.1, {outer_text})]), "
-        "JSONExtractKeysAndValuesRaw(l.metadata) AS top, arrayEnumerate(top))), "
+        "arrayMap(t -> t.1, top), arrayMap(t -> t.2, top))), "
         "[('project_id', l.project_id)])"
     )
     columns = ",\n    ".join(f"{expression} AS {name}" for name, expression in _EXPRESSIONS.items())
+    # A key seen twice keeps its last value, as in a Python dict: first among the metadata's own
+    # keys (so an earlier object's children are dropped with it), then among the flattened
+    # names (`a.b` next to `a: {b}`, and the record's project_id). Only when a key repeats.
     return f"""SELECT
     {columns}
 FROM (
-    -- A key seen twice keeps its last value: reversed, each key's first occurrence, reversed back.
     SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,
            arrayReverse(if(arrayUniq(rkeys) = length(rkeys), rev,
                            arrayFilter((t, i) -> indexOf(rkeys, t.1) = i, rev, arrayEnumerate(rev)))) AS kv
     FROM (
-        -- Only the facts and the record: `b` (the whole body) must not be copied per record.
         SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,
                arrayReverse({pairs}) AS rev, arrayMap(u -> u.1, rev) AS rkeys
-        FROM {source}
-        ARRAY JOIN b.logs AS l
+        FROM (
+            -- Only the facts and the record: `b` (the whole body) must not be copied per record.
+            -- `top`: the metadata's (key, raw value) pairs with their position (JSONType's path).
+            SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,
+                   if(arrayUniq(tkeys) = length(tkeys), indexed,
+                      arrayFilter(t -> NOT has(arraySlice(tkeys, t.2 + 1), t.1.1), indexed)) AS top
+            FROM (
+                SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,
+                       arrayZip(JSONExtractKeysAndValuesRaw(l.metadata) AS kvraw,
+                                arrayEnumerate(kvraw)) AS indexed,
+                       arrayMap(u -> u.1, kvraw) AS tkeys
+                FROM {source}
+                ARRAY JOIN b.logs AS l
+            )
+        )
     )
 )"""

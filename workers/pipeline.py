@@ -442,25 +442,13 @@ class Pipeline:
                         except Exception:
                             landed = None  # the store is out: retry the same insert below
                         if landed:  # stored; what failed came after (a view, the stage's drop)
-                            log.warning(
-                                "insert_failed_after_storing",
-                                code="insert_failed_after_storing",
-                                table=table.table,
-                                error=str(exc)[:500],
-                                stage="sending",
-                            )
+                            _warn_deferred("insert_failed_after_storing", table, exc)
                             metrics.inserted(table.table, table.rows, time.perf_counter() - started)
                             return
                         if landed is False and not isinstance(exc, OperationalError):
                             # Nothing stored and the engine refused the insert (a connection
                             # error could still be running on a server): build the rows here.
-                            log.warning(
-                                "store_parse_failed",
-                                code="store_parse_failed",
-                                table=table.table,
-                                error=str(exc)[:500],
-                                stage="sending",
-                            )
+                            _warn_deferred("store_parse_failed", table, exc)
                             batch.dead.extend(table.materialize())
                             continue
                     if not paused:
@@ -572,6 +560,10 @@ class Pipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _warn_deferred(code: str, table: TableBatch, exc: Exception) -> None:
+    log.warning(code, code=code, table=table.table, error=str(exc)[:500], stage="sending")
 
 
 def _landed(client: Client, table: TableBatch, topic: str) -> bool:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -70,8 +71,12 @@ def _wait_ready(
     settings: Settings, children: list[subprocess.Popen[bytes]], timeout_s: float, url: str | None = None
 ) -> None:
     """Poll `url` (default: the gateway's /ready) until it answers 200, while the children live."""
+    wait_http_ok(url or f"http://127.0.0.1:{settings.port}/ready", timeout_s, children)
+
+
+def wait_http_ok(url: str, timeout_s: float, children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+    """Poll `url` until it answers 200; fail early if one of `children` exits meanwhile."""
     deadline = time.monotonic() + timeout_s
-    url = url or f"http://127.0.0.1:{settings.port}/ready"
     while time.monotonic() < deadline:
         for child in children:
             if child.poll() is not None:
@@ -83,7 +88,7 @@ def _wait_ready(
         except OSError:
             pass
         time.sleep(0.3)
-    raise TimeoutError(f"no ready answer from {url} within {timeout_s:.0f}s")
+    raise TimeoutError(f"no 200 answer from {url} within {timeout_s:.0f}s")
 
 
 def _terminate(child: subprocess.Popen[bytes], timeout_s: float = 40) -> None:

@@ -124,10 +124,13 @@ def insert_columns(
     table: str,
     columns: Mapping[str, Sequence[Any]],
     dedup_token: str,
+    *,
+    like: str | None = None,
 ) -> None:
-    """One columnar insert. The token makes a retried identical batch a no-op in the engine."""
+    """One columnar insert. The token makes a retried identical batch a no-op in the engine.
+    `like`: the pipeline table whose column types `table` has (a staging table)."""
     names = list(columns)
-    types = _COLUMN_TYPES.get(table)
+    types = _COLUMN_TYPES.get(like or table)
     client.insert(
         table,
         [columns[n] for n in names],
@@ -156,13 +159,7 @@ def staged(client: Client, table: str, columns: Mapping[str, Sequence[Any]]) -> 
     definition = ", ".join(f"{_ident(name)} {types[name]}" for name in columns)
     client.command(f"CREATE TABLE {stage} ({definition}) ENGINE = Memory")
     try:
-        client.insert(
-            stage,
-            [columns[n] for n in columns],
-            column_names=list(columns),
-            column_type_names=[types[n] for n in columns],
-            column_oriented=True,
-        )
+        insert_columns(client, stage, columns, "", like=table)
         yield stage
     finally:
         client.command(f"DROP TABLE IF EXISTS {stage}")

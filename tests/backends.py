@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import cache
 
 import pytest
+
+from millrace.runner import wait_http_ok
 
 ENV = "MILLRACE_TEST_BACKEND"
 KAFKA_IMAGE = "apache/kafka:4.1.1"  # the image deploy/compose uses: Apache Kafka, KRaft
@@ -111,22 +111,8 @@ def containers() -> Iterator[dict[str, str]]:
         wait_for_logs(kafka, "Kafka Server started", timeout=120)
         ch_host = clickhouse.get_container_host_ip()
         ch_port = clickhouse.get_exposed_port(8123)
-        _wait_http_ok(f"http://{ch_host}:{ch_port}/ping", timeout_s=60)
+        wait_http_ok(f"http://{ch_host}:{ch_port}/ping", timeout_s=60)
         yield {
             "KAFKA_BOOTSTRAP_SERVERS": f"{host}:{kafka_port}",
             "MILLRACE_CLICKHOUSE_DSN": f"http://{CLICKHOUSE_USER}:{CLICKHOUSE_PASSWORD}@{ch_host}:{ch_port}",
         }
-
-
-def _wait_http_ok(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
-        time.sleep(0.5)

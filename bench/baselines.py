@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,21 +199,17 @@ def clickhouse_insert(bodies_file: Path, dialect: Dialect, batch_rows: int, seco
         settings = Settings.from_env({"MILLRACE_HOME": tmp})
         client = store.connect(settings)
         store.migrate(client)
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.perf_counter()
-        inserts = 0
-        while inserts == 0 or time.perf_counter() - started < seconds:
+
+        def insert_once(i: int) -> int:
             # A fresh token each time: the engine must store every batch, not dedupe the repeats.
-            store.insert_columns(client, batch.table, batch.columns, f"bench-baseline-{inserts}")
-            inserts += 1
-        elapsed = time.perf_counter() - started
-        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+            store.insert_columns(client, batch.table, batch.columns, f"bench-baseline-{i}")
+            return int(batch.rows)
+
+        inserts, rows, elapsed, cpu = _repeat_for(seconds, insert_once)
         (count,) = client.query(f"SELECT count() FROM {batch.table}").result_rows[0]
         stats_cost = _stats_cost(client)
         engine_parsed = _engine_parsed(client, bodies, dialect, batch_rows, seconds)
         client.close()
-    rows = inserts * batch.rows
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     return {
         "engine": "chDB (embedded ClickHouse), clickhouse-connect, store.insert_columns",
         "batch_rows": batch.rows,
@@ -245,21 +242,19 @@ def _engine_parsed(
     if not all(e.store_parses for e in envelopes):
         return None
     target = batch_rows * DEFERRED_SHARE
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    inserts = rows = offset = 0
-    while inserts == 0 or time.perf_counter() - started < seconds:
+    offset = 0
+
+    def insert_once(i: int) -> int:
+        nonlocal offset
         table = TableBatch.empty("logs")
         while table.rows < target:
             envelope = envelopes[offset % len(envelopes)]
             table.defer(envelope, ConsumerRecord("bench", 0, offset, 0, 0, None, b"", None, 0, 0, []))
             offset += 1
-        insert_table(client, table, f"bench-baseline-parsed-{inserts}")
-        inserts += 1
-        rows += table.rows
-    elapsed = time.perf_counter() - started
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+        insert_table(client, table, f"bench-baseline-parsed-{i}")
+        return table.rows
+
+    inserts, rows, elapsed, cpu = _repeat_for(seconds, insert_once)
     return {
         "engine": "chDB, INSERT ... SELECT over the raw bodies (workers.pipeline.insert_table)",
         "batch_rows": target,
@@ -267,6 +262,22 @@ def _engine_parsed(
         "rows_per_s": round(rows / elapsed),
         "cpu_us_per_row": round(cpu / rows * 1e6, 2),
     }
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _repeat_for(seconds: float, insert_once: Callable[[int], int]) -> tuple[int, int, float, float]:
+    """Call `insert_once(i)` (it returns the rows it stored) for at least `seconds`, at least once:
+    (inserts, rows, wall seconds, process CPU seconds, all threads)."""
+    cpu0, started = _cpu_s(), time.perf_counter()
+    inserts = rows = 0
+    while inserts == 0 or time.perf_counter() - started < seconds:
+        rows += insert_once(inserts)
+        inserts += 1
+    return inserts, rows, time.perf_counter() - started, _cpu_s() - cpu0
 
 
 def _stats_cost(client: Any, repeats: int = 5) -> dict[str, Any]:
@@ -277,13 +288,11 @@ def _stats_cost(client: Any, repeats: int = 5) -> dict[str, Any]:
     """
     from millrace.query import project_stats
 
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
+    cpu0, started = _cpu_s(), time.perf_counter()
     for _ in range(repeats):
         rows = project_stats(client, "bench-baseline", 0)["logs"]
     elapsed = time.perf_counter() - started
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    cpu = _cpu_s() - cpu0
     return {"rows": rows, "ms": round(elapsed / repeats * 1000, 1), "cpu_ms": round(cpu / repeats * 1000, 1)}
 
 

@@ -42,6 +42,7 @@ from millrace import internal, keys, store
 from millrace.config import Settings
 from millrace.kafka.broker import LocalBroker
 from millrace.kafka.topics import ensure_topics
+from tests import bodies
 from tests.conftest import Gateway, Stack, free_port, free_port_pair
 from tests.seeds import CurlExample, curl_examples, http_examples, with_key
 from workers import pipeline
@@ -55,17 +56,7 @@ SEED = int(os.environ.get("MILLRACE_TEST_SEED", time.time_ns() % 1_000_000))
 
 
 def drain_body(ids: list[str]) -> bytes:
-    logs = [
-        {
-            "project_id": "delivery",
-            "timestamp": "2024-05-31T15:30:45Z",
-            "level": "info",
-            "service": "delivery",
-            "message": i,
-        }
-        for i in ids
-    ]
-    return orjson.dumps({"logs": logs})
+    return bodies.drain_body(ids, project_id="delivery", service="delivery")
 
 
 def report(scenario: str, **numbers: object) -> None:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.bodies import astralog_record
 from tests.formats.conftest import deep_object, make_ctx
 from workers.formats import PARSERS, VALIDATORS, Parsed, ParseError, astralog
 from workers.formats.astralog import validate as astralog_validate
@@ -179,30 +180,23 @@ def test_astralog_rows_as_general_path(logs: list[Any]) -> None:
         assert astralog.parse(body, make_ctx()).rows == expected
 
 
-def valid_log(**extra: Any) -> dict[str, Any]:
-    return {
-        "project_id": "p",
-        "timestamp": "2024-05-31T15:30:45Z",
-        "level": "info",
-        "service": "s",
-        "message": "m",
-        **extra,
-    }
-
-
 @pytest.mark.parametrize(
     "logs",
     [
-        [valid_log()] * 3,
-        [valid_log(), valid_log(timestamp="2100-01-02T00:00:00Z")],
-        [valid_log(metadata={"k": deep_object(40)})],
-        [valid_log(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS)})],
-        [valid_log(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS + 1)})],
-        [valid_log(metadata={"a": {str(i): i for i in range(600)}, "b": {str(i): i for i in range(600)}})],
-        [valid_log(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS)}, extra=1)],
-        [valid_log(metadata={"a": [[[[1]]]], "b": {"c": {"d": 1}}})],
-        [valid_log(timestamp=1717169445123), valid_log(level="")],
-        [valid_log(), 7],
+        [astralog_record()] * 3,
+        [astralog_record(), astralog_record(timestamp="2100-01-02T00:00:00Z")],
+        [astralog_record(metadata={"k": deep_object(40)})],
+        [astralog_record(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS)})],
+        [astralog_record(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS + 1)})],
+        [
+            astralog_record(
+                metadata={"a": {str(i): i for i in range(600)}, "b": {str(i): i for i in range(600)}}
+            )
+        ],
+        [astralog_record(metadata={str(i): i for i in range(MAX_ATTRIBUTE_KEYS)}, extra=1)],
+        [astralog_record(metadata={"a": [[[[1]]]], "b": {"c": {"d": 1}}})],
+        [astralog_record(timestamp=1717169445123), astralog_record(level="")],
+        [astralog_record(), 7],
     ],
 )
 def test_astralog_edges(logs: list[Any]) -> None:
@@ -214,7 +208,7 @@ def test_astralog_edges(logs: list[Any]) -> None:
 def test_astralog_seed_shape_is_counted() -> None:
     """The benchmark's shape (nested `http` object, ISO times with ms) is accepted and counted."""
     logs = [
-        valid_log(
+        astralog_record(
             timestamp="2026-11-24T00:30:26.123Z",
             metadata={"user_id": 7, "ip": "10.0.0.1", "http": {"status": 200, "path": "/x"}, "ms": 1.5},
         )

@@ -25,6 +25,7 @@ from gateway.limits import Limits, TokenBucket
 from millrace import cli, keys
 from millrace.config import Settings
 from millrace.keys import LIMIT_BURST_S, LIMIT_LOGS_PER_S, LIMIT_REQUESTS_PER_S, ApiKey
+from tests.bodies import drain_body
 from tests.conftest import Gateway, Stack
 from workers.formats import Parsed
 
@@ -47,17 +48,7 @@ class Wire:
 
 
 def _astralog(marker: str, n: int) -> bytes:
-    logs = [
-        {
-            "project_id": "p",
-            "timestamp": "2024-05-31T15:30:45Z",
-            "level": "info",
-            "service": "svc",
-            "message": f"{marker} #{i}",
-        }
-        for i in range(n)
-    ]
-    return orjson.dumps({"logs": logs})
+    return drain_body((f"{marker} #{i}" for i in range(n)), service="svc")
 
 
 WIRES = {

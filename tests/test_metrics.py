@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from millrace import metrics
 from millrace.config import Settings
+from tests import bodies
 from tests.conftest import Stack
 from tests.test_deploy import COUNTERS_AND_GAUGES, HISTOGRAMS
 
@@ -80,17 +81,7 @@ async def drained(settings: Settings, timeout_s: float = 60) -> None:
 
 
 def drain_body(marker: str, n: int) -> bytes:
-    logs = [
-        {
-            "project_id": "org-xyz",
-            "timestamp": "2024-05-31T15:30:45Z",
-            "level": "info",
-            "service": "metrics",
-            "message": f"{marker} #{i}",
-        }
-        for i in range(n)
-    ]
-    return orjson.dumps({"logs": logs})
+    return bodies.drain_body((f"{marker} #{i}" for i in range(n)), project_id="org-xyz", service="metrics")
 
 
 async def post(stack: Stack, path: str, body: bytes, headers: dict[str, str]) -> int:

@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
 import pytest
 
 from millrace import store
 from millrace.config import Settings
 from millrace.kafka.topics import ensure_topics
+from tests.bodies import drain_body
 from tests.conftest import Gateway, Stack
 from tests.test_metrics import drained
 from workers import pipeline
@@ -88,17 +88,8 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float 
 
 
 def body(marker: str, request: int) -> bytes:
-    logs = [
-        {
-            "project_id": "scale",
-            "timestamp": "2024-05-31T15:30:45Z",
-            "level": "info",
-            "service": "scale",
-            "message": f"{marker} {request}.{i}",
-        }
-        for i in range(LOGS_PER_REQUEST)
-    ]
-    return orjson.dumps({"logs": logs})
+    messages = (f"{marker} {request}.{i}" for i in range(LOGS_PER_REQUEST))
+    return drain_body(messages, project_id="scale", service="scale")
 
 
 async def test_instances_join_and_leave_under_load_and_every_log_is_stored_once(

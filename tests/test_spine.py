@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests import bodies
 from tests.conftest import Stack
 from tests.seeds import curl_examples
 
@@ -22,18 +23,8 @@ BROWSER_UA = (
 
 
 def drain_body(project_marker: str, n: int = 1, **overrides: Any) -> bytes:
-    logs = [
-        {
-            "project_id": "org-xyz",
-            "timestamp": "2024-05-31T15:30:45Z",
-            "level": "info",
-            "service": "api-gateway",
-            "message": f"{project_marker} #{i}",
-            **overrides,
-        }
-        for i in range(n)
-    ]
-    return orjson.dumps({"logs": logs})
+    messages = (f"{project_marker} #{i}" for i in range(n))
+    return bodies.drain_body(messages, project_id="org-xyz", service="api-gateway", **overrides)
 
 
 async def post(stack: Stack, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from schemas.envelope import Envelope, decode, encode
 from schemas.record import LEVEL_ALIASES, LOG_COLUMN_NAMES
+from tests.bodies import astralog_record
 from tests.conftest import Stack
 from workers.formats import astralog
 from workers.formats.base import ParseContext, ParseError
@@ -200,13 +201,7 @@ def test_the_common_shape_is_store_parsed() -> None:
         assert not ready(orjson.dumps({"logs": [LOG, unfit]})), unfit
 
 
-LOG = {
-    "project_id": "p",
-    "timestamp": "2024-05-31T15:30:45.250Z",
-    "level": "WARN",
-    "service": "api",
-    "message": "hello",
-}
+LOG = astralog_record(timestamp="2024-05-31T15:30:45.250Z", level="WARN", service="api", message="hello")
 
 # JSON spellings the gateway's shape test cannot see (it looks at decoded values).
 RAW_BODIES = [

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.bodies import astralog_record
 from tests.formats.conftest import deep_arrays, make_ctx, utc_ns
 from tests.seeds import curl_examples
 from workers.formats.astralog import REQUIRED, parse
@@ -25,17 +26,6 @@ SEED_BODY = b"""{
 }
 ]
 }"""
-
-
-def valid(**fields: Any) -> dict[str, Any]:
-    return {
-        "project_id": "p",
-        "timestamp": "2024-05-31T15:30:45Z",
-        "level": "info",
-        "service": "s",
-        "message": "m",
-        **fields,
-    }
 
 
 def refused(body: bytes) -> ParseError:
@@ -72,19 +62,19 @@ def test_seed_copy_matches_the_document() -> None:
 @pytest.mark.parametrize("field", REQUIRED)
 @pytest.mark.parametrize("how", ["absent", "null", "empty"])
 def test_missing_required_field_is_refused_naming_record_and_field(field: str, how: str) -> None:
-    log = valid()
+    log = astralog_record()
     if how == "absent":
         del log[field]
     else:
         log[field] = None if how == "null" else ""
-    err = refused(orjson.dumps({"logs": [valid(), log]}))
+    err = refused(orjson.dumps({"logs": [astralog_record(), log]}))
     assert err.code == "missing_field"
     assert err.message == f"logs[1] is missing required field(s): {field}"
 
 
 @pytest.mark.parametrize("field", ["project_id", "level", "service", "message"])
 def test_non_string_field_is_refused(field: str) -> None:
-    err = refused(orjson.dumps({"logs": [valid(**{field: 5})]}))
+    err = refused(orjson.dumps({"logs": [astralog_record(**{field: 5})]}))
     assert (err.code, err.message) == ("invalid_type", f"logs[0].{field} must be a string")
 
 
@@ -107,7 +97,7 @@ def test_unusable_body(body: bytes, code: str) -> None:
 
 @pytest.mark.parametrize("value", ["yesterday", "2024-13-01T00:00:00Z", "²", True, [1]])
 def test_bad_timestamp_is_refused(value: Any) -> None:
-    assert refused(orjson.dumps({"logs": [valid(timestamp=value)]})).code == "invalid_timestamp"
+    assert refused(orjson.dumps({"logs": [astralog_record(timestamp=value)]})).code == "invalid_timestamp"
 
 
 @pytest.mark.parametrize(
@@ -123,10 +113,16 @@ def test_bad_timestamp_is_refused(value: Any) -> None:
 )
 def test_timestamp_formats(value: Any, expected: int) -> None:
     assert (
-        parse(orjson.dumps({"logs": [valid(timestamp=value)]}), make_ctx()).rows[0]["timestamp"] == expected
+        parse(orjson.dumps({"logs": [astralog_record(timestamp=value)]}), make_ctx()).rows[0]["timestamp"]
+        == expected
     )
 
 
 def test_deeply_nested_metadata_is_refused_not_crashing() -> None:
-    body = orjson.dumps({"logs": [valid()]})[:-3] + b', "metadata": {"x": ' + deep_arrays(1000) + b"}}]}"
+    body = (
+        orjson.dumps({"logs": [astralog_record()]})[:-3]
+        + b', "metadata": {"x": '
+        + deep_arrays(1000)
+        + b"}}]}"
+    )
     assert refused(body).code == "too_deep"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,45 @@ def free_listener_and_controller_ports() -> int:
 def process_gone(pid: int) -> bool:
     """Gone, or a zombie awaiting its parent (not merely exiting)."""
     return process_exited(pid)
+
+
+# The main thread exits first and leaves a zombie; a second thread lives on until stdin closes.
+_LEADER_EXITS_FIRST = """
+import ctypes, os, sys, threading
+def linger():
+    sys.stdin.read()
+    os._exit(0)
+threading.Thread(target=linger).start()
+print("ready", flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_zombie_main_thread_with_live_threads_has_not_exited() -> None:
+    """A JVM being stopped can show its main thread as a zombie while other threads still run
+    (and hold its ports); `stop` must wait for those too (CI once saw the broker alive after it)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _LEADER_EXITS_FIRST], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the main thread never exited"
+            time.sleep(0.01)
+        assert not process_exited(child.pid)
+        assert child.poll() is None  # not reapable yet either
+        child.stdin.close()
+        deadline = time.monotonic() + 10
+        while not process_exited(child.pid):
+            assert time.monotonic() < deadline, "the process never finished exiting"
+            time.sleep(0.01)
+        assert child.wait(5) == 0
+    finally:
+        child.kill()
+        child.wait()
 
 
 async def read_all(settings: Settings, topic: str, expected: int) -> list[tuple[bytes, bytes]]:

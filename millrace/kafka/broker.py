@@ -160,7 +160,16 @@ def process_exited(pid: int) -> bool:
     except OSError:
         return False
     state = stat.rpartition(")")[2].split()[:1]  # the field after the (command name)
-    return state in (["Z"], ["X"])
+    if state != ["Z"]:
+        return state == ["X"]
+    # A zombie main thread alone is not the end: the JVM's other threads may still be tearing
+    # down (holding its ports), and until they are gone the process cannot be reaped.
+    try:
+        return os.listdir(f"/proc/{pid}/task") in ([], [str(pid)])
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _new_cluster_id() -> str:

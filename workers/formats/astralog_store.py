@@ -161,6 +161,15 @@ _TEXT = (
     "match({raw}, '^-?[0-9]+$') AND JSONType({path}) = 'Double', concat({raw}, '.0'), {raw})"
 )
 
+# Where the quick way may differ from the exact one, in metadata's source text: after a `:`,
+# a number with an exponent or an all-zero fraction, `-0`, 19+ digits, null, or a string
+# starting with `{` (also spelled `\u007b`). A match inside a string is a false alarm (the
+# exact way runs), never a wrong row.
+_AMBIGUOUS: Final = (
+    r':\s*(-?[0-9]+(\.[0-9]+)?[eE]|-?[0-9]+\.0+\s*[,}]|-0\s*[,}]|-?[0-9]{19}|null|"\{|"\\u007[bB])'
+)
+_AMBIGUOUS_SQL: Final = _AMBIGUOUS.replace("\\", "\\\\")  # a SQL string's escaping (no quote in it)
+
 # Each column the SELECT fills, with its expression over a record `l` (the body's `logs[i]`,
 # typed by STRUCTURE), its facts and `kv` (the flattened metadata); the rest keep their defaults.
 _EXPRESSIONS: Final = {
@@ -174,7 +183,10 @@ _EXPRESSIONS: Final = {
     ),
     "service": "l.service",
     "message": "l.message",
-    "attributes": "mapFromArrays(arrayMap(t -> t.1, kv), arrayMap(t -> t.2, kv))",
+    "attributes": (
+        "mapFromArrays(arrayConcat(qk, arrayMap(t -> t.1, kv), ['project_id']), "
+        "arrayConcat(qv, arrayMap(t -> t.2, kv), [l.project_id]))"
+    ),
     "ua_browser": "uab",
     "ua_os": "uao",
     "ua_device": "uad",
@@ -195,9 +207,19 @@ def select_sql(source: str) -> str:
     Metadata is flattened as `flatten_plain` does (objects one level deep into `a.b`,
     an empty object as "{}"), then `project_id` is added; a key seen twice keeps its
     last value, as a Python dict does.
+
+    Two ways to get there. The quick one reads the metadata in one pass as a map of texts
+    (`qk`, `qv`); it is right unless the source spells a value the engine writes back
+    differently (an integral float such as `26.0`, an exponent, `-0`, a huge integer),
+    holds a null (the map makes it ""), a string starting with `{` (the map cannot tell it
+    from an object), or a key twice. `_AMBIGUOUS` finds the first four in the text, with
+    false alarms but no misses; two key checks (before and after flattening) see the rest.
+    A record flagged so (`ok` false) takes the exact way; for the others the exact way reads
+    an empty text, so its arrays are empty and cheap. (No `if` picks between the two
+    results: on arrays and maps the engine's `if` cost more than both ways together.)
     """
-    inner_text = _TEXT.format(raw="y.2", path="l.metadata, i, j")
-    outer_text = _TEXT.format(raw="x.2", path="l.metadata, i")
+    inner_text = _TEXT.format(raw="y.2", path="ms, i, j")
+    outer_text = _TEXT.format(raw="x.2", path="ms, i")
     # The object's pairs are extracted once and bound as `kvs` (a lambda over a one-element
     # array: SQL has no let); written twice, the engine parsed the object twice.
     nested = (
@@ -205,39 +227,43 @@ def select_sql(source: str) -> str:
         "arrayEnumerate(kvs)), "
         "[JSONExtractKeysAndValuesRaw(x.2)])[1]"
     )
-    pairs = (
-        "arrayConcat(arrayFlatten(arrayMap((x, i) -> if(startsWith(x.2, '{'), "
+    exact = (
+        "arrayFlatten(arrayMap((x, i) -> if(startsWith(x.2, '{'), "
         f"if(x.2 = '{{}}', [(x.1, '{{}}')], {nested}), [(x.1, {outer_text})]), "
-        "arrayMap(t -> t.1, top), arrayMap(t -> t.2, top))), "
-        "[('project_id', l.project_id)])"
+        "arrayMap(t -> t.1, top), arrayMap(t -> t.2, top)))"
+    )
+    quick = (
+        "arrayFlatten(arrayMap((k, v) -> if(startsWith(v, '{'), "
+        "if(v = '{}', [(k, v)], arrayMap(n -> arrayMap((k2, v2) -> (concat(k, '.', k2), v2), "
+        "mapKeys(n), mapValues(n)), [JSONExtract(v, 'Map(String, String)')])[1]), [(k, v)]), "
+        "mapKeys(m), mapValues(m)))"
     )
     columns = ",\n    ".join(f"{expression} AS {name}" for name, expression in _EXPRESSIONS.items())
-    # A key seen twice keeps its last value, as in a Python dict: first among the metadata's own
-    # keys (so an earlier object's children are dropped with it), then among the flattened
-    # names (`a.b` next to `a: {b}`, and the record's project_id). Only when a key repeats.
-    return f"""SELECT
-    {columns}
-FROM (
-    SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,
-           arrayReverse(if(arrayUniq(rkeys) = length(rkeys), rev,
-                           arrayFilter((t, i) -> indexOf(rkeys, t.1) = i, rev, arrayEnumerate(rev)))) AS kv
-    FROM (
-        SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,
-               arrayReverse({pairs}) AS rev, arrayMap(u -> u.1, rev) AS rkeys
-        FROM (
-            -- Only the facts and the record: `b` (the whole body) must not be copied per record.
-            -- `top`: the metadata's (key, raw value) pairs with their position (JSONType's path).
-            SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,
-                   if(arrayUniq(tkeys) = length(tkeys), indexed,
-                      arrayFilter(t -> NOT has(arraySlice(tkeys, t.2 + 1), t.1.1), indexed)) AS top
-            FROM (
-                SELECT o, p, obs, proj, rid, uab, uao, uad, ip, dia, l,
-                       arrayZip(JSONExtractKeysAndValuesRaw(l.metadata) AS kvraw,
-                                arrayEnumerate(kvraw)) AS indexed,
-                       arrayMap(u -> u.1, kvraw) AS tkeys
-                FROM {source}
-                ARRAY JOIN b.logs AS l
-            )
-        )
-    )
-)"""
+    # Each stage reads the one before it; every stage passes on the facts and the record `l`
+    # (never `b`, the whole body, which would be copied per record).
+    stages = [
+        "JSONExtract(l.metadata, 'Map(String, String)') AS m",
+        f"{quick} AS q, arrayUniq(mapKeys(m)) = length(m) AS once",
+        "once, arrayMap(t -> t.1, q) AS qk, arrayMap(t -> t.2, q) AS qv",
+        "qk, qv, once AND arrayUniq(qk) = length(qk) AND NOT has(qk, 'project_id') "
+        f"AND NOT match(l.metadata, '{_AMBIGUOUS_SQL}') AS ok",
+        # From here on the exact way, over an empty text where the quick one was right.
+        "ok, arrayFilter(x -> ok, qk) AS qk, arrayFilter(x -> ok, qv) AS qv, if(ok, '', l.metadata) AS ms",
+        # `indexed`: the metadata's (key, raw value) pairs with their position (JSONType's path).
+        "ok, qk, qv, ms, arrayZip(JSONExtractKeysAndValuesRaw(ms) AS kvraw, arrayEnumerate(kvraw)) "
+        "AS indexed, arrayMap(u -> u.1, kvraw) AS tkeys",
+        # A key seen twice keeps its last value, as in a Python dict: first among the metadata's
+        # own keys (so an earlier object's children are dropped with it), then among the
+        # flattened names (`a.b` next to `a: {b}`); the record's project_id replaces the
+        # metadata's own. Only computed when a key repeats.
+        "ok, qk, qv, ms, if(arrayUniq(tkeys) = length(tkeys), indexed, "
+        "arrayFilter(t -> NOT has(arraySlice(tkeys, t.2 + 1), t.1.1), indexed)) AS top",
+        f"ok, qk, qv, arrayReverse({exact}) AS rev, arrayMap(u -> u.1, rev) AS rkeys",
+        "ok, qk, qv, arrayFilter(t -> t.1 != 'project_id', arrayReverse(if(arrayUniq(rkeys) = length(rkeys), "
+        "rev, arrayFilter((t, i) -> indexOf(rkeys, t.1) = i, rev, arrayEnumerate(rev))))) AS kv",
+    ]
+    facts = "o, p, obs, proj, rid, uab, uao, uad, ip, dia, l"
+    sql = f"SELECT {facts}, {stages[0]}\nFROM {source}\nARRAY JOIN b.logs AS l"
+    for stage in stages[1:]:
+        sql = f"SELECT {facts}, {stage}\nFROM (\n{sql}\n)"
+    return f"SELECT\n    {columns}\nFROM (\n{sql}\n)"

@@ -242,11 +242,12 @@ def select_sql(source: str) -> str:
     # Each stage reads the one before it; every stage passes on the facts and the record `l`
     # (never `b`, the whole body, which would be copied per record).
     stages = [
-        "JSONExtract(l.metadata, 'Map(String, String)') AS m",
-        f"{quick} AS q, arrayUniq(mapKeys(m)) = length(m) AS once",
-        "once, arrayMap(t -> t.1, q) AS qk, arrayMap(t -> t.2, q) AS qv",
-        "qk, qv, once AND arrayUniq(qk) = length(qk) AND NOT has(qk, 'project_id') "
-        f"AND NOT match(l.metadata, '{_AMBIGUOUS_SQL}') AS ok",
+        f"match(l.metadata, '{_AMBIGUOUS_SQL}') AS flagged",
+        # A flagged text is not read the quick way at all (an empty one is cheap to read).
+        "flagged, JSONExtract(if(flagged, '', l.metadata), 'Map(String, String)') AS m",
+        f"flagged, {quick} AS q, arrayUniq(mapKeys(m)) = length(m) AS once",
+        "flagged, once, arrayMap(t -> t.1, q) AS qk, arrayMap(t -> t.2, q) AS qv",
+        "qk, qv, NOT flagged AND once AND arrayUniq(qk) = length(qk) AND NOT has(qk, 'project_id') AS ok",
         # From here on the exact way, over an empty text where the quick one was right.
         "ok, arrayFilter(x -> ok, qk) AS qk, arrayFilter(x -> ok, qv) AS qv, if(ok, '', l.metadata) AS ms",
         # `indexed`: the metadata's (key, raw value) pairs with their position (JSONType's path).

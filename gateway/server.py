@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from millrace.config import Settings
+from millrace.gc_tuning import tune_gc
 
 log = structlog.get_logger()
 
@@ -44,6 +45,7 @@ SHUTDOWN_GRACE_S = 20
 
 
 def serve(settings: Settings) -> None:
+    tune_gc()
     log.info("gateway_starting", host=settings.host, port=settings.port, bootstrap=settings.bootstrap)
     web.run_app(
         create_app(settings),

@@ -9,7 +9,6 @@ engine), so a slow query never holds up an insert.
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from aiohttp import web
 from millrace import internal, metrics, store
 from millrace.config import Settings
 from millrace.dlq import FloodGuard
+from millrace.gc_tuning import tune_gc
 from millrace.query import LogQuery, QueryError, project_stats, read_call, run_logs
 from workers import pipeline
 
@@ -106,10 +106,7 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
 
 
 async def main(settings: Settings) -> None:
-    # A batch keeps ~10^5 row dicts alive: with default thresholds the GC rescans them again
-    # and again (bench/RESULTS.md). Freeze what start-up allocated and collect less often.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc()
     client = await asyncio.to_thread(store.connect, settings)
     await asyncio.to_thread(store.migrate, client, settings.clickhouse_cluster)
     stop = asyncio.Event()

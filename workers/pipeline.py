@@ -223,10 +223,10 @@ def insert_table(client: Client, table: TableBatch, token: str) -> None:
     if table.rows > table.deferred_rows and not store.embedded(client):
         raise ValueError("rows and deferred bodies in one insert need the embedded engine")
     sql = STORE_PARSED[table.deferred[0][0].dialect]
-    lines = []
+    pieces: list[bytes] = []
     for envelope, record in table.deferred:
         agent = user_agent(envelope.user_agent)
-        lines.append(
+        pieces.extend(
             sql.line(
                 envelope.body,
                 offset=record.offset,
@@ -241,7 +241,6 @@ def insert_table(client: Client, table: TableBatch, token: str) -> None:
                 dialect=envelope.dialect,
             )
         )
-    data = b"".join(lines)
     params = {"topic": table.deferred[0][1].topic}
     if table.rows == table.deferred_rows:
         store.insert_select(
@@ -250,7 +249,7 @@ def insert_table(client: Client, table: TableBatch, token: str) -> None:
             sql.COLUMNS,
             sql.select_sql,
             sql.STRUCTURE,
-            data,
+            pieces,
             token,
             sql.INPUT_SETTINGS,
             params,
@@ -268,7 +267,7 @@ def insert_table(client: Client, table: TableBatch, token: str) -> None:
                 f"SELECT {padded} FROM ({sql.select_sql(source)})"
             ),
             sql.STRUCTURE,
-            data,
+            pieces,
             token,
             sql.INPUT_SETTINGS,
             params,

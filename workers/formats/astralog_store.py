@@ -114,8 +114,9 @@ def line(
     device: str,
     client_ip: str,
     dialect: str,
-) -> bytes:
-    """One input row: the request facts, then the body as it came (never re-encoded)."""
+) -> tuple[bytes, ...]:
+    """One input row: the request facts, then the body as it came (never re-encoded), in
+    pieces: the body is not copied into a line of its own before it is written out."""
     head = orjson.dumps(
         {
             "o": offset,
@@ -130,7 +131,7 @@ def line(
             "dia": dialect,
         }
     )
-    return b"".join((head[:-1], b',"b":', body, b"}\n"))
+    return (head[:-1], b',"b":', body, b"}\n")
 
 
 STRUCTURE: Final = (

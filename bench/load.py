@@ -140,7 +140,10 @@ def main(cfg: LoadConfig, counters: Any, ready: EventType, go: EventType, out: C
     """Process entry point: prepare, signal ready, wait for go, drive, send the tally back."""
     import uvloop
 
+    from millrace.gc_tuning import tune_gc
+
     bodies = _load_bodies(cfg)
+    tune_gc()  # the load shares the machine: as light as the gateway it drives
     ready.set()
     go.wait()
     usage0 = resource.getrusage(resource.RUSAGE_SELF)

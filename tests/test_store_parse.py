@@ -172,13 +172,40 @@ def ready(body: bytes) -> bool:
         return False
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(bodies())
+# Texts full of what JSON escapes and what the text test looks for.
+JSONISH = st.text(alphabet=st.sampled_from('{}[]":,.\\/eE0-9 az\u00e9\U0001f600\n\t'), max_size=10)
+QUICK_SCALARS = st.one_of(
+    JSONISH,
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    st.floats(min_value=-1e15, max_value=1e15, allow_nan=False),  # integral ones ("2.0") are flagged
+)
+
+
+@st.composite
+def quick_bodies(draw: st.DrawFn) -> bytes:
+    keys = st.one_of(JSONISH.filter(bool), st.sampled_from(["a", "a.b", "h", "project_id"]))
+    inner = st.dictionaries(keys, QUICK_SCALARS, max_size=4)
+    logs = [
+        astralog_record(metadata=draw(st.dictionaries(keys, st.one_of(QUICK_SCALARS, inner), max_size=6)))
+        for _ in range(draw(st.integers(1, 4)))
+    ]
+    doc = {"logs": logs}
+    # Spelled by orjson, or by the standard library with spaces and \u escapes.
+    if draw(st.booleans()):
+        return orjson.dumps(doc)
+    return json.dumps(doc, ensure_ascii=draw(st.booleans()), indent=draw(st.sampled_from([None, 1]))).encode()
+
+
+@settings(
+    max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.one_of(bodies(), quick_bodies()))
 async def test_generated_bodies_store_the_same_rows(stack: Stack, body: bytes) -> None:
     if not ready(body):
         event("not store-parsed (the Python parser keeps it)")
         return
-    event("store-parsed")
+    event("store-parsed, quick metadata" if quick(body) else "store-parsed, exact metadata")
     by_engine, by_python = both_ways(stack.client, body)
     assert len(by_python) == len(orjson.loads(body)["logs"])
     assert by_engine == by_python
@@ -293,42 +320,6 @@ def test_the_quick_bodies_are_quick_and_the_flagged_are_not() -> None:
     # Without its integral float the second passes the text test: its repeated keys are the
     # key checks' to catch (the test above shows they do).
     assert quick(FLAGGED_BODIES[1].replace(b"200.0", b"200"))
-
-
-# Texts full of what JSON escapes and what the text test looks for.
-JSONISH = st.text(alphabet=st.sampled_from('{}[]":,.\\/eE0-9 az\u00e9\U0001f600\n\t'), max_size=10)
-QUICK_SCALARS = st.one_of(
-    JSONISH,
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.booleans(),
-    st.floats(min_value=-1e15, max_value=1e15, allow_nan=False),  # integral ones ("2.0") are flagged
-)
-
-
-@st.composite
-def quick_bodies(draw: st.DrawFn) -> bytes:
-    keys = st.one_of(JSONISH.filter(bool), st.sampled_from(["a", "a.b", "h", "project_id"]))
-    inner = st.dictionaries(keys, QUICK_SCALARS, max_size=4)
-    logs = [
-        astralog_record(metadata=draw(st.dictionaries(keys, st.one_of(QUICK_SCALARS, inner), max_size=6)))
-        for _ in range(draw(st.integers(1, 4)))
-    ]
-    doc = {"logs": logs}
-    # Spelled by orjson, or by the standard library with spaces and \u escapes.
-    if draw(st.booleans()):
-        return orjson.dumps(doc)
-    return json.dumps(doc, ensure_ascii=draw(st.booleans()), indent=draw(st.sampled_from([None, 1]))).encode()
-
-
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(quick_bodies())
-async def test_generated_plain_metadata_stores_the_same_rows(stack: Stack, body: bytes) -> None:
-    if not ready(body):
-        event("refused by the shape test")
-        return
-    event("quick" if quick(body) else "flagged")
-    by_engine, by_python = both_ways(stack.client, body)
-    assert by_python and by_engine == by_python
 
 
 async def test_a_body_the_engine_refuses_is_stored_as_rows(stack: Stack) -> None:

@@ -163,11 +163,13 @@ _TEXT = (
 )
 
 # Where the quick way may differ from the exact one, in metadata's source text: after a `:`,
-# a number with an exponent or an all-zero fraction, `-0`, 19+ digits, null, or a string
-# starting with `{` (also spelled `\u007b`). A match inside a string is a false alarm (the
-# exact way runs), never a wrong row.
+# a number with an exponent or an all-zero fraction, `-0`, a run of 17+ digits and dots (16+
+# digits: a fraction may round away, `1.0000000000000000001` is the float 1.0, and 19 digits
+# overflow 64 bits; up to 15 digits a decimal with a fraction is never integral), null, or a
+# string starting with `{` (also spelled `\u007b`). A match inside a string is a false alarm
+# (the exact way runs), never a wrong row.
 _AMBIGUOUS: Final = (
-    r':\s*(-?[0-9]+(\.[0-9]+)?[eE]|-?[0-9]+\.0+\s*[,}]|-0\s*[,}]|-?[0-9]{19}|null|"\{|"\\u007[bB])'
+    r':\s*(-?[0-9]+(\.[0-9]+)?[eE]|-?[0-9]+\.0+\s*[,}]|-0\s*[,}]|-?[0-9.]{17}|null|"\{|"\\u007[bB])'
 )
 _AMBIGUOUS_SQL: Final = _AMBIGUOUS.replace("\\", "\\\\")  # a SQL string's escaping (no quote in it)
 
@@ -211,7 +213,7 @@ def select_sql(source: str) -> str:
 
     Two ways to get there. The quick one reads the metadata in one pass as a map of texts
     (`qk`, `qv`); it is right unless the source spells a value the engine writes back
-    differently (an integral float such as `26.0`, an exponent, `-0`, a huge integer),
+    differently (an integral float such as `26.0`, an exponent, `-0`, 16+ digits),
     holds a null (the map makes it ""), a string starting with `{` (the map cannot tell it
     from an object), or a key twice. `_AMBIGUOUS` finds the first four in the text, with
     false alarms but no misses; two key checks (before and after flattening) see the rest.

@@ -33,12 +33,12 @@ def worker_batches(log_file: Path, offset: int = 0) -> dict[str, Any] | None:
 def compare(result: dict[str, Any]) -> dict[str, Any]:
     """Millrace's end-to-end rate as a fraction of the lower baseline."""
     base = result.get("baselines") or {}
+    clickhouse = base.get("clickhouse_insert") or {}
     rates = {
         "kafka_produce": (base.get("kafka_produce") or {}).get("logs_per_s"),
         # The faster of the engine's two ways in (columnar rows, or parsing the bodies itself).
         "clickhouse_insert": max(
-            (base.get("clickhouse_insert") or {}).get("rows_per_s") or 0,
-            ((base.get("clickhouse_insert") or {}).get("engine_parsed") or {}).get("rows_per_s") or 0,
+            clickhouse.get("rows_per_s") or 0, (clickhouse.get("engine_parsed") or {}).get("rows_per_s") or 0
         ),
     }
     known = {k: v for k, v in rates.items() if v}

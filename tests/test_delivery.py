@@ -727,6 +727,23 @@ async def wait_stored(stack: Stack, project: str, want: set[str], timeout_s: flo
         await asyncio.sleep(0.2)
 
 
+async def stop_and_check(
+    stack: Stack,
+    worker: InProcessWorker,
+    project: str,
+    load: Load,
+    stop: asyncio.Event,
+    task: asyncio.Task[None],
+) -> dict[str, int]:
+    """Stop the load, wait until the acknowledged logs are stored, check each is stored once,
+    stop the worker; the numbers for the report."""
+    stop.set()
+    await task
+    numbers = check_exactly_once(load, await wait_stored(stack, project, load.acked))
+    await worker.halt()
+    return numbers
+
+
 async def test_store_outage_blocks_and_pauses_without_committing_then_resumes_exactly_once(
     stack: Stack, flaky_worker: tuple[InProcessWorker, str, Load]
 ) -> None:
@@ -810,11 +827,7 @@ async def test_fail_n_times_and_crash_between_insert_and_commit_store_exactly_on
     worker.start()
     p = await worker.assigned()
     await asyncio.sleep(1.0)
-    stop.set()
-    await task
-    stored = await wait_stored(stack, project, load.acked)
-    numbers = check_exactly_once(load, stored)
-    await worker.halt()
+    numbers = await stop_and_check(stack, worker, project, load, stop, task)
     assert p.stats["skipped_stored"] > 0, "the restarted worker did not meet the stored offsets"
     report("fail-n-and-crash", skipped_stored=p.stats["skipped_stored"], **numbers)
 
@@ -832,11 +845,7 @@ async def test_an_insert_that_landed_but_answered_an_error_is_not_stored_twice(
     p = await worker.assigned()
     stop, task = await run_load(load)
     await asyncio.sleep(3.0)
-    stop.set()
-    await task
-    stored = await wait_stored(stack, project, load.acked)
-    numbers = check_exactly_once(load, stored)
-    await worker.halt()
+    numbers = await stop_and_check(stack, worker, project, load, stop, task)
     assert sum(not a[3] for a in flaky.attempts) == 3
     assert p.stats["batches"] >= 3
     report("landed-then-failed", **numbers)

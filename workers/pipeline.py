@@ -91,6 +91,11 @@ class TableBatch:
         spans = ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(self.ranges.items()))
         return f"{self.table}|{topic}|{spans}"
 
+    @property
+    def mixed(self) -> bool:
+        """Rows built here beside deferred bodies: one insert needs both kinds of input."""
+        return bool(self.deferred) and self.rows > self.deferred_rows
+
     def accepts_deferred(self, dialect: str) -> bool:
         return not self.deferred or self.deferred[0][0].dialect == dialect
 
@@ -220,7 +225,7 @@ def insert_table(client: Client, table: TableBatch, token: str) -> None:
     if not table.deferred:
         store.insert_columns(client, table.table, table.columns, token)
         return
-    if table.rows > table.deferred_rows and not store.embedded(client):
+    if table.mixed and not store.embedded(client):
         raise ValueError("rows and deferred bodies in one insert need the embedded engine")
     sql = STORE_PARSED[table.deferred[0][0].dialect]
     pieces: list[bytes] = []
@@ -242,7 +247,7 @@ def insert_table(client: Client, table: TableBatch, token: str) -> None:
             )
         )
     params = {"topic": table.deferred[0][1].topic}
-    if table.rows == table.deferred_rows:
+    if not table.mixed:
         store.insert_select(
             client,
             table.table,
@@ -412,7 +417,7 @@ class Pipeline:
         )
 
     async def _insert_with_retry(self, table: TableBatch, batch: Batch) -> None:
-        if table.deferred and table.rows > table.deferred_rows and not store.embedded(self.client):
+        if table.mixed and not store.embedded(self.client):
             # A server's input() reads one request body, and staging the rows in a table
             # there is not safe behind a load balancer (another replica may answer the
             # next request): a mixed batch is stored as rows.

@@ -17,8 +17,8 @@ from workers.formats.common import flatten, load_json, parse_timestamp
 from workers.formats.validate import accepted, flatten_plain, iso_time, plain_object, texts_set
 
 REQUIRED = ("project_id", "timestamp", "level", "service", "message")
-_KNOWN = {*REQUIRED, "metadata"}
-_TEXT_FIELDS = ("project_id", "level", "service", "message")
+_KNOWN = astralog_store.KNOWN_FIELDS
+_TEXT_FIELDS = astralog_store.TEXT_FIELDS
 
 
 def parse(body: bytes, ctx: ParseContext) -> Parsed:

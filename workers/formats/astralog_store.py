@@ -26,9 +26,10 @@ TABLE: Final = LOGS_TABLE
 
 _DIGITS: Final = "0123456789"
 _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
-# `astralog._plain`'s record shape (kept here, not imported: astralog imports this module).
-_TEXT_FIELDS: Final = ("project_id", "level", "service", "message")
-_KNOWN: Final = frozenset({*_TEXT_FIELDS, "timestamp", "metadata"})
+# An AstraLog record's fields: the texts that must be non-empty strings, and all it may have.
+# Defined here, where the shape test needs them; `astralog` (which imports this module) uses them.
+TEXT_FIELDS: Final = ("project_id", "level", "service", "message")
+KNOWN_FIELDS: Final = frozenset({*TEXT_FIELDS, "timestamp", "metadata"})
 
 
 def ready(item: Any) -> bool:
@@ -37,7 +38,7 @@ def ready(item: Any) -> bool:
     One pass over the record, as cheap as `_plain` alone: the gateway runs it on every
     record and falls back to `_plain` for the first record it answers False for.
     """
-    if not texts_set(item, _KNOWN, _TEXT_FIELDS):
+    if not texts_set(item, KNOWN_FIELDS, TEXT_FIELDS):
         return False
     timestamp = item.get("timestamp")
     if type(timestamp) is not str or not _iso_shape(timestamp) or not iso_time(timestamp):

@@ -82,12 +82,14 @@ def _n(value: Any, digits: int = 1) -> str:
 def table(result: dict[str, Any]) -> str:
     cfg, m = result["config"], result.get("millrace") or {}
     mach = result["machine"]
+    warm = result.get("warmup")
     lines = [
         f"Millrace bench {result['started_at']}  "
         f"({mach['nproc']} cores, {mach['memory_gib']} GiB, {mach['cpu']})",
         f"  {cfg['dialect']}, {cfg['logs_per_request']} logs/request, ~{cfg['avg_log_bytes']} B/log"
         f"{' gzip' if cfg['gzip'] else ''}; {cfg['load_procs']} load process(es) x {cfg['connections']} "
-        f"connections; {cfg['duration']:.0f} s",
+        f"connections; {cfg['duration']:.0f} s"
+        + (f", after a {warm['seconds']:.0f} s warm-up (project of its own)" if warm else ""),
         "",
         "Throughput",
         f"  acknowledged (gateway 2xx)    {_n(m.get('acked_per_s')):>10} logs/s   "

@@ -3,13 +3,16 @@
 1. Build a pool of request bodies (checked with the project's parser) and write them to a file.
 2. Start a Millrace of the bench's own (`millrace up`, own MILLRACE_HOME and free ports),
    create a key for project bench-<timestamp>, so the counts are this run's alone.
-3. Spawn the load processes; while they load their bodies, measure the pipeline's idle
+3. Warm up (--warmup seconds of the same load for a project of its own, then wait until it
+   has landed): the broker's JIT compilers and the engine's first queries are start-up costs,
+   not the per-log cost of a running pipeline, and stay out of the measured window.
+4. Spawn the load processes; while they load their bodies, measure the pipeline's idle
    CPU, then release them together for --duration seconds.
-4. Every second: acknowledged logs (shared counters) and CPU seconds of every process
+5. Every second: acknowledged logs (shared counters) and CPU seconds of every process
    (/proc); in a thread of its own, landed logs and lag (the worker's /internal/v1/stats).
-5. After the load: wait (bounded) until the landed count reaches the acknowledged one.
-6. Baselines on the same broker and machine: Kafka's ProducerPerformance, raw chDB inserts.
-7. `millrace down` (always), then the table, bench/out/<ts>.json, latest.json and the chart.
+6. After the load: wait (bounded) until the landed count reaches the acknowledged one.
+7. Baselines on the same broker and machine: Kafka's ProducerPerformance, raw chDB inserts.
+8. `millrace down` (always), then the table, bench/out/<ts>.json, latest.json and the chart.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -58,6 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0,
         help="target logs/s over all load processes (default 0: closed loop, as fast as the gateway answers)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=10,
+        help="seconds of the same load, for a project of its own, before the measured run (0: none; "
+        "only when the bench starts its own pipeline)",
     )
     p.add_argument("--pool", type=int, default=64, help="distinct request bodies generated up front")
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between counter/CPU samples")
@@ -248,6 +258,71 @@ def spawn_load(
     return group
 
 
+def _stats_url(target: Target, project: str, since_ns: int) -> str:
+    return f"{target.stats_base}/internal/v1/stats?project={quote(project)}&since_ns={since_ns}"
+
+
+def _stats_headers(args: argparse.Namespace) -> dict[str, str] | None:
+    # The worker's internal port wants the token of the pipeline's state directory.
+    token_file = args.home / "internal-token"
+    return {internal.HEADER: token_file.read_text().strip()} if token_file.exists() else None
+
+
+def warm_up(
+    args: argparse.Namespace, target: Target, dialect: payloads.Dialect, per_body: int, bodies_file: Path
+) -> dict[str, Any]:
+    """The same load for --warmup seconds under a project of its own, then wait until it landed.
+
+    A freshly started pipeline pays one-off costs in its first seconds (the broker's JIT
+    compilers took ~5 CPU s, the engine plans its first inserts); a pipeline in service has
+    paid them long ago. The measured project's counts never include these logs.
+    """
+    assert target.pipeline is not None
+    project = f"{target.project}-warmup"
+    key = target.pipeline.create_key(project)
+    procs.wait_for_key(target.url, payloads.headers(payloads.DIALECTS["astralog"], key))
+    group = spawn_load(
+        argparse.Namespace(**{**vars(args), "duration": args.warmup}),
+        replace(target, key=key, pids={}),
+        dialect,
+        per_body,
+        bodies_file,
+    )
+    try:
+        for i, event in enumerate(group.ready):
+            if not event.wait(120):
+                raise RuntimeError(f"warm-up load process {i} did not get ready within 120 s")
+        t0 = time.monotonic()
+        stats = sampling.StatsPoller(
+            _stats_url(target, project, time.time_ns()), t0, 1.0, _stats_headers(args)
+        )
+        group.go.set()
+        acked = 0
+        for conn in group.conns:
+            with contextlib.suppress(EOFError):
+                acked += conn.recv()["acked_logs"]
+        deadline = time.monotonic() + args.tail_timeout
+        landed = -1
+        while landed < acked and time.monotonic() < deadline:
+            row = stats.poll()
+            landed = row["landed"] if row else landed
+            time.sleep(0.5)
+    finally:
+        group.stop()
+    out = {
+        "seconds": args.warmup,
+        "project": project,
+        "acked_logs": acked,
+        "landed_logs": landed,
+        "landed_after_s": round(time.monotonic() - t0, 1),
+    }
+    print(
+        f"warm-up: {acked:,} logs acknowledged, {landed:,} landed after {out['landed_after_s']:.0f} s",
+        flush=True,
+    )
+    return out
+
+
 def _snapshot(pids: dict[str, int]) -> dict[str, dict[str, Any]]:
     return {
         name: {"cpu_s": procs.cpu_seconds(pid), "threads": procs.thread_cpu(pid)}
@@ -303,19 +378,14 @@ def measure(args: argparse.Namespace, target: Target, group: LoadGroup) -> dict[
     log_file = args.home / "run" / "millrace.log"
     log_offset = log_file.stat().st_size if log_file.exists() and not args.no_start else 0
     since_ns = time.time_ns()
-    stats_url = (
-        f"{target.stats_base}/internal/v1/stats?project={quote(target.project)}&since_ns={since_ns}"
-        if target.project
-        else None
-    )
+    stats_url = _stats_url(target, target.project, since_ns) if target.project else None
     before = _snapshot(pipeline_pids)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     ticks = sampling.Ticks(group.counters, args.load_procs, target.pids, t0)
-    # The worker's internal port wants the token of the pipeline's state directory.
-    token_file = args.home / "internal-token"
-    token = {internal.HEADER: token_file.read_text().strip()} if token_file.exists() else None
-    stats = sampling.StatsPoller(stats_url, t0, args.stats_interval, token) if stats_url else None
+    stats = (
+        sampling.StatsPoller(stats_url, t0, args.stats_interval, _stats_headers(args)) if stats_url else None
+    )
     group.go.set()
     if stats:
         stats.start()
@@ -546,6 +616,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         target = start(args, stamp)
         procs.wait_for_key(target.url, payloads.headers(payloads.DIALECTS["astralog"], target.key))
+        if args.warmup > 0 and target.pipeline is not None:
+            result["warmup"] = warm_up(args, target, dialect, per_body, bodies_file)
         group = spawn_load(args, target, dialect, per_body, bodies_file)
         print(
             f"load: {args.load_procs} process(es) x {args.connections} connections, {args.duration:.0f}s, "

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from tests.bodies import astralog_record
 from tests.formats.conftest import deep_object, make_ctx
-from workers.formats import PARSERS, VALIDATORS, Parsed, ParseError, astralog
+from workers.formats import PARSERS, VALIDATORS, Parsed, ParseError, astralog, astralog_store
 from workers.formats.astralog import validate as astralog_validate
 from workers.formats.common import MAX_ATTRIBUTE_KEYS, parse_timestamp
+from workers.formats.validate import iso_time
 
 TIMES = st.sampled_from(
     [
@@ -244,3 +245,76 @@ def test_iso_timestamps_as_before(when: datetime, offset: timedelta | None, suff
     else:
         text = when.isoformat() + suffix
     assert parse_timestamp(text) == reference_ns(text)
+
+
+_HEADS = st.one_of(
+    st.sampled_from(
+        [
+            "2024-05-31T15:30:45",
+            "2024-05-31 15:30:45",
+            "1971-01-01T00:00:00",
+            "1970-12-31T23:59:59",
+            "2098-12-31T23:59:59",
+            "2099-01-01T00:00:00",
+            "2024-13-31T15:30:45",
+            "2024-02-30T15:30:45",
+            "2024-05-31T24:00:00",
+            " 2024-05-31T15:30:4",
+            "2024-05-31t15:30:45",
+            "\uff12024-05-31T15:30:45",
+            "2024-05-31T15:30",
+            "2024-05-31",
+        ]
+    ),
+    st.text(alphabet="0123456789-: T", min_size=17, max_size=21),
+)
+_TAILS = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "Z",
+            ".5",
+            ".123Z",
+            ".123456789Z",
+            ".1234567890Z",
+            "+02:00",
+            "-23:59",
+            "+24:00",
+            "+02:60",
+            "z",
+            " ",
+            "Z ",
+            ".",
+            ".Z",
+            "+0200",
+            "+02:00:00",
+            ".250+02:00",
+            ",5Z",
+            "\n",
+        ]
+    ),
+    st.text(alphabet="0123456789.:+-Z ", max_size=12),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(_HEADS, _TAILS).map("".join),
+        st.builds(
+            lambda when, offset: when.replace(
+                tzinfo=None if offset is None else timezone(offset)
+            ).isoformat(),
+            st.datetimes(min_value=datetime(1960, 1, 1), max_value=datetime(2110, 1, 1)),
+            st.one_of(
+                st.none(), st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23))
+            ),
+        ),
+    )
+)
+@example("2024-05-31T15:30:45+24:00")  # a shape that fromisoformat refuses, in the tail
+@example("2024-02-30T15:30:45Z")  # and in the head
+@example("2024-05-31T15:30:45.1234567890Z")
+def test_cached_time_verdicts_are_the_shape_and_time_checks(text: str) -> None:
+    """`time_ready` judges each half of a time once; its verdict is the uncached checks' on the whole."""
+    assert astralog_store.time_ready(text) == (astralog_store._iso_shape(text) and iso_time(text)), text

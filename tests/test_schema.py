@@ -8,6 +8,7 @@ import pytest
 
 from millrace import store
 from schemas.record import ENGINE_COLUMNS, EVENT_COLUMNS, LOG_COLUMNS
+from tests.conftest import Stack
 
 _COLUMN = re.compile(r"^\s{4}([a-z_]+)\s+(.+?)(?:\s+DEFAULT .+?)?(?:\s+CODEC\(.*\))?,?$")
 
@@ -32,3 +33,14 @@ def test_record_columns_match_the_ddl(table: str, spec: tuple[tuple[str, str, ob
 def test_migrations_are_numbered_without_gaps() -> None:
     versions = [v for v, _, _ in store.migrations()]
     assert list(range(1, len(versions) + 1)) == versions
+
+
+@pytest.mark.parametrize("table", ["logs", "events"])
+def test_pipeline_tables_merge_wider_than_the_default(stack: Stack, table: str) -> None:
+    """Migration 004 is in effect in the engine: fewer, wider background merges."""
+    ((create,),) = stack.query(
+        "SELECT create_table_query FROM system.tables "
+        "WHERE database = currentDatabase() AND name = {t:String}",
+        t=table,
+    )
+    assert "merge_selector_base = 20" in create

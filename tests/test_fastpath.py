@@ -9,6 +9,7 @@ extra fields, deep nesting and the attribute-count limit.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -17,8 +18,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bench import payloads
 from tests.bodies import astralog_record
 from tests.formats.conftest import deep_object, make_ctx
+from tests.test_store_parse import bodies as store_parse_bodies
+from tests.test_store_parse import quick_bodies
 from workers.formats import PARSERS, VALIDATORS, Parsed, ParseError, astralog, astralog_store
 from workers.formats.astralog import validate as astralog_validate
 from workers.formats.common import MAX_ATTRIBUTE_KEYS, parse_timestamp
@@ -318,3 +322,102 @@ _TAILS = st.one_of(
 def test_cached_time_verdicts_are_the_shape_and_time_checks(text: str) -> None:
     """`time_ready` judges each half of a time once; its verdict is the uncached checks' on the whole."""
     assert astralog_store.time_ready(text) == (astralog_store._iso_shape(text) and iso_time(text)), text
+
+
+def record_by_record(body: bytes) -> int | None:
+    """What `body_ready` stands in for: orjson's reading, then `ready` on every record."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    logs = doc.get("logs") if isinstance(doc, dict) else None
+    if not isinstance(logs, list) or not logs:
+        return None
+    return len(logs) if all(astralog_store.ready(item) for item in logs) else None
+
+
+def with_metadata(metadata: Any) -> bytes:
+    return json.dumps({"logs": [astralog_record(metadata=metadata)]}).encode()  # ints past 64 bits too
+
+
+# Where two JSON readers could part ways, spelled by hand: numbers at the edges of int64, of
+# what orjson reads as an int, and of `_float_ready`; repeated keys; escapes orjson refuses; key
+# counts at the typed limits.
+WHOLE_BODY_EDGES = [
+    with_metadata({"n": 2**63 - 1}),
+    with_metadata({"n": 2**63}),
+    with_metadata({"n": 2**64 - 1}),
+    with_metadata({"n": -(2**63)}),
+    with_metadata({"n": -(2**63) - 1}),
+    with_metadata({"n": 1e-4, "m": 9.99e-5}),
+    with_metadata({"n": -0.0}),
+    with_metadata({"n": 999999999999999.9, "m": 1e15}),
+    with_metadata({"": 1}),
+    with_metadata({"a": {"": 1}}),
+    with_metadata({f"k{i}": i for i in range(22)}),
+    with_metadata({f"k{i}": i for i in range(23)}),
+    with_metadata({"a": {f"k{i}": i for i in range(21)}}),
+    with_metadata({"a": {f"k{i}": i for i in range(22)}}),
+    with_metadata({"a": [1]}),
+    with_metadata({"a": {"b": {"c": 1}}}),
+    with_metadata("text"),
+    with_metadata({}),
+    with_metadata(None),
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"m","metadata":{"n":123456789012345678901234567890}}]}',
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"m","metadata":{"n":1e-5,"m":1E400}}]}',
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"m","metadata":{"a":1,"a":{"b":2}}}]}',
+    b'{"logs":[{"project_id":"p","project_id":"","timestamp":"2024-05-31T15:30:45Z","level":"info",'
+    b'"service":"s","message":"m"}]}',
+    b'{"logs":[{"project_id":"","project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
+    b'"service":"s","message":"m"}]}',
+    b'{"logs":[],"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
+    b'"service":"s","message":"m"}]}',
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"\\ud800"}]}',
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"\xff"}]}',
+    b'\xef\xbb\xbf{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
+    b'"service":"s","message":"m"}]}',
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":" info","service":"s",'
+    b'"message":"m"}]}',
+    b'{"logs":[{"project_id":"p","timestamp":1717169445,"level":"info","service":"s","message":"m"}]}',
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"m","extra":1}]}',
+    b'{"other":1,"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
+    b'"service":"s","message":"m"}]}',
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"m"},]}',
+    b'{"x":' + b"[" * 5000 + b"]" * 5000 + b',"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z",'
+    b'"level":"info","service":"s","message":"m"}]}',
+    b' {"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"m"}]}\n',
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(bodies(), store_parse_bodies(), quick_bodies()))
+@example(b"")
+def test_the_whole_body_check_agrees_with_the_record_checks(body: bytes) -> None:
+    """`body_ready` (typed decoding) counts a body only when orjson + `ready` on each record would."""
+    fast = astralog_store.body_ready(body)
+    assert fast is None or fast == record_by_record(body), body
+
+
+@pytest.mark.parametrize("body", WHOLE_BODY_EDGES)
+def test_the_whole_body_check_at_the_edges(body: bytes) -> None:
+    fast = astralog_store.body_ready(body)
+    assert fast is None or fast == record_by_record(body), body
+
+
+def test_the_usual_bodies_are_checked_whole() -> None:
+    """The fast way is taken where it matters: the bench's bodies and the plain edges above."""
+    usual = [
+        with_metadata({"n": 2**63 - 1, "a": {"": 1}, "f": 1e-4}),
+        with_metadata({f"k{i}": i for i in range(22)}),
+        WHOLE_BODY_EDGES[-1],
+        *payloads.bodies(payloads.DIALECTS["astralog"], 500, 3),
+    ]
+    assert [astralog_store.body_ready(body) for body in usual] == [1, 1, 1, 500, 500, 500]

@@ -29,9 +29,15 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
 def validate(body: bytes, ctx: ParseContext) -> Parsed:
     """`parse`'s answer (the same ParseError, or the same count) without building rows.
 
-    Records of the usual shape are checked in place; any other record goes through
-    `_row`, which raises exactly what `parse` raises for it (tests/test_fastpath.py).
+    A body of the usual shape is checked whole (`body_ready`); otherwise records of the
+    usual shape are checked in place, and any other record goes through `_row`, which
+    raises exactly what `parse` raises for it (tests/test_fastpath.py).
     """
+    count = astralog_store.body_ready(body)
+    if count is not None:  # the usual body, checked whole by typed decoding
+        parsed = accepted(count)
+        parsed.store_parses = True
+        return parsed
     logs = _logs(load_json(body))
     store_parses = True
     for i, item in enumerate(logs):

@@ -15,8 +15,9 @@ embedded verbatim.
 from __future__ import annotations
 
 from math import copysign
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
+import msgspec
 import orjson
 
 from schemas.record import LEVEL_ALIASES, LEVELS, LOGS_TABLE
@@ -74,6 +75,70 @@ def ready(item: Any) -> bool:
         else:
             return False
     return keys <= KEY_BUDGET
+
+
+# The usual body as msgspec types: decoding it checks in one C pass what `ready` checks field by
+# field in Python (known keys only, non-empty texts, metadata of scalars and one level of
+# objects, no "" key). What a type cannot say is left to `body_ready`. Ints stay within what
+# orjson reads as ints (it reads larger ones as floats); the key counts stay below KEY_BUDGET.
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # msgspec bounds are int64
+_Float = Annotated[float, msgspec.Meta(gt=-1e15, lt=1e15)]
+_TOP_KEYS: Final = 22
+_INNER_KEYS: Final = 21
+_Inner = Annotated[dict[str, str | _Int | _Float | bool | None], msgspec.Meta(max_length=_INNER_KEYS)]
+_Metadata = Annotated[
+    dict[str, str | _Int | _Float | bool | _Inner | None], msgspec.Meta(max_length=_TOP_KEYS)
+]
+assert _TOP_KEYS * (1 + _INNER_KEYS) <= KEY_BUDGET
+
+
+class _Record(msgspec.Struct, forbid_unknown_fields=True):
+    project_id: _Text
+    timestamp: str
+    level: _Text
+    service: _Text
+    message: _Text
+    metadata: _Metadata | None = None
+
+
+class _Body(msgspec.Struct):
+    logs: Annotated[list[_Record], msgspec.Meta(min_length=1)]
+
+
+_DECODE: Final = msgspec.json.Decoder(_Body).decode
+
+
+def body_ready(body: bytes) -> int | None:
+    """The number of records of `body` if `ready` holds for each of them, else None (not sure).
+
+    Each record as orjson reads it, for `astralog.validate`: None sends it the
+    record-by-record way, which also answers every malformed body. Saves the gateway
+    orjson's dicts and most of `ready`'s Python (tests/test_fastpath.py checks the two agree).
+    """
+    try:
+        logs = _DECODE(body).logs
+    # DecodeError: also every failed type check; the others: bad UTF-8, nesting past its depth.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    for record in logs:
+        level = record.level
+        if not time_ready(record.timestamp) or not level.isascii() or level != level.strip():
+            return None
+        metadata = record.metadata
+        if metadata:
+            if "" in metadata:
+                return None
+            for value in metadata.values():
+                kind = type(value)
+                if kind is float:
+                    if not _float_ready(value):  # type: ignore[arg-type]
+                        return None
+                elif kind is dict:
+                    for inner in value.values():  # type: ignore[union-attr]
+                        if type(inner) is float and not _float_ready(inner):
+                            return None
+    return len(logs)
 
 
 # Verdicts on the two halves of a time, `YYYY-MM-DD?hh:mm:ss` and the rest (fraction, zone):

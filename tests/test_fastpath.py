@@ -388,6 +388,13 @@ WHOLE_BODY_EDGES = [
     b'"message":"m","extra":1}]}',
     b'{"other":1,"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
     b'"service":"s","message":"m"}]}',
+    # Values msgspec would only skip in a field it does not know, where orjson refuses the body.
+    b'{"x":"\xff","logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
+    b'"service":"s","message":"m"}]}',
+    b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
+    b'"message":"m"}],"x":[1e400]}',
+    b'{"\xc0\xaf":1,"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
+    b'"service":"s","message":"m"}]}',
     b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info","service":"s",'
     b'"message":"m"},]}',
     b'{"x":' + b"[" * 5000 + b"]" * 5000 + b',"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z",'

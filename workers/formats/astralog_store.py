@@ -102,7 +102,9 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True):
     metadata: _Metadata | None = None
 
 
-class _Body(msgspec.Struct):
+# Unknown fields are refused, not skipped: msgspec skips a value without checking its UTF-8 or
+# converting its numbers, where orjson refuses the body (found by review; tests/test_fastpath.py).
+class _Body(msgspec.Struct, forbid_unknown_fields=True):
     logs: Annotated[list[_Record], msgspec.Meta(min_length=1)]
 
 

@@ -61,7 +61,9 @@ def poll_cost(result: dict[str, Any]) -> dict[str, Any] | None:
     if not sq.get("rows") or not polls:
         return None
     per_row_s = sq["cpu_ms"] / 1000 / sq["rows"]
-    cpu = sum(p["landed"] for p in polls) * per_row_s
+    # Polls without the lag (its fields None) cost what a count costs, when that was measured.
+    count_per_row_s = sq.get("count_only_cpu_ms", sq["cpu_ms"]) / 1000 / sq["rows"]
+    cpu = sum(p["landed"] * (per_row_s if p["lag_p50_ms"] is not None else count_per_row_s) for p in polls)
     share = cpu / worker["cpu_s"] if worker.get("cpu_s") else None
     return {
         "polls": len(polls),

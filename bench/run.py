@@ -44,6 +44,7 @@ from millrace import internal
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 IDLE_S = 3.0  # seconds of idle CPU measured before the load starts
+TAIL_POLL_S = 0.2  # seconds between landed counts once the load has stopped
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,8 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--stats-interval",
         type=float,
+        default=1.0,
+        help="seconds between polls of the landed count (each one is a query the worker pays for)",
+    )
+    p.add_argument(
+        "--lag-interval",
+        type=float,
         default=5.0,
-        help="seconds between polls of the worker's stats (each one is a query the worker pays for)",
+        help="seconds between polls that also ask for the lag quantiles (a dearer query)",
     )
     p.add_argument(
         "--tail-timeout", type=float, default=300, help="seconds to wait for the tail to land (default 300)"
@@ -384,7 +391,9 @@ def measure(args: argparse.Namespace, target: Target, group: LoadGroup) -> dict[
     t0 = time.monotonic()
     ticks = sampling.Ticks(group.counters, args.load_procs, target.pids, t0)
     stats = (
-        sampling.StatsPoller(stats_url, t0, args.stats_interval, _stats_headers(args)) if stats_url else None
+        sampling.StatsPoller(stats_url, t0, args.stats_interval, _stats_headers(args), args.lag_interval)
+        if stats_url
+        else None
     )
     group.go.set()
     if stats:
@@ -413,14 +422,15 @@ def measure(args: argparse.Namespace, target: Target, group: LoadGroup) -> dict[
         acked = sum(r["acked_logs"] for r in results.values())
 
         # The tail: the last acknowledged requests may still be in Kafka or in the worker's batch.
+        # Counted here every TAIL_POLL_S, so the moment it has all landed is not a poll interval late.
         landed_at: float | None = None
         deadline = time.monotonic() + args.tail_timeout
         while stats and time.monotonic() < deadline:
-            latest = stats.latest()
+            latest = stats.poll(lag=False)
             if latest and latest["landed"] >= acked:
                 landed_at = latest["t"]
                 break
-            time.sleep(0.1)
+            time.sleep(TAIL_POLL_S)
             if time.monotonic() - t0 >= next_tick:
                 ticks.sample()
                 next_tick += args.sample_interval

@@ -3,9 +3,11 @@
 Ticks (every --sample-interval, in the main thread): acknowledged and failed counts from
 the load processes' shared counters, and CPU seconds of every process from /proc.
 
-Stats (a thread of its own): the worker's /internal/v1/stats (landed count, lag
-quantiles). It is polled apart from the ticks because the worker answers it on the
-same event loop as its pipeline, and that loop can be busy for seconds; a slow answer
+Stats (a thread of its own): the worker's /internal/v1/stats: the landed count every
+--stats-interval, the lag quantiles with it every --lag-interval (they read two more
+columns of every row so far, the count only one). It is polled apart from the ticks
+because the worker answers it on the same event loop as its pipeline, and that loop can
+be busy for seconds; a slow answer
 must not stall the ticks. A stats sample is stamped with the time its answer arrived,
 so "landed by t" can only be late, never early.
 """
@@ -47,21 +49,30 @@ class Ticks:
 class StatsPoller(threading.Thread):
     """Polls the worker's stats about once per interval, never more than one request at a time."""
 
-    def __init__(self, url: str, t0: float, interval_s: float, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        t0: float,
+        interval_s: float,
+        headers: dict[str, str] | None = None,
+        lag_interval_s: float = 0.0,
+    ) -> None:
         super().__init__(name="stats-poller", daemon=True)
         self.url = url
         self.headers = headers or {}
         self.t0 = t0
         self.interval_s = interval_s
+        self.lag_interval_s = lag_interval_s  # 0: the lag with every poll
+        self._lag_due = 0.0
         self.rows: list[dict[str, Any]] = []
         self.errors = 0
         self._halt = threading.Event()
         self._lock = threading.Lock()
 
-    def poll(self) -> dict[str, Any] | None:
+    def poll(self, lag: bool = True) -> dict[str, Any] | None:
         sent = time.monotonic()
         try:
-            stats = procs.http_json(self.url, timeout_s=30, headers=self.headers)
+            stats = procs.http_json(self.url + ("" if lag else "&lag=0"), timeout_s=30, headers=self.headers)
         except OSError:
             with self._lock:
                 self.errors += 1
@@ -87,7 +98,10 @@ class StatsPoller(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             sent = time.monotonic()
-            self.poll()
+            lag = sent >= self._lag_due
+            if lag:
+                self._lag_due = sent + self.lag_interval_s
+            self.poll(lag)
             # Next request one interval after the last was sent, but give the worker a breather
             # when its answer took longer than that.
             wait_s = max(sent + self.interval_s - time.monotonic(), 0.2)

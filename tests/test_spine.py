@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from millrace.query import project_stats
 from tests import bodies
 from tests.conftest import Stack
 from tests.seeds import curl_examples
@@ -274,3 +276,19 @@ async def _assert_never_stored(stack: Stack, marker: str) -> None:
     await asyncio.sleep(1.0)
     ((count,),) = stack.query("SELECT count() FROM logs WHERE position(message, {m:String}) > 0", m=marker)
     assert count == 0
+
+
+async def test_project_stats_count_with_and_without_the_lag(stack: Stack) -> None:
+    """The operators' and the bench's stats: counts alone (`lag=False`) or with the lag quantiles."""
+    tenant = await stack.tenant("spine-stats")
+    status, _ = await post(stack, "/v1/drain", drain_body("stats", 7), {"Authorization": tenant.key})
+    assert status == 200
+    assert await stack.wait_rows("spine-stats", 7) == 7
+
+    full = project_stats(stack.client, "spine-stats")
+    counts = project_stats(stack.client, "spine-stats", lag=False)
+    assert full["logs"] == counts["logs"] == 7
+    assert full["lag_ms"]["p50"] is not None and full["lag_ms"]["max"] >= full["lag_ms"]["p50"] >= 0
+    assert counts["lag_ms"] == {"p50": None, "p99": None, "max": None}
+    later = project_stats(stack.client, "spine-stats", since_ns=time.time_ns() + 10**12, lag=False)
+    assert later["logs"] == 0

@@ -9,6 +9,7 @@ engine), so a slow query never holds up an insert.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +96,10 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
             return web.json_response(
                 {"error": {"code": "VALIDATION_ERROR", "message": "since_ns"}}, status=400
             )
-        result = await asyncio.get_running_loop().run_in_executor(pool, project_stats, client, project, since)
+        lag = request.query.get("lag", "1") != "0"
+        result = await asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(project_stats, client, project, since, lag=lag)
+        )
         return web.Response(body=orjson.dumps(result), content_type="application/json")
 
     app.router.add_post("/internal/v1/logs", logs)

@@ -3,9 +3,9 @@
 1. Build a pool of request bodies (checked with the project's parser) and write them to a file.
 2. Start a Millrace of the bench's own (`millrace up`, own MILLRACE_HOME and free ports),
    create a key for project bench-<timestamp>, so the counts are this run's alone.
-3. With --warmup: the same load for a project of its own, then wait until it has landed, so
-   the engine's first queries and the broker's first JIT compilations fall before the
-   measured window.
+3. Warm up (--warmup, 40 s): the same load for a project of its own, then wait until it has
+   landed. A freshly started broker spends ~5 CPU s in its JIT compilers over its first
+   minute of load, then next to none; a broker in service paid that long ago.
 4. Spawn the load processes; while they load their bodies, measure the pipeline's idle
    CPU, then release them together for --duration seconds.
 5. Every second: acknowledged logs (shared counters) and CPU seconds of every process
@@ -66,9 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--warmup",
         type=float,
-        default=0,
+        default=40,
         help="seconds of the same load, for a project of its own, before the measured run "
-        "(default 0: none; only when the bench starts its own pipeline)",
+        "(default 40; 0: none; only when the bench starts its own pipeline)",
     )
     p.add_argument("--pool", type=int, default=64, help="distinct request bodies generated up front")
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between counter/CPU samples")

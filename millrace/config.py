@@ -89,11 +89,11 @@ class Settings:
     )
     batch_rows: int = _setting(
         "MILLRACE_BATCH_ROWS",
-        "50000",
+        "100000",
         "Worker flushes an insert at this many rows (rows the store parses count a quarter)",
     )
     batch_age_ms: int = _setting(
-        "MILLRACE_BATCH_AGE_MS", "1000", "...or when the oldest buffered row is this old"
+        "MILLRACE_BATCH_AGE_MS", "2000", "...or when the oldest buffered row is this old"
     )
     dlq_flood_threshold: int = _setting(
         "MILLRACE_DLQ_FLOOD_THRESHOLD",

@@ -210,7 +210,23 @@ class Pipeline:
             self.cli("down", timeout_s=180)
 
     def create_key(self, project: str) -> str:
-        lines = self.cli("keys", "create", "--project", project, "--name", "bench").strip().splitlines()
+        # No rate limits: the bench measures what the pipeline takes, not the default key's cap.
+        lines = (
+            self.cli(
+                "keys",
+                "create",
+                "--project",
+                project,
+                "--name",
+                "bench",
+                "--requests-per-s",
+                "0",
+                "--logs-per-s",
+                "0",
+            )
+            .strip()
+            .splitlines()
+        )
         return lines[-1].strip()
 
     def runner_pid(self) -> int | None:

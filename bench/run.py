@@ -385,7 +385,13 @@ def measure(args: argparse.Namespace, target: Target, group: LoadGroup) -> dict[
     log_file = args.home / "run" / "millrace.log"
     log_offset = log_file.stat().st_size if log_file.exists() and not args.no_start else 0
     since_ns = time.time_ns()
-    stats_url = _stats_url(target, target.project, since_ns) if target.project else None
+    # A project the bench created holds this run's rows only: counted without the receive
+    # times, which cost the worker a column more per row and poll (--no-start: since the start).
+    stats_url = (
+        _stats_url(target, target.project, 0 if target.pipeline is not None else since_ns)
+        if target.project
+        else None
+    )
     before = _snapshot(pipeline_pids)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()

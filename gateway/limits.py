@@ -79,7 +79,8 @@ class Limits:
     def _bucket(
         self, table: dict[str, TokenBucket], key: ApiKey, name: str, default: float
     ) -> TokenBucket | None:
-        rate = float(key.limits.get(name) or default)
+        own = key.limits.get(name)  # a key's own 0 is "no limit" too, not "the default"
+        rate = float(default if own is None else own)
         if rate <= 0:
             return None  # unlimited
         burst_s = float(key.limits.get(LIMIT_BURST_S) or self.settings.rate_burst_s)

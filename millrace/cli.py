@@ -217,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
         ("--logs-per-s", "records/s (default MILLRACE_RATE_LOGS_PER_S)"),
         ("--burst-s", "seconds of those rates a burst may use (default MILLRACE_RATE_BURST_S)"),
     ):
-        create.add_argument(flag, type=float, default=0.0, help=f"this key's own limit of {what}")
+        create.add_argument(flag, type=float, default=None, help=f"this key's own limit of {what}")
     create.set_defaults(fn=_keys_create)
     list_help = "list keys (never their secrets)"
     keys_sub.add_parser("list", help=list_help, description=list_help).set_defaults(fn=_keys_list)

@@ -89,10 +89,17 @@ def new_key(
     unknown = scopes - set(ALL_SCOPES)
     if unknown:
         raise ValueError(f"unknown scope(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_SCOPES)}")
-    limits = {k: float(v) for k, v in (limits or {}).items() if v}
-    bad = [k for k, v in limits.items() if k not in LIMIT_NAMES or not 0 < v < float("inf")]
+    # Absent: the gateway's default. A rate of 0: no limit for this key; a burst must be positive.
+    limits = {k: float(v) for k, v in (limits or {}).items() if v is not None}
+    bad = [
+        k
+        for k, v in limits.items()
+        if k not in LIMIT_NAMES or not (v > 0 if k == LIMIT_BURST_S else v >= 0) or v == float("inf")
+    ]
     if bad:
-        raise ValueError(f"limit {bad[0]!r} must be one of {', '.join(LIMIT_NAMES)} with a positive value")
+        raise ValueError(
+            f"limit {bad[0]!r} must be one of {', '.join(LIMIT_NAMES)}: a rate of 0 or more, a positive burst"
+        )
     if not project or len(project) > 100 or not project.replace("-", "").replace("_", "").isalnum():
         raise ValueError("project names are 1-100 letters, digits, '-' or '_'")
     token = f"{_PREFIX}{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"

@@ -178,6 +178,13 @@ def test_a_keys_own_limits_override_the_defaults_and_zero_means_unlimited() -> N
     refused = limits.before_body(strict)
     assert refused is not None and refused.retry_after == 2  # one token at 0.5/s
 
+    # Under strict defaults, a key's own 0 lifts that limit for the key (not "use the default").
+    tight = Limits(_settings(MILLRACE_RATE_REQUESTS_PER_S="1", MILLRACE_RATE_LOGS_PER_S="10"), clock)
+    free = _key(**{LIMIT_REQUESTS_PER_S: 0, LIMIT_LOGS_PER_S: 0})
+    assert all(tight.before_body(free) is None for _ in range(1_000))
+    assert tight.after_parse(free, _parsed(40_000)) is None
+    assert not all(tight.before_body(_key()) is None for _ in range(10))  # the default still holds
+
 
 def test_records_bucket_counts_parsed_rows_and_an_oversized_batch_leaves_a_debt() -> None:
     clock = Clock()
@@ -205,11 +212,19 @@ def test_record_cap_counts_rejected_records_too() -> None:
 
 def test_key_limits_are_validated_and_kept_on_the_record() -> None:
     record, _ = keys.new_key(
-        "p", frozenset({keys.SCOPE_LOGS}), limits={LIMIT_LOGS_PER_S: 50, LIMIT_BURST_S: 0}
+        "p", frozenset({keys.SCOPE_LOGS}), limits={LIMIT_LOGS_PER_S: 50, LIMIT_REQUESTS_PER_S: None}
     )
     assert record.limits == {LIMIT_LOGS_PER_S: 50.0}
     assert ApiKey.from_json(record.to_json()).limits == {LIMIT_LOGS_PER_S: 50.0}
-    for bad in ({LIMIT_LOGS_PER_S: -1}, {"bogus": 1}, {LIMIT_BURST_S: float("nan")}):
+    unlimited, _ = keys.new_key("p", frozenset({keys.SCOPE_LOGS}), limits={LIMIT_LOGS_PER_S: 0})
+    assert ApiKey.from_json(unlimited.to_json()).limits == {LIMIT_LOGS_PER_S: 0.0}
+    for bad in (
+        {LIMIT_LOGS_PER_S: -1},
+        {"bogus": 1},
+        {LIMIT_BURST_S: float("nan")},
+        {LIMIT_BURST_S: 0},
+        {LIMIT_REQUESTS_PER_S: float("inf")},
+    ):
         with pytest.raises(ValueError, match="limit"):
             keys.new_key("p", frozenset({keys.SCOPE_LOGS}), limits=bad)
 

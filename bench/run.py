@@ -2,12 +2,13 @@
 
 1. Build a pool of request bodies (checked with the project's parser) and write them to a file.
 2. Start a Millrace of the bench's own (`millrace up`, own MILLRACE_HOME and free ports),
-   create a key for project bench-<timestamp>, so the counts are this run's alone.
+   create a key for project bench-<timestamp>, so the counts are this run's alone, and
+   measure the pipeline's idle CPU.
 3. Warm up (--warmup, 40 s): the same load for a project of its own, then wait until it has
    landed. A freshly started broker spends ~5 CPU s in its JIT compilers over its first
    minute of load, then next to none; a broker in service paid that long ago.
-4. Spawn the load processes; while they load their bodies, measure the pipeline's idle
-   CPU, then release them together for --duration seconds.
+4. Spawn the load processes; once they have loaded their bodies, release them together
+   for --duration seconds.
 5. Every second: acknowledged logs (shared counters) and CPU seconds of every process
    (/proc); in a thread of its own, landed logs and lag (the worker's /internal/v1/stats).
 6. After the load: wait (bounded) until the landed count reaches the acknowledged one.
@@ -44,7 +45,8 @@ from millrace import internal
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 IDLE_S = 3.0  # seconds of idle CPU measured before the load starts
-TAIL_POLL_S = 0.2  # seconds between landed counts once the load has stopped
+TAIL_POLL_S = 0.2  # seconds between landed counts once the load has stopped...
+TAIL_FINE_S = 10.0  # ...for this long, then every --stats-interval
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -370,14 +372,20 @@ def _costs(
     return out
 
 
-def measure(args: argparse.Namespace, target: Target, group: LoadGroup) -> dict[str, Any]:
-    """Release the load, sample until it is done and the tail has landed; everything measured."""
+def idle_cores(target: Target) -> dict[str, float]:
+    """The pipeline's CPU over IDLE_S with no load: what it burns doing nothing."""
     pipeline_pids = {n: p for n, p in target.pids.items() if not n.startswith("load")}
-    # Idle CPU of the pipeline while the load processes get ready: what it burns doing nothing.
     idle0 = {n: procs.cpu_seconds(p) for n, p in pipeline_pids.items()}
     time.sleep(IDLE_S)
     idle1 = {n: procs.cpu_seconds(p) for n, p in pipeline_pids.items()}
-    idle = {n: round(((idle1[n] or 0) - (idle0[n] or 0)) / IDLE_S, 3) for n in pipeline_pids}
+    return {n: round(((idle1[n] or 0) - (idle0[n] or 0)) / IDLE_S, 3) for n in pipeline_pids}
+
+
+def measure(
+    args: argparse.Namespace, target: Target, group: LoadGroup, idle: dict[str, float]
+) -> dict[str, Any]:
+    """Release the load, sample until it is done and the tail has landed; everything measured."""
+    pipeline_pids = {n: p for n, p in target.pids.items() if not n.startswith("load")}
     for i, event in enumerate(group.ready):
         if not event.wait(120):
             raise RuntimeError(f"load process {i} did not get ready within 120 s")
@@ -428,15 +436,18 @@ def measure(args: argparse.Namespace, target: Target, group: LoadGroup) -> dict[
         acked = sum(r["acked_logs"] for r in results.values())
 
         # The tail: the last acknowledged requests may still be in Kafka or in the worker's batch.
-        # Counted here every TAIL_POLL_S, so the moment it has all landed is not a poll interval late.
+        # Counted here every TAIL_POLL_S for the first seconds, so the moment it has all landed
+        # is not a poll interval late; a long tail (a backlog) at the usual interval.
         landed_at: float | None = None
-        deadline = time.monotonic() + args.tail_timeout
+        tail_started = time.monotonic()
+        deadline = tail_started + args.tail_timeout
         while stats and time.monotonic() < deadline:
             latest = stats.poll(lag=False)
             if latest and latest["landed"] >= acked:
                 landed_at = latest["t"]
                 break
-            time.sleep(TAIL_POLL_S)
+            short = time.monotonic() - tail_started < TAIL_FINE_S
+            time.sleep(TAIL_POLL_S if short else args.stats_interval)
             if time.monotonic() - t0 >= next_tick:
                 ticks.sample()
                 next_tick += args.sample_interval
@@ -632,6 +643,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         target = start(args, stamp)
         procs.wait_for_key(target.url, payloads.headers(payloads.DIALECTS["astralog"], target.key))
+        idle = idle_cores(target)  # before the warm-up, whose merges go on for a while
         if args.warmup > 0 and target.pipeline is not None:
             result["warmup"] = warm_up(args, target, dialect, per_body, bodies_file)
         group = spawn_load(args, target, dialect, per_body, bodies_file)
@@ -641,7 +653,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             + (" (gzip)" if args.gzip else ""),
             flush=True,
         )
-        result.update(measure(args, target, group))
+        result.update(measure(args, target, group, idle))
         if not args.no_baselines:
             result["baselines"] = baselines(args, target.pipeline, bodies_file, per_body, work)
             result["baselines"]["comparison"] = report.compare(result)

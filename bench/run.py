@@ -307,13 +307,17 @@ def warm_up(
         )
         group.go.set()
         acked = 0
-        for conn in group.conns:
+        for i, conn in enumerate(group.conns):
+            if not conn.poll(args.warmup + 120):
+                raise RuntimeError(f"warm-up load process {i} did not finish within 120 s of its end")
             with contextlib.suppress(EOFError):
                 acked += conn.recv()["acked_logs"]
         deadline = time.monotonic() + args.tail_timeout
         landed = -1
-        while landed < acked and time.monotonic() < deadline:
-            row = stats.poll()
+        while landed < acked:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the warm-up's logs did not land within {args.tail_timeout:g} s")
+            row = stats.poll(lag=False)
             landed = row["landed"] if row else landed
             time.sleep(0.5)
     finally:
@@ -439,6 +443,8 @@ def measure(
         # Counted here every TAIL_POLL_S for the first seconds, so the moment it has all landed
         # is not a poll interval late; a long tail (a backlog) at the usual interval.
         landed_at: float | None = None
+        if stats:
+            stats.stop()  # one poller at a time: from here on the loop below polls
         tail_started = time.monotonic()
         deadline = tail_started + args.tail_timeout
         while stats and time.monotonic() < deadline:
@@ -447,7 +453,7 @@ def measure(
                 landed_at = latest["t"]
                 break
             short = time.monotonic() - tail_started < TAIL_FINE_S
-            time.sleep(TAIL_POLL_S if short else args.stats_interval)
+            time.sleep(TAIL_POLL_S if short else max(args.stats_interval, TAIL_POLL_S))
             if time.monotonic() - t0 >= next_tick:
                 ticks.sample()
                 next_tick += args.sample_interval

@@ -53,7 +53,7 @@ class ApiKey:
     created_at: float
     name: str = ""
     revoked: bool = False
-    # Per-key overrides of the default rate limits; 0 means "use the default".
+    # Per-key overrides of the default rate limits (absent: the default; a rate of 0: no limit).
     limits: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> bytes:

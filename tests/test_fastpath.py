@@ -428,3 +428,14 @@ def test_the_usual_bodies_are_checked_whole() -> None:
         *payloads.bodies(payloads.DIALECTS["astralog"], 500, 3),
     ]
     assert [astralog_store.body_ready(body) for body in usual] == [1, 1, 1, 500, 500, 500]
+
+
+def test_a_long_time_is_refused_without_being_cached() -> None:
+    """A client's megabyte 'timestamp' is judged without staying in the gateway's memory."""
+    before = len(astralog_store._TAILS)
+    junk = "2024-05-31T15:30:45" + "9" * 1_000_000
+    assert not astralog_store.time_ready(junk)
+    assert not (astralog_store._iso_shape(junk) and iso_time(junk))
+    assert len(astralog_store._TAILS) <= before and junk[19:] not in astralog_store._TAILS
+    longest = "2024-05-31T15:30:45.123456789+05:30"
+    assert astralog_store.time_ready(longest)  # the longest text the shape takes still passes

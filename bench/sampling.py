@@ -7,9 +7,8 @@ Stats (a thread of its own): the worker's /internal/v1/stats: the landed count e
 --stats-interval, the lag quantiles with it every --lag-interval (they read two more
 columns of every row so far, the count only one). It is polled apart from the ticks
 because the worker answers it on the same event loop as its pipeline, and that loop can
-be busy for seconds; a slow answer
-must not stall the ticks. A stats sample is stamped with the time its answer arrived,
-so "landed by t" can only be late, never early.
+be busy for seconds; a slow answer must not stall the ticks. A stats sample is stamped
+with the time its answer arrived, so "landed by t" can only be late, never early.
 """
 
 from __future__ import annotations

@@ -103,7 +103,12 @@ def table(result: dict[str, Any]) -> str:
         f"  steady, middle 80% of load    {_n(m.get('steady_acked_per_s')):>10} acked/s  "
         f"{_n(m.get('steady_landed_per_s'))} landed/s",
         f"  every acknowledged log landed: {_yes(m.get('all_landed'))}"
-        + (f" (landed - acked = {m['landed_extra']:+,})" if m.get("landed_extra") else ""),
+        + (f" (landed - acked = {m['landed_extra']:+,})" if m.get("landed_extra") else "")
+        + (
+            "  MORE rows than acknowledged logs with no failed request: duplicates?"
+            if (m.get("landed_extra") or 0) > 0 and not m.get("failed_requests")
+            else ""
+        ),
         f"  failed requests: {m.get('failed_requests') or 'none'}",
         "",
         "Latency (ms)                     p50        p99        max",
@@ -112,10 +117,15 @@ def table(result: dict[str, Any]) -> str:
     lines.append(
         f"  request, client side     {_n(rl.get('p50')):>10} {_n(rl.get('p99')):>10} {_n(rl.get('max')):>10}"
     )
+    readable = m.get("readable_lag_ms") or {}
+    lines.append(
+        f"  ack->readable, from counts{_n(readable.get('p50')):>9} {_n(readable.get('p99')):>10} "
+        f"{_n(readable.get('max')):>10}   (the bench's acked and landed counts, ~1 s resolution)"
+    )
     lines.append(
         f"  e2e lag receive->inserted"
         f"{_n(lag.get('p50')):>10} {_n(lag.get('p99')):>10} {_n(lag.get('max')):>10}"
-        "   (worker /internal/v1/stats)"
+        "   (worker /internal/v1/stats: to the insert's start, not its commit)"
     )
     base = result.get("baselines")
     if base:
@@ -292,7 +302,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
         [s["t"] for s in lagged], [s["lag_p99_ms"] for s in lagged], label="lag p99, since start (worker)"
     )
     ax2.plot(*_delay(ticks, stats), linestyle=":", label="ack -> landed delay from the counts")
-    ax2.set_ylabel("ms, receive -> inserted")
+    ax2.set_ylabel("ms")
     ax2.legend(loc="upper left", fontsize="small")
     ax2.grid(alpha=0.3)
 

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from millrace import internal, keys
 from millrace.query import LogQuery, compile_logs
+from tests.bodies import drain_body
 from tests.conftest import Gateway, Stack
 from tests.test_limits import WIRES, post
 
@@ -338,6 +339,28 @@ async def test_the_workers_read_port_refuses_reads_without_the_state_directorys_
         assert orjson.loads(await resp.read()) == {"logs": []}
     async with stack.session.get(f"{base}/internal/health") as resp:
         assert resp.status == 200  # health and metrics carry no tenant data
+
+
+async def test_the_workers_stats_answer_counts_and_refuse_bad_input(stack: Stack) -> None:
+    """What the bench's sampler reads: counts at the top level; bad input is a 400, not a 500."""
+    tenant = await stack.tenant("stats-port")
+    body = drain_body(["stats port one", "stats port two", "stats port three"])
+    status, _, _ = await post(stack, stack.url, "/v1/drain", body, {"Authorization": tenant.key})
+    assert status == 200
+    assert await stack.wait_rows("stats-port", 3) == 3
+    base = f"{stack.settings.worker_query_url}/internal/v1/stats"
+    auth = {internal.HEADER: internal.ensure_token(stack.settings)}
+    async with stack.session.get(f"{base}?project=stats-port&lag=0", headers=auth) as resp:
+        assert resp.status == 200
+        body = orjson.loads(await resp.read())
+        assert body["logs"] == 3 and body["events"] == 0 and body["lag_ms"]["p99"] is None
+    async with stack.session.get(f"{base}?project=stats-port", headers=auth) as resp:
+        assert resp.status == 200
+        assert orjson.loads(await resp.read())["lag_ms"]["p99"] >= 0
+    for query in ("", "?project=", "?project=stats-port&since_ns=soon"):
+        async with stack.session.get(f"{base}{query}", headers=auth) as resp:
+            assert resp.status == 400, query
+            assert orjson.loads(await resp.read())["error"]["code"] == "VALIDATION_ERROR"
 
 
 def test_a_malformed_request_is_logged_as_one_line_without_its_bytes() -> None:

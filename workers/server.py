@@ -89,18 +89,23 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
         client.close()
 
     async def stats(request: web.Request) -> web.Response:
+        """Counts (and the lag) of one project, at the top level of the answer (the bench's sampler)."""
         project = request.query.get("project", "")
         try:
             since = int(request.query.get("since_ns", "0"))
         except ValueError:
-            return web.json_response(
-                {"error": {"code": "VALIDATION_ERROR", "message": "since_ns"}}, status=400
-            )
+            return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": "since_ns: an integer"}})
+        if not project:
+            return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": "stats need a project"}})
         lag = request.query.get("lag", "1") != "0"
-        result = await asyncio.get_running_loop().run_in_executor(
-            pool, functools.partial(project_stats, client, project, since, lag=lag)
-        )
-        return web.Response(body=orjson.dumps(result), content_type="application/json")
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                pool, functools.partial(project_stats, client, project, since, lag=lag)
+            )
+        except Exception as exc:
+            log.exception("stats_failed", code="stats_failed", stage="processing")
+            return _json(500, {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}})
+        return _json(200, result)
 
     app.router.add_post("/internal/v1/logs", logs)
     app.router.add_post("/internal/v1/read/{op}", read)

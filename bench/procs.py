@@ -9,6 +9,7 @@ the JVM's network and request-handler threads.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import socket
@@ -237,14 +238,20 @@ class Pipeline:
         return pid if alive(pid) else None
 
     def pids(self) -> dict[str, int]:
-        """gateway, worker and kafka pids of this pipeline (children of its `millrace run`)."""
+        """gateway, worker and kafka pids of this pipeline (children of its `millrace run`);
+        with MILLRACE_GATEWAY_PROCESSES > 1 the gateways are `gateway`, `gateway-2`, ..."""
         found: dict[str, int] = {}
         runner = self.runner_pid()
-        for pid in children(runner) if runner else []:
+        for pid in sorted(children(runner)) if runner else []:
             args = cmdline(pid)
             for role in ("gateway", "worker"):
                 if "millrace.cli" in args and role in args:
-                    found[role] = pid
+                    name = role
+                    for n in itertools.count(2):
+                        if name not in found:
+                            break
+                        name = f"{role}-{n}"
+                    found[name] = pid
         for role in ("gateway", "worker"):
             other = None if role in found else find_role(role, self.home)
             if other is not None:

@@ -625,9 +625,10 @@ def baselines(
 
 def _ensure_gone(pids: dict[str, int]) -> None:
     """`millrace down` stops everything; anything of ours that survived it is named and ended."""
-    for name in ("gateway", "worker", "kafka"):
-        pid = pids.get(name)
-        if pid is not None and procs.alive(pid) and procs.cmdline(pid):
+    for name, pid in pids.items():
+        if name.startswith("load"):
+            continue
+        if procs.alive(pid) and procs.cmdline(pid):
             print(f"warning: {name} (pid {pid}) survived `millrace down`; killing it", file=sys.stderr)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -39,6 +39,9 @@ class Settings:
     )
     host: str = _setting("MILLRACE_HOST", "127.0.0.1", "Address the gateway listens on")
     port: int = _setting("MILLRACE_PORT", "8080", "Port the gateway listens on")
+    gateway_processes: int = _setting(
+        "MILLRACE_GATEWAY_PROCESSES", "1", "Gateway processes `millrace run` starts; they share the port"
+    )
     kafka_bootstrap_servers: str = _setting(
         "KAFKA_BOOTSTRAP_SERVERS", "", "An existing Kafka cluster; empty runs the project's local broker"
     )
@@ -57,7 +60,9 @@ class Settings:
     consumer_group: str = _setting(
         "MILLRACE_CONSUMER_GROUP", "millrace-workers", "Kafka group of the workers"
     )
-    linger_ms: int = _setting("MILLRACE_KAFKA_LINGER_MS", "5", "Producer linger: how long to gather a batch")
+    # 0: a request's record (100-500 logs, far over the 16 KiB batch size) is a batch of its own,
+    # so lingering only delays its ack (measured: bench/README.md, scale knobs).
+    linger_ms: int = _setting("MILLRACE_KAFKA_LINGER_MS", "0", "Producer linger: how long to gather a batch")
     kafka_compression: str = _setting(
         "MILLRACE_KAFKA_COMPRESSION",
         "zstd",  # aiokafka's lz4 is level 9: 4x the CPU of zstd-3 for a worse ratio (bench/RESULTS.md)
@@ -177,6 +182,7 @@ class Settings:
             "kafka_port": lambda n, v: _int(n, v, 1, 65535),
             "worker_query_port": lambda n, v: _int(n, v, 1, 65535),
             "partitions": lambda n, v: _int(n, v, 1, 10000),
+            "gateway_processes": lambda n, v: _int(n, v, 1, 64),
             "replication_factor": lambda n, v: _int(n, v, 1, 32),
             "linger_ms": lambda n, v: _int(n, v, 0, 10000),
             "batch_rows": lambda n, v: _int(n, v, 1, 10_000_000),

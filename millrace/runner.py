@@ -125,8 +125,10 @@ def run(settings: Settings) -> int:
         children.append(worker)
         # The worker owns the store (and in embedded mode answers reads): up before the gateway.
         _wait_ready(settings, children, READY_TIMEOUT_S, f"{settings.worker_query_url}/internal/health")
-        gateway = _spawn("gateway", settings)
-        children.append(gateway)
+        # Several gateways share the port (SO_REUSEPORT): the kernel spreads connections over
+        # them, each answers only once it listens, so one /ready answer is enough to go on.
+        gateways = [_spawn("gateway", settings) for _ in range(settings.gateway_processes)]
+        children.extend(gateways)
         _wait_ready(settings, children, READY_TIMEOUT_S)
         (settings.run_dir / "runner.pid").write_text(str(os.getpid()))
         print(
@@ -148,7 +150,12 @@ def run(settings: Settings) -> int:
         code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for child in reversed(children):  # gateway first, then worker
+        # Gateways first, all at once (each stops accepting and flushes its producer), then the
+        # worker (stores and commits what it consumed).
+        for child in children[1:]:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in reversed(children):
             _terminate(child)
         if broker:
             broker.stop()

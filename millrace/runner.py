@@ -91,9 +91,11 @@ def wait_http_ok(url: str, timeout_s: float, children: Sequence[subprocess.Popen
     raise TimeoutError(f"no 200 answer from {url} within {timeout_s:.0f}s")
 
 
-def _terminate(child: subprocess.Popen[bytes], timeout_s: float = 40) -> None:
+def _terminate(child: subprocess.Popen[bytes], timeout_s: float = 40, *, signalled: bool = False) -> None:
+    """SIGTERM (once: a second one could cut a gateway's flush short), wait, then kill."""
     if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
+        if not signalled:
+            child.send_signal(signal.SIGTERM)
         try:
             child.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -152,10 +154,13 @@ def run(settings: Settings) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Gateways first, all at once (each stops accepting and flushes its producer), then the
         # worker (stores and commits what it consumed).
-        for child in children[1:]:
+        gateways = children[1:]
+        for child in gateways:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
+        for child in gateways:
+            _terminate(child, signalled=True)
+        for child in children[:1]:
             _terminate(child)
         if broker:
             broker.stop()

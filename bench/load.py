@@ -93,29 +93,34 @@ async def _drive(cfg: LoadConfig, bodies: list[bytes], counters: Any, base: int,
         deadline = started + cfg.duration_s
         # Paced load (--rate): one schedule shared by all connections, so a sustainable rate
         # can be measured with a bounded backlog instead of always overdriving the worker.
-        # The schedule never slips: a request the connections were too busy to send on time
-        # goes out as soon as one is free, and its latency counts from when it was due, so a
-        # stalled gateway shows in p99 instead of silently lowering the offered rate.
+        # The schedule never slips, and every request due before the deadline is sent: one the
+        # connections were too busy to send on time goes out as soon as one is free, and its
+        # latency counts from when it was due, so a stalled gateway shows in p99 instead of
+        # silently lowering the offered rate. (perf_counter: uvloop's loop.time() is in whole ms.)
         interval = 1 / cfg.rate_rps if cfg.rate_rps > 0 else 0.0
-        schedule = [started]
+        pc_deadline = time.perf_counter() + cfg.duration_s
+        schedule = [pc_deadline - cfg.duration_s]
 
         async def connection(slot: int) -> None:
             i = slot
-            while loop.time() < deadline:
-                late = 0.0
+            while interval or loop.time() < deadline:
                 if interval:
                     at = schedule[0]
                     schedule[0] = at + interval
-                    if at >= deadline:
+                    if at >= pc_deadline:
                         break
-                    now = loop.time()
+                    now = time.perf_counter()
                     if at > now:
-                        await asyncio.sleep(at - now)  # on time (the timer's own wake-up jitter aside)
+                        # On time: timed from when it leaves (the load process's own timer
+                        # wake-up is not the pipeline's latency).
+                        await asyncio.sleep(at - now)
+                        t0 = time.perf_counter()
                     else:
-                        late = now - at  # due while every connection was busy
+                        t0 = at  # was due while every connection was busy
+                else:
+                    t0 = time.perf_counter()
                 body = bodies[i % len(bodies)]
                 i += cfg.connections
-                t0 = time.perf_counter() - late
                 try:
                     async with session.post(cfg.url, data=body, headers=cfg.headers) as resp:
                         await resp.read()

@@ -105,8 +105,13 @@ def table(result: dict[str, Any]) -> str:
         f"  every acknowledged log landed: {_yes(m.get('all_landed'))}"
         + (f" (landed - acked = {m['landed_extra']:+,})" if m.get("landed_extra") else "")
         + (
-            "  MORE rows than acknowledged logs with no failed request: duplicates?"
-            if (m.get("landed_extra") or 0) > 0 and not m.get("failed_requests")
+            "  MORE rows than acknowledged logs, and no request of unknown outcome: duplicates?"
+            if m.get("unexplained_extra")
+            else ""
+        )
+        + (
+            f"  ({m['unknown_outcome_requests']:,} requests of unknown outcome: timed out or 5xx)"
+            if m.get("unknown_outcome_requests")
             else ""
         ),
         f"  failed requests: {m.get('failed_requests') or 'none'}",

@@ -91,7 +91,12 @@ def wait_http_ok(url: str, timeout_s: float, children: Sequence[subprocess.Popen
     raise TimeoutError(f"no 200 answer from {url} within {timeout_s:.0f}s")
 
 
-def _terminate(child: subprocess.Popen[bytes], timeout_s: float = 40, *, signalled: bool = False) -> None:
+STOP_TIMEOUT_S = 40  # per stage (gateways, then the worker); `down` gives the runner 90 s in all
+
+
+def _terminate(
+    child: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S, *, signalled: bool = False
+) -> None:
     """SIGTERM (once: a second one could cut a gateway's flush short), wait, then kill."""
     if child.poll() is None:
         if not signalled:
@@ -129,8 +134,8 @@ def run(settings: Settings) -> int:
         _wait_ready(settings, children, READY_TIMEOUT_S, f"{settings.worker_query_url}/internal/health")
         # Several gateways share the port (SO_REUSEPORT): the kernel spreads connections over
         # them, each answers only once it listens, so one /ready answer is enough to go on.
-        gateways = [_spawn("gateway", settings) for _ in range(settings.gateway_processes)]
-        children.extend(gateways)
+        for _ in range(settings.gateway_processes):
+            children.append(_spawn("gateway", settings))  # one by one: a failed spawn stops those before it
         _wait_ready(settings, children, READY_TIMEOUT_S)
         (settings.run_dir / "runner.pid").write_text(str(os.getpid()))
         print(
@@ -158,8 +163,9 @@ def run(settings: Settings) -> int:
         for child in gateways:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S  # shared: they stop side by side
         for child in gateways:
-            _terminate(child, signalled=True)
+            _terminate(child, max(1.0, deadline - time.monotonic()), signalled=True)
         for child in children[:1]:
             _terminate(child)
         if broker:

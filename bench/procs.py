@@ -118,16 +118,22 @@ def alive(pid: int) -> bool:
     return f is not None and f[0] != "Z"
 
 
-def find_role(role: str, home: Path | None) -> int | None:
-    """A `millrace.cli <role>` process, of the given MILLRACE_HOME if one is given."""
+def find_roles(role: str, home: Path | None) -> list[int]:
+    """The `millrace.cli <role>` processes, of the given MILLRACE_HOME if one is given."""
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         args = cmdline(int(entry.name))
         ours = home is None or Path(environ(int(entry.name)).get("MILLRACE_HOME", "")) == home
         if "millrace.cli" in args and role in args and ours:
-            return int(entry.name)
-    return None
+            found.append(int(entry.name))
+    return found
+
+
+def find_role(role: str, home: Path | None) -> int | None:
+    """A `millrace.cli <role>` process, of the given MILLRACE_HOME if one is given."""
+    return next(iter(find_roles(role, home)), None)
 
 
 def free_port(*, pair: bool = False, taken: set[int] | None = None) -> int:

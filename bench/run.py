@@ -383,18 +383,20 @@ def idle_cores(target: Target, headers: dict[str, str] | None) -> dict[str, floa
     A pipeline the bench started is measured only once its worker answers its stats: until then
     it may still be opening the engine (seen: a whole core over the first seconds), which is
     start-up, not idling. Any HTTP answer will do; only a refused connection is waited out."""
-    deadline = time.monotonic() + 60
-    while target.pipeline is not None:
-        try:
-            procs.http_json(_stats_url(target, target.project, 0) + "&lag=0", timeout_s=10, headers=headers)
-            break
-        except urllib.error.HTTPError:
-            break  # it answers
-        except OSError:
-            if time.monotonic() > deadline:
-                break  # measured anyway; the figure then says so
-            time.sleep(0.5)
     if target.pipeline is not None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                procs.http_json(
+                    _stats_url(target, target.project, 0) + "&lag=0", timeout_s=10, headers=headers
+                )
+                break
+            except urllib.error.HTTPError:
+                break  # it answers
+            except OSError:
+                if time.monotonic() > deadline:
+                    break  # measured anyway; the figure then says so
+                time.sleep(0.5)
         time.sleep(1.0)
     pipeline_pids = {n: p for n, p in target.pids.items() if not n.startswith("load")}
     idle0 = {n: procs.cpu_seconds(p) for n, p in pipeline_pids.items()}

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.procs import find_roles
 from tests.conftest import free_port, free_port_pair
 from tests.seeds import curl_examples
 
@@ -41,22 +42,6 @@ def http(
         return exc.code, exc.read()
 
 
-def gateways(home: Path) -> list[int]:
-    """Live `millrace gateway` processes of this MILLRACE_HOME."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
-            environ = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"millrace.cli" in args and b"gateway" in args and f"MILLRACE_HOME={home}".encode() in environ:
-            found.append(int(entry.name))
-    return found
-
-
 def test_up_ingest_read_keys_down(tmp_path: Path) -> None:
     port = free_port()
     env = {
@@ -71,7 +56,7 @@ def test_up_ingest_read_keys_down(tmp_path: Path) -> None:
     up = millrace(env, "up")
     try:
         assert up.returncode == 0, up.stderr + up.stdout
-        assert len(gateways(tmp_path / "home")) == 2
+        assert len(find_roles("gateway", tmp_path / "home")) == 2
         key = re.search(r"API key \(project 'dev', all scopes\): (\S+)", up.stdout)
         assert key, up.stdout
         base = f"http://127.0.0.1:{port}"
@@ -105,7 +90,7 @@ def test_up_ingest_read_keys_down(tmp_path: Path) -> None:
     finally:
         down = millrace(env, "down")
     assert down.returncode == 0, down.stderr
-    assert gateways(tmp_path / "home") == []
+    assert find_roles("gateway", tmp_path / "home") == []
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
     broker_pids = subprocess.run(

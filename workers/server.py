@@ -53,8 +53,11 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
     client = store.connect(settings, create_database=False)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read")
 
-    async def answer(request: web.Request, key: str, fn: Callable[..., Any], *args: Any) -> web.Response:
-        """Run one read in the pool: bad input is the caller's 400, anything else our 500."""
+    async def answer(
+        request: web.Request, key: str | None, fn: Callable[..., Any], *args: Any
+    ) -> web.Response:
+        """Run one read in the pool: bad input is the caller's 400, anything else our 500.
+        The result goes under `key`, or is the whole answer when `key` is None."""
         try:
             result = await asyncio.get_running_loop().run_in_executor(pool, fn, client, *args)
         except (QueryError, KeyError, TypeError, ValueError) as exc:
@@ -67,7 +70,7 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
                 request_id=request.headers.get("X-Request-Id", ""),
             )
             return _json(500, {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}})
-        return _json(200, {key: result})
+        return _json(200, result if key is None else {key: result})
 
     async def logs(request: web.Request) -> web.Response:
         try:
@@ -98,14 +101,7 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
         if not project:
             return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": "stats need a project"}})
         lag = request.query.get("lag", "1") != "0"
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                pool, functools.partial(project_stats, client, project, since, lag=lag)
-            )
-        except Exception as exc:
-            log.exception("stats_failed", code="stats_failed", stage="processing")
-            return _json(500, {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}})
-        return _json(200, result)
+        return await answer(request, None, functools.partial(project_stats, lag=lag), project, since)
 
     app.router.add_post("/internal/v1/logs", logs)
     app.router.add_post("/internal/v1/read/{op}", read)

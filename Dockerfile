@@ -36,6 +36,9 @@ COPY millrace ./millrace
 COPY gateway ./gateway
 COPY workers ./workers
 COPY schemas ./schemas
+COPY formats ./formats
+COPY reads ./reads
+COPY ops ./ops
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --no-deps /wheels/millrace-*.whl \
     && millrace --help > /dev/null \

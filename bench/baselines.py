@@ -165,7 +165,7 @@ def _rows(bodies: list[bytes], dialect: Dialect, batch_rows: int) -> tuple[Any, 
     """One worker-shaped columnar batch of `batch_rows` rows, and the parse+enrich CPU seconds it took."""
     from aiokafka.structs import ConsumerRecord
 
-    from workers.formats import PARSERS, ParseContext
+    from formats import PARSERS, ParseContext
     from workers.pipeline import TableBatch, enrich_step
 
     parse = PARSERS[dialect.parser]
@@ -286,7 +286,7 @@ def _stats_cost(client: Any, repeats: int = 5) -> dict[str, Any]:
     The bench polls it about once a second during the run, so this is the sampler's
     overhead on the worker, measured here where nothing else runs.
     """
-    from millrace.query import project_stats
+    from reads.query import project_stats
 
     cpu0, started = _cpu_s(), time.perf_counter()
     for _ in range(repeats):

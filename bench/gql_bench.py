@@ -23,7 +23,7 @@ from typing import Any
 
 from millrace import store
 from millrace.config import Settings
-from millrace.query import run_gql
+from reads.query import run_gql
 
 PROJECT = "bench"
 QUERIES = (

@@ -48,9 +48,9 @@ def _best(fn: Callable[[], Any], reps: int) -> float:
 def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict[str, float]:
     from aiokafka.structs import ConsumerRecord
 
+    import formats
+    from formats import PARSERS, ParseContext
     from schemas.envelope import encode
-    from workers import formats
-    from workers.formats import PARSERS, ParseContext
     from workers.pipeline import TableBatch, decode_step, enrich_step, parse_step
 
     dialect = payloads.DIALECTS[dialect_name]

@@ -238,7 +238,7 @@ def _dynatrace(evs: list[Event]) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Dialect:
     name: str  # the --dialect value
-    parser: str  # key of workers.formats.PARSERS, i.e. the dialect the gateway routes it to
+    parser: str  # key of formats.PARSERS, i.e. the dialect the gateway routes it to
     path: str
     content_type: str
     auth: Callable[[str], dict[str, str]]
@@ -310,7 +310,7 @@ def bodies(dialect: Dialect, logs_per_body: int, count: int, seed: int = 1) -> l
 
 def check(dialect: Dialect, body: bytes, logs_per_body: int) -> None:
     """The project's own parser accepts every log of `body`; raise ValueError if not."""
-    from workers.formats import PARSERS, ParseContext
+    from formats import PARSERS, ParseContext
 
     ctx = ParseContext(received_at_ns=time.time_ns(), path=dialect.path, content_type=dialect.content_type)
     parsed = PARSERS[dialect.parser](body, ctx)
@@ -323,7 +323,7 @@ def check(dialect: Dialect, body: bytes, logs_per_body: int) -> None:
 
 def envelope(dialect: Dialect, body: bytes, index: int, project: str, received_at_ns: int) -> Envelope:
     """The envelope the gateway would produce for `body`: what the worker-side benches consume."""
-    from workers.formats import PARSERS, VALIDATORS, ParseContext
+    from formats import PARSERS, VALIDATORS, ParseContext
 
     ctx = ParseContext(received_at_ns=received_at_ns, path=dialect.path, content_type=dialect.content_type)
     checked = (VALIDATORS.get(dialect.parser) or PARSERS[dialect.parser])(body, ctx)

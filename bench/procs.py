@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from millrace.kafka.broker import port_in_use
+from ops.broker import port_in_use
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Ports other people on this machine use: never pick them, even when they look free.
@@ -119,20 +119,20 @@ def alive(pid: int) -> bool:
 
 
 def find_roles(role: str, home: Path | None) -> list[int]:
-    """The `millrace.cli <role>` processes, of the given MILLRACE_HOME if one is given."""
+    """The `ops.cli <role>` processes, of the given MILLRACE_HOME if one is given."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         args = cmdline(int(entry.name))
         ours = home is None or Path(environ(int(entry.name)).get("MILLRACE_HOME", "")) == home
-        if "millrace.cli" in args and role in args and ours:
+        if "ops.cli" in args and role in args and ours:
             found.append(int(entry.name))
     return found
 
 
 def find_role(role: str, home: Path | None) -> int | None:
-    """A `millrace.cli <role>` process, of the given MILLRACE_HOME if one is given."""
+    """An `ops.cli <role>` process, of the given MILLRACE_HOME if one is given."""
     return next(iter(find_roles(role, home)), None)
 
 
@@ -196,7 +196,7 @@ class Pipeline:
 
     def cli(self, *args: str, timeout_s: float = 600) -> str:
         done = subprocess.run(
-            [self.python, "-m", "millrace.cli", *args],
+            [self.python, "-m", "ops.cli", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -251,7 +251,7 @@ class Pipeline:
         for pid in sorted(children(runner)) if runner else []:
             args = cmdline(pid)
             for role in ("gateway", "worker"):
-                if "millrace.cli" in args and role in args:
+                if "ops.cli" in args and role in args:
                     name = role
                     for n in itertools.count(2):
                         if name not in found:

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from formats import PARSERS, VALIDATORS, ParseContext, ParseError
 from gateway.body import BodyError, read_body
 from gateway.dialects.base import Dialect, Problem
 from gateway.limits import Limits
@@ -25,7 +26,6 @@ from millrace import metrics
 from millrace.config import Settings
 from millrace.keys import KeyRing
 from schemas.envelope import Envelope, encode
-from workers.formats import PARSERS, VALIDATORS, ParseContext, ParseError
 
 log = structlog.get_logger()
 

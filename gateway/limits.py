@@ -21,10 +21,10 @@ import math
 import time
 from collections.abc import Callable
 
+from formats import Parsed
 from gateway.dialects.base import Problem
 from millrace.config import Settings
 from millrace.keys import LIMIT_BURST_S, LIMIT_LOGS_PER_S, LIMIT_REQUESTS_PER_S, ApiKey
-from workers.formats import Parsed
 
 
 class TokenBucket:

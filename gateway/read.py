@@ -4,7 +4,7 @@
 With a ClickHouse server the gateway queries it directly. In embedded mode the
 engine lives inside the worker (chDB: one engine per data path per process), so the
 gateway forwards the typed query to the worker's loopback read port. Both paths
-compile the query with `millrace.query`, so they answer identically.
+compile the query with `reads.query`, so they answer identically.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from gateway.dialects.base import bearer, json_response
 from gateway.limits import Limits
 from millrace import internal, store
 from millrace.config import Settings
-from millrace.gql.autocomplete import suggest
 from millrace.keys import SCOPE_READ, ApiKey, KeyRing
-from millrace.query import MAX_BATCH, MAX_LIMIT, LogQuery, QueryError, parse_time, read_call, run_logs
+from reads.gql.autocomplete import suggest
+from reads.query import MAX_BATCH, MAX_LIMIT, LogQuery, QueryError, parse_time, read_call, run_logs
 from schemas.record import LEVELS
 
 
@@ -36,7 +36,7 @@ class ReadBackend(Protocol):
     async def logs(self, query: LogQuery) -> list[dict[str, Any]]: ...
 
     async def call(self, op: str, payload: dict[str, Any]) -> Any:
-        """One of `millrace.query.read_call`'s reads."""
+        """One of `reads.query.read_call`'s reads."""
 
     async def close(self) -> None: ...
 

@@ -35,7 +35,7 @@ class Envelope:
     body: bytes
     query: dict[str, str] = field(default_factory=dict)
     # The gateway found every record of the body in a shape the store parses itself
-    # (workers/formats/astralog_store.py); `records` is then their count.
+    # (formats/astralog_store.py); `records` is then their count.
     store_parses: bool = False
     records: int = 0
     version: int = VERSION

@@ -135,7 +135,7 @@ _LEVEL_ALIASES: Final = {
 }
 
 
-# Public: the store-side AstraLog parser (workers/formats/astralog_store.py) builds its SQL from it.
+# Public: the store-side AstraLog parser (formats/astralog_store.py) builds its SQL from it.
 LEVEL_ALIASES: Final = _LEVEL_ALIASES
 
 

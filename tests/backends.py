@@ -18,7 +18,7 @@ from functools import cache
 
 import pytest
 
-from millrace.runner import wait_http_ok
+from ops.runner import wait_http_ok
 
 ENV = "MILLRACE_TEST_BACKEND"
 KAFKA_IMAGE = "apache/kafka:4.1.1"  # the image deploy/compose uses: Apache Kafka, KRaft

@@ -25,8 +25,8 @@ from gateway.app import KEYS, create_app
 from gateway.server import server_options
 from millrace import keys, store
 from millrace.config import Settings
-from millrace.kafka.broker import LocalBroker
 from millrace.kafka.topics import ensure_topics
+from ops.broker import LocalBroker
 from tests import backends
 from workers import pipeline
 from workers.server import read_app

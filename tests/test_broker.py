@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from millrace.config import Settings
-from millrace.kafka.broker import LocalBroker, process_exited
 from millrace.kafka.topics import admin_client, describe, ensure_topics, wait_for_kafka
+from ops.broker import LocalBroker, process_exited
 
 pytestmark = pytest.mark.integration
 

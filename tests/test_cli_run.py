@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def millrace(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "millrace.cli", *args],
+        [sys.executable, "-m", "ops.cli", *args],
         env=env,
         capture_output=True,
         text=True,

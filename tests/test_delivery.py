@@ -40,8 +40,8 @@ from gateway.app import create_app
 from gateway.server import SERVER_OPTIONS
 from millrace import internal, keys, store
 from millrace.config import Settings
-from millrace.kafka.broker import LocalBroker
 from millrace.kafka.topics import ensure_topics
+from ops.broker import LocalBroker
 from tests import bodies
 from tests.conftest import Gateway, Stack, free_port, free_port_pair
 from tests.seeds import CurlExample, curl_examples, http_examples, with_key
@@ -192,7 +192,7 @@ class Cluster:
         log = self.tmp / f"{role}-{sum(p.role == role for p in self.started)}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "millrace.cli", role],
+                [sys.executable, "-m", "ops.cli", role],
                 env=self.env,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from gateway.app import create_app
-from millrace.cli import parser
 from millrace.config import Settings, describe
+from ops.cli import parser
 from workers.server import read_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,7 +323,7 @@ def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
     for path in (".millrace/dev-key", ".venv/bin/python", ".git/HEAD", "tests/conftest.py"):
         assert ignored(path), f"{path} would be sent to the Docker daemon"
     assert ignored("millrace/__pycache__/cli.cpython-311.pyc")
-    assert not ignored("millrace/cli.py") and not ignored("schemas/migrations/001_logs.sql")
+    assert not ignored("ops/cli.py") and not ignored("schemas/migrations/001_logs.sql")
 
 
 # --- docker compose --------------------------------------------------------------------------

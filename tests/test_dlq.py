@@ -25,13 +25,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.client import Client
 
-from millrace import dlq, store
+from formats import PARSERS
+from millrace import store
 from millrace.config import Settings
 from millrace.kafka.topics import ensure_topics, envelope_producer
+from ops import dlq
 from schemas.envelope import Envelope, encode
 from tests.conftest import Stack
-from workers import pipeline
-from workers.formats import PARSERS
+from workers import flood, pipeline
 from workers.server import read_app
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ class Lane:
     settings: Settings
     client: Client
     producer: AIOKafkaProducer
-    flood: dlq.FloodGuard | None = None
+    flood: flood.FloodGuard | None = None
     _stop: asyncio.Event | None = None
     _task: asyncio.Task[pipeline.Pipeline] | None = None
 
@@ -83,7 +84,7 @@ class Lane:
         return cls(settings, store.connect(settings), producer)
 
     def start_worker(self) -> None:
-        self.flood = dlq.FloodGuard.from_settings(self.settings)
+        self.flood = flood.FloodGuard.from_settings(self.settings)
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(pipeline.run(self.settings, self.client, self._stop, self.flood))
 
@@ -103,7 +104,7 @@ class Lane:
         sent = await self.producer.send_and_wait(self.settings.topic, value, partition=partition)
         return int(sent.offset)
 
-    async def dead_letters(self) -> list[dlq.DeadLetter]:
+    async def dead_letters(self) -> list[dlq.StoredDeadLetter]:
         return [d async for d in dlq.dead_letters(self.settings)]
 
     async def replayed_on_raw(self) -> list[tuple[bytes, bytes]]:
@@ -128,7 +129,7 @@ class Lane:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "millrace.cli",
+            "ops.cli",
             *args,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -205,7 +206,7 @@ async def test_bad_messages_are_dead_lettered_with_reason_and_position_while_goo
     # The last good message came after every bad one on the same partition: it flowed.
     assert [(f"good {i}", 0, off) for i, off in enumerate(sent.good)] == stored
 
-    by_source = {d.source_offset: d for d in await lane.dead_letters()}
+    by_source = {d.letter.source_offset: d for d in await lane.dead_letters()}
     expected_codes = {
         "garbage": "bad_envelope",
         "unknown_dialect": "unknown_dialect",
@@ -216,14 +217,14 @@ async def test_bad_messages_are_dead_lettered_with_reason_and_position_while_goo
     for name, (offset, value) in sent.bad.items():
         dead = by_source[offset]
         assert (expected_codes[name], lane.settings.topic, 0) == (
-            dead.code,
-            dead.source_topic,
-            dead.source_partition,
+            dead.letter.code,
+            dead.letter.source_topic,
+            dead.letter.source_partition,
         )
-        assert dead.reason, name
-        assert value == dead.value  # the exact bytes, so a replay can send them again
-    assert "astralog_v2" in by_source[sent.bad["unknown_dialect"][0]].reason
-    assert "must be an array" in by_source[sent.bad["bad_body"][0]].reason
+        assert dead.letter.reason, name
+        assert value == dead.letter.value  # the exact bytes, so a replay can send them again
+    assert "astralog_v2" in by_source[sent.bad["unknown_dialect"][0]].letter.reason
+    assert "must be an array" in by_source[sent.bad["bad_body"][0]].letter.reason
 
 
 async def test_dlq_list_shows_dead_letters_without_consuming_them(lane: Lane, sent: Sent) -> None:
@@ -256,7 +257,7 @@ async def test_dlq_replay_resends_exact_bytes_once_and_a_fixed_worker_stores_the
     monkeypatch.setitem(PARSERS, "astralog_v2", PARSERS["astralog"])
     out = await lane.cli("dlq", "replay", "--code", "unknown_dialect")
     assert "replayed 1 dead letter(s)" in out and "0 skipped" in out, out
-    (dead,) = [d for d in await lane.dead_letters() if d.code == "unknown_dialect"]
+    (dead,) = [d for d in await lane.dead_letters() if d.letter.code == "unknown_dialect"]
     origin = f"{lane.settings.dlq_topic}:{dead.partition}:{dead.offset}".encode()
     assert [(origin, sent.bad["unknown_dialect"][1])] == await lane.replayed_on_raw()
     assert await stack.wait_rows(sent.fixable_project, 1) == 1
@@ -307,11 +308,11 @@ async def test_flood_guard_stops_the_worker_and_a_restart_after_the_fix_loses_no
 
             await wait_for(tripped)
         halted = [e for e in logs if e["event"] == "dlq_flood"]
-        assert [(e["log_level"], e["code"]) for e in halted] == [("error", dlq.FLOOD_CODE)]
+        assert [(e["log_level"], e["code"]) for e in halted] == [("error", flood.FLOOD_CODE)]
 
         resp = await health.get("/internal/health")
         body = await resp.json()
-        assert (resp.status, body["status"], body["code"]) == (503, "halted", dlq.FLOOD_CODE)
+        assert (resp.status, body["status"], body["code"]) == (503, "halted", flood.FLOOD_CODE)
 
         # Stopped rather than dead-lettering everything, and not reading on either.
         await lane.send(envelope(project, "after the trip"))
@@ -343,12 +344,12 @@ async def test_flood_guard_stops_the_worker_and_a_restart_after_the_fix_loses_no
 
 def test_flood_guard_needs_both_many_dead_letters_and_a_large_share() -> None:
     now = [0.0]
-    guard = dlq.FloodGuard(threshold=10, ratio=0.5, window_s=60, clock=lambda: now[0])
+    guard = flood.FloodGuard(threshold=10, ratio=0.5, window_s=60, clock=lambda: now[0])
     assert not guard.check(messages=1000, dead=9)  # many messages, few dead: fine
     assert not guard.check(messages=100, dead=100)  # 109 of 1100: a trickle among healthy traffic
     now[0] = 61.0  # the window moved on: the old batches no longer count
     assert not guard.check(messages=9, dead=9)  # most are dead, but only 9
     assert guard.check(messages=1, dead=1)  # 10 of 10
-    assert guard.tripped is not None and guard.tripped["code"] == dlq.FLOOD_CODE
+    assert guard.tripped is not None and guard.tripped["code"] == flood.FLOOD_CODE
     assert guard.check(messages=1, dead=0)  # and it stays tripped
-    assert not dlq.FloodGuard(threshold=0, ratio=0.5, window_s=60).check(10, 10)  # 0 disables
+    assert not flood.FloodGuard(threshold=0, ratio=0.5, window_s=60).check(10, 10)  # 0 disables

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench import payloads
+from formats import PARSERS, VALIDATORS, Parsed, ParseError, astralog, astralog_store
+from formats.astralog import validate as astralog_validate
+from formats.common import MAX_ATTRIBUTE_KEYS, parse_timestamp
+from formats.validate import iso_time
 from tests.bodies import astralog_record
 from tests.formats.conftest import deep_object, make_ctx
 from tests.test_store_parse import bodies as store_parse_bodies
 from tests.test_store_parse import quick_bodies
-from workers.formats import PARSERS, VALIDATORS, Parsed, ParseError, astralog, astralog_store
-from workers.formats.astralog import validate as astralog_validate
-from workers.formats.common import MAX_ATTRIBUTE_KEYS, parse_timestamp
-from workers.formats.validate import iso_time
 
 TIMES = st.sampled_from(
     [

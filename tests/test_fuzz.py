@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from formats import PARSERS, ParseContext, Parsed, ParseError
 from gateway.body import BodyError, decompress
 from millrace import store
 from schemas.envelope import Envelope, decode, encode
@@ -51,7 +52,6 @@ from tests.fuzz.corpus import (
     Template,
     dumps,
 )
-from workers.formats import PARSERS, ParseContext, Parsed, ParseError
 from workers.pipeline import TableBatch, enrich_step, parse_step
 
 # -- profiles ------------------------------------------------------------------------------------

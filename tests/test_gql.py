@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from millrace import keys, store
-from millrace.gql import GQLError, compile_query, compile_text, parse
-from millrace.gql.autocomplete import suggest
-from millrace.query import LogQuery, compile_logs
+from reads.gql import GQLError, compile_query, compile_text, parse
+from reads.gql.autocomplete import suggest
+from reads.query import LogQuery, compile_logs
 from schemas.record import LOG_DEFAULTS
 from tests.conftest import Stack, Tenant
 from tests.seeds import curl_examples, json_documents, seed_text

@@ -20,14 +20,15 @@ import pytest
 import zstandard
 from multidict import CIMultiDict
 
+from formats import Parsed
 from gateway.body import BodyError, decompress
 from gateway.limits import Limits, TokenBucket
-from millrace import cli, keys
+from millrace import keys
 from millrace.config import Settings
 from millrace.keys import LIMIT_BURST_S, LIMIT_LOGS_PER_S, LIMIT_REQUESTS_PER_S, ApiKey
+from ops import cli
 from tests.bodies import drain_body
 from tests.conftest import Gateway, Stack
-from workers.formats import Parsed
 
 pytestmark = pytest.mark.integration
 

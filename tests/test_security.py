@@ -18,7 +18,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from millrace import internal, keys
-from millrace.query import LogQuery, compile_logs
+from reads.query import LogQuery, compile_logs
 from tests.bodies import drain_body
 from tests.conftest import Gateway, Stack
 from tests.test_limits import WIRES, post

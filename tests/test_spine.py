@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from millrace.query import project_stats
+from reads.query import project_stats
 from tests import bodies
 from tests.conftest import Stack
 from tests.seeds import curl_examples

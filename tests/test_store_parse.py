@@ -1,7 +1,7 @@
 """AstraLog bodies parsed by the engine are stored exactly as the Python parser stores them.
 
 For a body the gateway marks `store_parses`, the worker hands the raw body to ClickHouse
-(workers/formats/astralog_store.py) instead of parsing it. Each test stores the same
+(formats/astralog_store.py) instead of parsing it. Each test stores the same
 body both ways into the real `logs` table (under two Kafka topic names) and compares
 every column of every row. Bodies come from hypothesis around the edges of the shape
 test (floats of every magnitude, 64-bit integers, Unicode and escapes, dotted and
@@ -26,12 +26,12 @@ from clickhouse_connect.driver.client import Client
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from formats import astralog, astralog_store
+from formats.base import ParseContext, ParseError
 from schemas.envelope import Envelope, decode, encode
 from schemas.record import LEVEL_ALIASES, LOG_COLUMN_NAMES
 from tests.bodies import astralog_record
 from tests.conftest import Stack
-from workers.formats import astralog, astralog_store
-from workers.formats.base import ParseContext, ParseError
 from workers.pipeline import TableBatch, enrich_step, insert_table, parse_step
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@
 
 An envelope the gateway marked `store_parses` skips parse and enrich here: its raw body
 is batched as is and the engine parses it inside the insert (`insert_table`), with the
-same result (workers/formats/astralog_store.py). Rows built here and such bodies still go
+same result (formats/astralog_store.py). Rows built here and such bodies still go
 in one insert per table and batch (one part, so the watermarks stay exact).
 
 Offsets travel with the rows: a batch knows, per partition, the next offset to
@@ -19,7 +19,7 @@ A message that cannot be decoded or parsed is bad input, not an outage: it goes 
 the dead-letter topic with the reason and its source position, and its partition
 keeps flowing. Anything else (the store is down) is retried with backoff without
 committing, so nothing acknowledged is ever lost. If dead letters flood in (a bad
-deploy broke a parser), the flood guard (`millrace/dlq.py`) stops the worker instead:
+deploy broke a parser), the flood guard (`workers/flood.py`) stops the worker instead:
 the batch that tripped it is left uncommitted and every partition paused until a restart.
 """
 
@@ -39,14 +39,15 @@ from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from formats import PARSERS, ParseContext, Parsed, ParseError, astralog_store
 from millrace import metrics, store
 from millrace.config import Settings
-from millrace.dlq import FLOOD_CODE, FloodGuard
 from millrace.kafka.topics import ENVELOPE_OVERHEAD, envelope_producer
+from schemas.deadletter import DeadLetter
 from schemas.envelope import Envelope, EnvelopeError, decode
 from schemas.record import MAP_COLUMN, PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
 from workers.enrich import user_agent
-from workers.formats import PARSERS, ParseContext, Parsed, ParseError, astralog_store
+from workers.flood import FLOOD_CODE, FloodGuard
 
 log = structlog.get_logger()
 
@@ -58,17 +59,6 @@ DEFERRED_SHARE = 4
 
 # (client, table batch, dedup token): the store boundary, one insert.
 InsertFn = Callable[[Client, "TableBatch", str], None]
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    value: bytes
-    reason: str
-    code: str
-    topic: str
-    partition: int
-    offset: int
-    request_id: str = ""  # the message key: the id the client got back in X-Request-Id
 
 
 @dataclass(slots=True)
@@ -127,7 +117,7 @@ class TableBatch:
 
 def _dead_letter(record: ConsumerRecord, reason: str, code: str) -> DeadLetter:
     return DeadLetter(
-        record.value,
+        record.value or b"",
         reason,
         code,
         record.topic,
@@ -482,14 +472,7 @@ class Pipeline:
                 self.consumer.resume(*(paused & self.consumer.assignment()))
 
     async def _dead_letter(self, dead: DeadLetter) -> None:
-        headers = [
-            ("reason", dead.reason[:1000].encode()),
-            ("code", dead.code.encode()),
-            ("source_topic", dead.topic.encode()),
-            ("source_partition", str(dead.partition).encode()),
-            ("source_offset", str(dead.offset).encode()),
-        ]
-        await self.dlq.send_and_wait(self.settings.dlq_topic, dead.value, headers=headers)
+        await self.dlq.send_and_wait(self.settings.dlq_topic, dead.value, headers=dead.headers())
         self.stats["dead_letters"] += 1
         metrics.DEAD_LETTERS.labels(dead.code).inc()
         log.warning(
@@ -497,8 +480,8 @@ class Pipeline:
             code=dead.code,
             request_id=dead.request_id,
             reason=dead.reason[:200],
-            partition=dead.partition,
-            offset=dead.offset,
+            partition=dead.source_partition,
+            offset=dead.source_offset,
             stage="processing",
         )
 

@@ -22,10 +22,10 @@ from aiohttp import web
 
 from millrace import internal, metrics, store
 from millrace.config import Settings
-from millrace.dlq import FloodGuard
 from millrace.gc_tuning import tune_gc
-from millrace.query import LogQuery, QueryError, project_stats, read_call, run_logs
+from reads.query import LogQuery, QueryError, project_stats, read_call, run_logs
 from workers import pipeline
+from workers.flood import FloodGuard
 
 log = structlog.get_logger()
 
@@ -80,7 +80,7 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
         return await answer(request, "logs", run_logs, query)
 
     async def read(request: web.Request) -> web.Response:
-        """GoodLogs reads (gql, schema, usage): `millrace.query.read_call`, for the gateway."""
+        """GoodLogs reads (gql, schema, usage): `reads.query.read_call`, for the gateway."""
         try:
             payload = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:

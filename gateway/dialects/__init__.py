@@ -1,4 +1,4 @@
 """The HTTP face of each hosted API: where its key travels, what it answers, how it errs.
 
-Parsing lives in `workers/formats/`; a dialect here only knows its wire manners.
+Parsing lives in `formats/`; a dialect here only knows its wire manners.
 """

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from workers.formats import Parsed
+from formats import Parsed
 
 
 @dataclass(frozen=True, slots=True)

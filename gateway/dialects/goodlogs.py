@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from formats import Parsed
 from gateway.dialects.base import Dialect, Problem, bearer, json_response
 from millrace.keys import SCOPE_EVENTS, SCOPE_LOGS
-from workers.formats import Parsed
 
 MAX_BODY = 2 * 1024 * 1024  # the seed's "Max request body: 2 MB"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from formats import Parsed
 from gateway.dialects.base import Dialect, Problem, json_response
 from millrace.keys import SCOPE_LOGS
-from workers.formats import Parsed
 
 HEADER = "X-TG2G-Api-Key"
 

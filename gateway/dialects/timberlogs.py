@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from formats import Parsed
 from gateway.dialects.base import Dialect, Problem, bearer, json_response
 from millrace.keys import SCOPE_LOGS
-from workers.formats import Parsed
 
 
 def _token(request: web.Request) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from workers.formats.base import ParseContext
+from formats.base import ParseContext
 
 # 2024-01-15T12:00:00Z: a receive time near the seed examples' own times.
 RECEIVED_AT_NS = 1_705_320_000 * 10**9

@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 import pytest
 
+from formats.astralog import REQUIRED, parse
+from formats.base import ParseError
 from tests.bodies import astralog_record
 from tests.formats.conftest import deep_arrays, make_ctx, utc_ns
 from tests.seeds import curl_examples
-from workers.formats.astralog import REQUIRED, parse
-from workers.formats.base import ParseError
 
 # Copied verbatim from the seed document (001): the -d body of the curl example.
 SEED_BODY = b"""{

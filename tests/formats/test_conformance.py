@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from formats import PARSERS, ParseContext, Parsed
 from tests.formats import test_astralog, test_dynatrace, test_goodlogs, test_tg2g, test_timberlogs
 from tests.formats.conftest import deep_arrays, make_ctx
 from tests.fuzz import contract
-from workers.formats import PARSERS, ParseContext, Parsed
 
 NAMES = sorted(PARSERS)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

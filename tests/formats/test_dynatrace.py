@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
+from formats import dynatrace
+from formats.base import Parsed, ParseError, Rejection
+from formats.dynatrace import parse
 from tests.formats.conftest import RECEIVED_AT_NS, deep_arrays, deep_object, make_ctx, utc_ns
 from tests.seeds import seed_text
-from workers.formats import dynatrace
-from workers.formats.base import Parsed, ParseError, Rejection
-from workers.formats.dynatrace import parse
 
 # Copied verbatim from the seed document (002), "Request body JSON model".
 SEED_BODY = (

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
+from formats.base import Parsed, ParseError, Rejection
+from formats.goodlogs import parse_events, parse_logs
 from tests.formats.conftest import RECEIVED_AT_NS, deep_arrays, deep_object, make_ctx, utc_ns
 from tests.seeds import curl_examples
-from workers.formats.base import Parsed, ParseError, Rejection
-from workers.formats.goodlogs import parse_events, parse_logs
 
 # Copied verbatim from the seed document (003): the -d bodies of the two ingest curl examples.
 EVENTS_BODY = b"""{

@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
+from formats.base import ParseError, Rejection
+from formats.tg2g import parse
 from tests.formats.conftest import RECEIVED_AT_NS, deep_arrays, deep_object, make_ctx, utc_ns
 from tests.seeds import seed_text
-from workers.formats.base import ParseError, Rejection
-from workers.formats.tg2g import parse
 
 # Copied verbatim from the seed document (000), "Basic payload (with entity + batched logs)".
 SEED_BODY = b"""{

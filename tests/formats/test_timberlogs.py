@@ -8,10 +8,10 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 import pytest
 
+from formats.base import ParseContext, ParseError
+from formats.timberlogs import parse, resolve_format
 from tests.formats.conftest import RECEIVED_AT_NS, deep_arrays, deep_object, make_ctx, utc_ns
 from tests.seeds import curl_examples
-from workers.formats.base import ParseContext, ParseError
-from workers.formats.timberlogs import parse, resolve_format
 
 PROD = {"environment": "production"}
 

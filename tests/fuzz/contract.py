@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from formats import PARSERS, VALIDATORS, ParseContext, Parsed, ParseError, Rejection
 from schemas.record import (
     EVENT_COLUMNS,
     EVENTS_TABLE,
@@ -24,7 +25,6 @@ from schemas.record import (
     PARSER_EVENT_COLUMNS,
     PARSER_LOG_COLUMNS,
 )
-from workers.formats import PARSERS, VALIDATORS, ParseContext, Parsed, ParseError, Rejection
 
 COLUMN_TYPES = {
     LOGS_TABLE: {name: type_ for name, type_, _ in LOG_COLUMNS},

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from workers.formats.base import ParseContext
+from formats.base import ParseContext
 
 RECEIVED_AT_NS = 1_705_320_000 * 10**9  # 2024-01-15T12:00:00Z, near the templates' own times
 
@@ -27,7 +27,7 @@ class Raw:
 
 @dataclass(frozen=True)
 class Template:
-    parser: str  # key of workers.formats.PARSERS
+    parser: str  # key of formats.PARSERS
     content_type: str
     doc: Any = None  # a JSON document, or None when `text` is the body
     text: bytes = b""

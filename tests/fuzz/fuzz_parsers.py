@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["workers", "gateway", "schemas"]):
+    from formats import PARSERS, ParseContext
     from gateway.body import BodyError, decompress
-    from workers.formats import PARSERS, ParseContext
 
 from tests.fuzz.contract import check  # noqa: E402  (after the path is set)
 from tests.fuzz.corpus import RECEIVED_AT_NS, TEMPLATES  # noqa: E402

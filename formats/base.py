@@ -1,0 +1,64 @@
+"""The contract every dialect parser keeps.
+
+A parser is one pure function `parse(body, ctx) -> Parsed`: bytes in, rows out.
+It never does I/O and never raises anything but `ParseError`; rows are dicts whose
+keys are record columns a parser may fill (`schemas.record.PARSER_LOG_COLUMNS`).
+The gateway calls the same function to give a dialect's synchronous answer
+(counts, per-item rejections), the worker calls it again on the raw body from Kafka:
+one code path, so both sides always agree on what was accepted. A dialect may also
+register a `validate` (`VALIDATORS`) that gives the gateway the same answer without
+building rows; tests/test_fastpath.py proves the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.record import LOGS_TABLE
+
+
+class ParseError(ValueError):
+    """The request as a whole cannot be used. `code` is a stable, low-cardinality reason."""
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "invalid_body",
+        status: int = 400,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status  # 400 for bad input, 413 when a dialect's size/count limit is exceeded
+        self.details = details  # per-field issues, for dialects whose error body lists them
+
+
+@dataclass(frozen=True, slots=True)
+class ParseContext:
+    """Request facts a parser may use; everything here is also in the Kafka envelope."""
+
+    received_at_ns: int
+    path: str = ""
+    content_type: str = ""
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One item the dialect allows to be refused while the rest of the batch is kept."""
+
+    index: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Parsed:
+    rows: list[dict[str, Any]]
+    rejected: list[Rejection] = field(default_factory=list)
+    table: str = LOGS_TABLE
+    # Set by a validator: every record has a shape the store can parse from the raw body
+    # itself, with the same result (formats/astralog_store.py).
+    store_parses: bool = False

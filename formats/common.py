@@ -1,0 +1,353 @@
+"""Helpers shared by the dialect parsers: JSON decoding, timestamps, attribute flattening."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from formats.base import ParseError
+from schemas.record import LEVELS, normalize_level
+
+# Nesting deeper than this is refused: it is never a real log, and flattening it
+# would be work proportional to an attacker's patience.
+MAX_DEPTH = 32
+MAX_ATTRIBUTE_KEYS = 1000
+
+_EPOCH_NS_BOUNDS = (0, 4_102_444_800 * 10**9)  # 1970 .. 2100
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+YEARLESS_FUTURE_NS = 24 * 3600 * 10**9  # how far ahead a year-less time may be (see recent_year_ns)
+
+
+def load_json(body: bytes, what: str = "body") -> Any:
+    """Decode JSON or raise ParseError; orjson itself rejects invalid UTF-8 and overflows."""
+    if not body.strip():
+        raise ParseError(f"the {what} is empty; send a JSON document", code="empty_body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"the {what} is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def parse_timestamp(value: Any) -> int | None:
+    """Event time in ns since the epoch, from RFC 3339 / ISO 8601 / SQL text or Unix s/ms/us/ns numbers.
+
+    Text without a zone is taken as UTC. Returns None when the value is not a time,
+    so the caller decides between rejecting the item and using the ingest time.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return _from_number(float(value))
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text[0].isdigit() and text.replace(".", "", 1).isdigit():
+        try:
+            return _from_number(float(text))
+        except ValueError:  # isdigit() also admits digits float() refuses, such as '²'
+            return None
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    # Integer arithmetic on the distance from the epoch: no float rounding, and a quarter of
+    # the cost of timestamp() (this runs once per log). No zone = UTC.
+    delta = dt - (_EPOCH_NAIVE if dt.tzinfo is None else _EPOCH_UTC)
+    if delta.microseconds == dt.microsecond:
+        ns = ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
+    else:  # a UTC offset with a fraction of a second: whole seconds via timestamp(), as always
+        ns = (int(dt.replace(microsecond=0).timestamp()) * 1_000_000 + dt.microsecond) * 1000
+    return ns if _EPOCH_NS_BOUNDS[0] <= ns <= _EPOCH_NS_BOUNDS[1] else None
+
+
+def _from_number(number: float) -> int | None:
+    """Guess the unit of a Unix time by magnitude, as most log shippers do."""
+    if not math.isfinite(number) or number < 0:
+        return None
+    if number < 1e11:  # seconds (until the year 5138)
+        ns = int(number * 1e9)
+    elif number < 1e14:  # milliseconds
+        ns = int(number * 1e6)
+    elif number < 1e17:  # microseconds
+        ns = int(number * 1e3)
+    else:
+        ns = int(number)
+    return ns if _EPOCH_NS_BOUNDS[0] <= ns <= _EPOCH_NS_BOUNDS[1] else None
+
+
+def to_text(value: Any) -> str:
+    """An attribute value as stored: strings verbatim, everything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        # orjson refuses nesting deeper than 255; repr() of a list nested ~1000 deep overflows too.
+        try:
+            return str(value)
+        except RecursionError:
+            raise ParseError("a value is nested too deeply to store", code="too_deep") from None
+
+
+def flatten(value: Any, prefix: str, out: dict[str, str], depth: int = 0) -> None:
+    """Flatten nested objects into dotted keys (`a.b.c`); lists stay JSON text.
+
+    Searchable as `attributes['a.b.c']` without JSON functions at query time.
+    """
+    if depth > MAX_DEPTH:
+        raise ParseError(f"'{prefix}' is nested deeper than {MAX_DEPTH} levels", code="too_deep")
+    if isinstance(value, dict):
+        if not value and prefix:
+            out[prefix] = "{}"
+        for key, item in value.items():
+            if len(out) >= MAX_ATTRIBUTE_KEYS:
+                raise ParseError(
+                    f"more than {MAX_ATTRIBUTE_KEYS} attributes in one record", code="too_many_fields"
+                )
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if name and depth < MAX_DEPTH and not isinstance(item, dict):
+                # A leaf: what the call below would store, without the call (once per attribute).
+                out[name] = item if type(item) is str else to_text(item)
+            else:
+                flatten(item, name, out, depth + 1)
+    elif prefix:
+        out[prefix] = to_text(value)
+
+
+def optional_str(item: dict[str, Any], key: str) -> str:
+    """A string field, or '' when absent; other scalar types are kept as their text."""
+    value = item.get(key)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else to_text(value)
+
+
+def str_list(value: Any) -> list[str]:
+    """A list of tags; a lone string counts as one tag, anything else is JSON text."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else to_text(v) for v in value]
+    return [to_text(value)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the TG2G, Dynatrace, GoodLogs and Timberlogs parsers.
+
+_NUMERIC_LEVELS = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal"}  # pino, bunyan
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+
+# Field names most senders use for the fields that have their own column. Only scalar values
+# move to a column; an object under one of these names stays in `attributes`, flattened.
+WELL_KNOWN_COLUMNS: Final[dict[str, str]] = {
+    "requestId": "request_id",
+    "request_id": "request_id",
+    "traceId": "trace_id",
+    "trace_id": "trace_id",
+    "spanId": "span_id",
+    "span_id": "span_id",
+    "userId": "user_id",
+    "user_id": "user_id",
+    "sessionId": "session_id",
+    "session_id": "session_id",
+    "flowId": "flow_id",
+    "flow_id": "flow_id",
+    "errorName": "error_name",
+    "error_name": "error_name",
+    "errorStack": "error_stack",
+    "error_stack": "error_stack",
+    "env": "environment",
+    "environment": "environment",
+    "host": "host",
+    "hostname": "host",
+    "service": "service",
+    "dataset": "dataset",
+    "tags": "tags",
+}
+
+
+def media_type(content_type: str) -> str:
+    """`Application/JSON; charset=utf-8` -> `application/json`."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def utf8_exceeds(text: str, limit: int) -> bool:
+    """Whether `text` is over `limit` bytes in UTF-8, encoding it only when the length cannot tell."""
+    n = len(text)
+    if n * 4 <= limit:
+        return False
+    if n > limit:
+        return True
+    return not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def event_time(value: Any) -> int | None:
+    """`parse_timestamp`, but exact for integer Unix times, and the epoch itself counts as no time.
+
+    Integers (and digit strings) are scaled in integer arithmetic: through a float, a time
+    in ms such as 1704110400123 comes out 64 ns off. 0 is a placeholder, not an event time.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if ascii_digits(text) and len(text) <= 19:
+            value = int(text)
+        elif ascii_digits(text.replace(".", "", 1)):
+            value = float(text)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _from_int(value, 0.0)
+    if isinstance(value, float):
+        if not math.isfinite(value) or value <= 0:
+            return None
+        whole = int(value)
+        return _from_int(whole, value - whole)
+    return parse_timestamp(value) or None
+
+
+def _from_int(number: int, fraction: float) -> int | None:
+    """`_from_number`'s unit guess by magnitude, whole units in integers.
+
+    The fraction of a unit is kept to the microsecond, as much as a double holds at these magnitudes.
+    """
+    if number <= 0:
+        return None
+    if number < 10**11:
+        ns = number * 10**9 + round(fraction * 1e6) * 1000
+    elif number < 10**14:
+        ns = number * 10**6 + round(fraction * 1e3) * 1000
+    elif number < 10**17:
+        ns = number * 10**3 + round(fraction) * 1000
+    else:
+        ns = number
+    return ns if ns <= _EPOCH_NS_BOUNDS[1] else None
+
+
+def datetime_ns(dt: datetime) -> int | None:
+    """An aware datetime as ns since the epoch, or None outside 1970..2100."""
+    ns = (int(dt.replace(microsecond=0).timestamp()) * 1_000_000 + dt.microsecond) * 1000
+    return ns if _EPOCH_NS_BOUNDS[0] < ns <= _EPOCH_NS_BOUNDS[1] else None
+
+
+def ascii_digits(text: str) -> bool:
+    """str.isdigit() admits '²' and other digits int() refuses; this does not."""
+    return text.isascii() and text.isdigit()
+
+
+def recent_year_ns(
+    month: int, day: int, hour: int, minute: int, second: int, micro: int, received_at_ns: int
+) -> int | None:
+    """A time given without its year (RFC 3164), placed in the latest year that is not in the future.
+
+    Logs come from the past (a replayed file may be months old), so a line stamped `Jan 15`
+    and received in November is this January's, not next January's, and one stamped
+    `Dec 31 23:59:59` and received on January 1st belongs to the year before. "Future" allows
+    a day: the stamp is the sender's local time taken as UTC (up to 14 hours ahead east of
+    UTC), and a `Jan  1 00:00:01` from a fast clock received on December 31st is next year's.
+    """
+    try:
+        year = datetime.fromtimestamp(received_at_ns / 1e9, UTC).year
+    except (OverflowError, OSError, ValueError):
+        return None
+    for candidate in (year + 1, year, year - 1, year - 2, year - 3, year - 4):
+        try:
+            ns = datetime_ns(datetime(candidate, month, day, hour, minute, second, micro, tzinfo=UTC))
+        except ValueError:  # Feb 29 outside a leap year, or hours and days out of range
+            continue
+        if ns is not None and ns <= received_at_ns + YEARLESS_FUTURE_NS:
+            return ns
+    return None
+
+
+def parse_bsd_timestamp(text: str, received_at_ns: int) -> int | None:
+    """RFC 3164 `Mmm dd hh:mm:ss` (day space- or zero-padded), taken as UTC, year from the receive time."""
+    if len(text) != 15 or text[3] != " " or text[6] != " " or text[9] != ":" or text[12] != ":":
+        return None
+    month = _MONTHS.get(text[:3])
+    day, hour, minute, second = text[4:6].lstrip(" "), text[7:9], text[10:12], text[13:15]
+    if month is None or not all(ascii_digits(part) for part in (day, hour, minute, second)):
+        return None
+    return recent_year_ns(month, int(day), int(hour), int(minute), int(second), 0, received_at_ns)
+
+
+def level_fields(value: Any) -> tuple[str, int, str]:
+    """(level, severity_number, severity_text) for a level as sent; pino/bunyan numbers (10..60) count too."""
+    if value is None:
+        return "info", LEVELS["info"], ""
+    if isinstance(value, str):
+        level, number = normalize_level(value)
+        return level, number, value
+    text = to_text(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value in _NUMERIC_LEVELS:
+        level = _NUMERIC_LEVELS[value]
+        return level, LEVELS[level], text
+    level, number = normalize_level(text)
+    return level, number, text
+
+
+def put_attribute(out: dict[str, str], key: str, value: Any) -> None:
+    """One field into attributes: strings as they are, objects flattened under `key.`, the rest as JSON."""
+    if len(out) >= MAX_ATTRIBUTE_KEYS and key not in out:
+        raise ParseError(f"more than {MAX_ATTRIBUTE_KEYS} attributes in one record", code="too_many_fields")
+    if isinstance(value, str):
+        out[key] = value
+    elif isinstance(value, dict):
+        flatten(value, key, out, 1)
+    else:
+        out[key] = to_text(value)
+
+
+def split_fields(
+    item: dict[str, Any],
+    skip: frozenset[str],
+    row: dict[str, Any],
+    attributes: dict[str, str],
+    mapping: dict[str, str] = WELL_KNOWN_COLUMNS,
+) -> None:
+    """Move each field of `item` (but those in `skip`) to the column `mapping` names, else to attributes.
+
+    A column already set keeps its value and the later alias stays an attribute, so two
+    spellings of one field in one record both survive.
+    """
+    for key, value in item.items():
+        if key in skip:
+            continue
+        column = mapping.get(key)
+        if column is not None and column not in row:
+            if column == "tags":
+                if isinstance(value, list | str):
+                    row["tags"] = str_list(value)
+                    continue
+            elif isinstance(value, str):
+                row[column] = value
+                continue
+            elif isinstance(value, int | float):
+                row[column] = to_text(value)
+                continue
+        put_attribute(attributes, key, value)
+
+
+def copy_well_known(item: dict[str, Any], row: dict[str, Any]) -> None:
+    """Fill the columns of well-known fields from `item`, leaving `item` itself whole (maps kept verbatim)."""
+    for key, value in item.items():
+        column = WELL_KNOWN_COLUMNS.get(key)
+        if column is None or column in row:
+            continue
+        if column == "tags":
+            if isinstance(value, list | str):
+                row["tags"] = str_list(value)
+        elif isinstance(value, str):
+            row[column] = value
+        elif isinstance(value, int | float):
+            row[column] = to_text(value)

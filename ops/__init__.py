@@ -1,0 +1,1 @@
+"""Operator tools: the `millrace` CLI, the local runner, the local Kafka broker, dead-letter chores."""

@@ -1,0 +1,547 @@
+"""The project-managed local Kafka broker: one KRaft node (broker and controller) in one JVM.
+
+The jars come from Maven Central through deploy/kafka/pom.xml, which pins the version;
+everything else lives under <MILLRACE_HOME>/kafka:
+
+    lib/      the broker's runtime jars, plus a marker recording which POM fetched them
+    config/   server.properties and log4j2.yaml, rewritten on every start
+    data/     the KRaft metadata log and the topic partitions (formatted once)
+    logs/     broker.log: the JVM's stdout and stderr
+    cluster.id
+
+The JVM runs in its own session, so a terminal's Ctrl-C reaches only whoever started it,
+which then stops the broker last (after the workers have committed), with `stop()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import structlog
+
+from millrace.config import Settings
+
+log = structlog.get_logger()
+
+DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
+POM = DEPLOY_DIR / "pom.xml"
+LOG4J_CONFIG = DEPLOY_DIR / "log4j2.yaml"
+
+NODE_ID = 1
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"  # what bin/kafka-storage.sh runs; lives in kafka_2.13
+JVM_OPTS = (
+    "-Xms256m",
+    "-Xmx768m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    # A broker that ran out of heap should die and say so, not limp on.
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+FETCH_MARKER = ".millrace-fetched"
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+TAIL_LINES = 40
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started or stopped; the message says why."""
+
+
+def pinned_kafka_version(pom: Path = POM) -> str:
+    """The `kafka.version` property of the POM: the version the broker is pinned to."""
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    node = ET.parse(pom).getroot().find("m:properties/m:kafka.version", ns)
+    if node is None or not (node.text or "").strip():
+        raise BrokerError(f"{pom} has no <kafka.version> property")
+    return (node.text or "").strip()
+
+
+def metadata_brokers(host: str, port: int, timeout_s: float = 2.0) -> list[int] | None:
+    """Node ids listed in a Metadata response from host:port, or None if nothing usable answered.
+
+    A raw Metadata v4 request (the oldest version Kafka 4 still accepts) over a blocking
+    socket, rather than aiokafka: `start()` is synchronous and may be called from code that
+    already runs an event loop. The broker opens its client listener only once it has
+    caught up with the metadata log and been unfenced, and lists only unfenced brokers, so
+    seeing our node id means clients can use it.
+    """
+    client_id = b"millrace-probe"
+    # Header v1: api_key=3 (Metadata), api_version=4, correlation_id, client_id; then the
+    # body: an empty topic array (brokers only) and allow_auto_topic_creation=false.
+    request = struct.pack(">hhih", 3, 4, 1, len(client_id)) + client_id + struct.pack(">ib", 0, 0)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+            if not 12 <= size <= 1 << 20:
+                return None
+            payload = _recv_exact(sock, size)
+        # correlation_id, throttle_time_ms, then the broker array.
+        correlation_id, _, count = struct.unpack_from(">iii", payload)
+        if correlation_id != 1:
+            return None
+        offset, ids = 12, []
+        for _ in range(count):
+            node_id, host_len = struct.unpack_from(">ih", payload, offset)
+            offset += 6 + host_len
+            _, rack_len = struct.unpack_from(">ih", payload, offset)  # port, nullable rack
+            offset += 6 + max(rack_len, 0)
+            ids.append(node_id)
+        return ids
+    except (OSError, struct.error):
+        return None
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed mid-response")
+        buf += chunk
+    return bytes(buf)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Like the JVM's server sockets, so a port in TIME_WAIT after our own stop counts as free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The process's argv, [] for a zombie, None where /proc is not available."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return [] if Path("/proc/self").exists() else None
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def process_exited(pid: int) -> bool:
+    """The process is gone or a zombie. An empty argv alone does not say so: a process on its
+    way out releases its memory (and argv) before it can be reaped, and may still hold ports."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return True
+        try:  # no /proc here: all we can ask is whether the pid exists
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+    except OSError:
+        return False
+    state = stat.rpartition(")")[2].split()[:1]  # the field after the (command name)
+    if state != ["Z"]:
+        return state == ["X"]
+    # A zombie main thread alone is not the end: the JVM's other threads may still be tearing
+    # down (holding its ports), and until they are gone the process cannot be reaped.
+    try:
+        return os.listdir(f"/proc/{pid}/task") in ([], [str(pid)])
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _new_cluster_id() -> str:
+    """A Kafka cluster id: a random UUID in URL-safe base64, as `kafka-storage random-uuid` prints."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):  # Kafka avoids these too: they read as a CLI flag
+            return cid
+
+
+class LocalBroker:
+    """A single-node KRaft broker on localhost:kafka_port, its controller on kafka_port + 1."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.home / "kafka"
+        self.lib_dir = self.root / "lib"
+        self.data_dir = self.root / "data"
+        self.config_dir = self.root / "config"
+        self.logs_dir = self.root / "logs"
+        self.log_file = self.logs_dir / "broker.log"
+        self.server_properties = self.config_dir / "server.properties"
+        self.pid_file = settings.run_dir / "kafka.pid"
+        self.port = settings.kafka_port
+        self.controller_port = settings.kafka_port + 1
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- fetch -------------------------------------------------------------------------------
+
+    def _expected_marker(self) -> str:
+        digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+        return f"kafka {pinned_kafka_version()}\npom-sha256 {digest}\n"
+
+    def is_fetched(self) -> bool:
+        marker = self.lib_dir / FETCH_MARKER
+        return marker.is_file() and marker.read_text() == self._expected_marker()
+
+    def fetch(self) -> None:
+        """Copy the pinned broker's runtime jars into lib/; a no-op (no Maven) once done."""
+        if not POM.is_file():
+            raise BrokerError(f"{POM} is missing: the local broker is fetched from that Maven POM")
+        if self.is_fetched():
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError("Maven (mvn) is needed to fetch the local Kafka broker; install it")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock(".fetch.lock"):
+            if self.is_fetched():  # another process fetched while we waited
+                return
+            version = pinned_kafka_version()
+            staging = self.root / "lib.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            log.info("kafka_fetch", version=version, into=str(self.lib_dir))
+            started = time.monotonic()
+            cmd = [
+                mvn,
+                "-B",
+                "-q",
+                "-Dstyle.color=never",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+            ]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+            except subprocess.TimeoutExpired:
+                raise BrokerError(
+                    "Maven did not finish fetching the Kafka broker within 15 minutes"
+                ) from None
+            if done.returncode != 0:
+                output = "\n".join((done.stdout + done.stderr).strip().splitlines()[-TAIL_LINES:])
+                raise BrokerError(f"fetching Kafka {version} with Maven failed:\n{output}")
+            if not (staging / f"kafka_2.13-{version}.jar").is_file():
+                raise BrokerError(f"Maven ran but kafka_2.13-{version}.jar is not in {staging}")
+            # Marker last, then swap whole: a fetch interrupted halfway never looks complete.
+            (staging / FETCH_MARKER).write_text(self._expected_marker())
+            shutil.rmtree(self.lib_dir, ignore_errors=True)
+            staging.rename(self.lib_dir)
+            log.info("kafka_fetched", version=version, seconds=round(time.monotonic() - started, 1))
+
+    # -- state -------------------------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        """The pid of this home's broker if it is alive, else None."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._is_our_broker(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def serves_metadata(self, timeout_s: float = 2.0) -> bool:
+        return NODE_ID in (metadata_brokers("localhost", self.port, timeout_s) or [])
+
+    def _is_our_broker(self, pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        args = _cmdline(pid)
+        if args is None:  # no /proc: trust the pid file
+            return True
+        # Guards against a recycled pid; a zombie has an empty argv and so is not running.
+        return MAIN_CLASS in args and str(self.server_properties) in args
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 90) -> None:
+        """Start the broker (formatting storage on first use); return once it serves metadata."""
+        if self.is_running():
+            log.info("kafka_already_running", pid=self.pid(), bootstrap=self.settings.bootstrap)
+            self.wait_ready(timeout_s)
+            return
+        self.pid_file.unlink(missing_ok=True)  # stale: its process is gone
+        for port in (self.port, self.controller_port):
+            if port_in_use(port):
+                raise BrokerError(
+                    f"port {port} is already in use by another process; the local broker needs "
+                    f"{self.port} and {self.controller_port}: set MILLRACE_KAFKA_PORT to a free port"
+                )
+        java = self._java()
+        self.fetch()
+        for d in (self.data_dir, self.config_dir, self.logs_dir, self.settings.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self._format_storage(java)
+
+        if self.log_file.exists() and self.log_file.stat().st_size > LOG_ROTATE_BYTES:
+            self.log_file.replace(self.log_file.with_suffix(".log.1"))
+        cmd = [
+            java,
+            *JVM_OPTS,
+            f"-Dlog4j2.configurationFile={self.config_dir / 'log4j2.yaml'}",
+            "-cp",
+            f"{self.lib_dir}/*",  # the JVM expands the wildcard itself; no shell involved
+            MAIN_CLASS,
+            str(self.server_properties),
+        ]
+        started = time.monotonic()
+        with self.log_file.open("ab") as out:
+            out.write(f"\n=== millrace: starting Kafka broker at {time.strftime('%FT%T%z')} ===\n".encode())
+            out.flush()
+            log_offset = out.tell()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                start_new_session=True,  # own process group: stop() signals the group
+            )
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+        log.info("kafka_starting", pid=self._proc.pid, bootstrap=self.settings.bootstrap)
+        try:
+            self.wait_ready(timeout_s, log_offset=log_offset)
+        except BaseException:
+            self.stop()  # leave no half-started broker behind
+            raise
+        log.info("kafka_started", pid=self._proc.pid, seconds=round(time.monotonic() - started, 1))
+
+    def wait_ready(self, timeout_s: float = 90, *, log_offset: int = 0) -> None:
+        """Block until the broker serves metadata; BrokerError if it exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pid = self.pid()
+            if pid is None:
+                code = self._proc.returncode if self._proc is not None else None
+                raise BrokerError(
+                    f"the Kafka broker exited during start-up (exit code {code}); "
+                    f"last lines of {self.log_file}:\n{self.log_tail(log_offset)}"
+                )
+            if self.serves_metadata():
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the Kafka broker (pid {pid}) did not serve metadata on {self.settings.bootstrap} "
+                    f"within {timeout_s:.0f}s; last lines of {self.log_file}:\n{self.log_tail(log_offset)}"
+                )
+            time.sleep(0.2)
+
+    def log_tail(self, offset: int = 0, lines: int = TAIL_LINES) -> str:
+        try:
+            with self.log_file.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return "(no broker log)"
+        return "\n".join(text.strip().splitlines()[-lines:]) or "(the broker log is empty)"
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+        if not java or not Path(java).is_file():
+            raise BrokerError(
+                "Java 17+ is needed to run the local Kafka broker; install a JDK or set JAVA_HOME"
+            )
+        return java
+
+    def _write_config(self) -> None:
+        port, cport = self.port, self.controller_port
+        self.server_properties.write_text(
+            "# Written by ops.broker on every start: edits here are overwritten.\n"
+            "process.roles=broker,controller\n"
+            f"node.id={NODE_ID}\n"
+            f"controller.quorum.voters={NODE_ID}@localhost:{cport}\n"
+            f"listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{cport}\n"
+            f"advertised.listeners=PLAINTEXT://localhost:{port}\n"
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+            "controller.listener.names=CONTROLLER\n"
+            "inter.broker.listener.name=PLAINTEXT\n"
+            f"log.dirs={self.data_dir}\n"
+            # One node: every internal topic must fit on it.
+            "offsets.topic.replication.factor=1\n"
+            "transaction.state.log.replication.factor=1\n"
+            "transaction.state.log.min.isr=1\n"
+            "share.coordinator.state.topic.replication.factor=1\n"
+            "share.coordinator.state.topic.min.isr=1\n"
+            "min.insync.replicas=1\n"
+            # Topics are created on purpose (ensure_topics), never by a typo in a client.
+            "auto.create.topics.enable=false\n"
+            # The 3 s default only helps many consumers joining at once; it slows every start.
+            "group.initial.rebalance.delay.ms=0\n"
+            # broker.session.timeout.ms stays at Kafka's 9 s although a start after a crash
+            # waits it out (the old registration must expire): lower, and a GC pause under
+            # load could fence the only broker.
+        )
+        shutil.copyfile(LOG4J_CONFIG, self.config_dir / "log4j2.yaml")
+
+    def _format_storage(self, java: str) -> None:
+        """Format KRaft storage once; a data dir with meta.properties is never touched again."""
+        if (self.data_dir / "meta.properties").exists():
+            return
+        id_file = self.root / "cluster.id"
+        if id_file.is_file() and id_file.read_text().strip():
+            cluster_id = id_file.read_text().strip()
+        else:
+            cluster_id = _new_cluster_id()
+            id_file.write_text(cluster_id + "\n")
+        cmd = [
+            java,
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={self.config_dir / 'log4j2.yaml'}",
+            "-cp",
+            f"{self.lib_dir}/*",
+            STORAGE_TOOL,
+            "format",
+            "--cluster-id",
+            cluster_id,
+            "--config",
+            str(self.server_properties),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise BrokerError(
+                f"formatting Kafka storage in {self.data_dir} failed:\n{done.stdout}{done.stderr}"
+            )
+        log.info("kafka_storage_formatted", cluster_id=cluster_id, data_dir=str(self.data_dir))
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM the broker's process group, SIGKILL it after timeout_s; idempotent."""
+        pid = self.pid()
+        if pid is not None:
+            log.info("kafka_stopping", pid=pid)
+            self._signal(pid, signal.SIGTERM)
+            if not self._wait_gone(pid, timeout_s):
+                log.warning("kafka_stop_timeout", pid=pid, timeout_s=timeout_s)
+                self._signal(pid, signal.SIGKILL)
+                if not self._wait_gone(pid, 10):
+                    raise BrokerError(f"the Kafka broker (pid {pid}) survived SIGKILL")
+            log.info("kafka_stopped", pid=pid)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(1)  # reap, so no zombie is left behind
+            self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            # The group is the JVM's alone when we started it in its own session.
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+
+    def _wait_gone(self, pid: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.pid == pid:
+                if self._proc.poll() is not None:
+                    return True
+            elif process_exited(pid) or (_cmdline(pid) and not self._is_our_broker(pid)):
+                return True  # exited, or the pid already belongs to another program
+            time.sleep(0.1)
+        return False
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        with (self.root / name).open("w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m ops.broker", description="Manage the project's local Kafka broker."
+    )
+    p.add_argument("action", choices=["fetch", "start", "stop", "status", "run"])
+    args = p.parse_args(argv)
+    broker = LocalBroker(Settings.from_env())
+    try:
+        if args.action == "fetch":
+            broker.fetch()
+        elif args.action == "start":
+            broker.start()
+        elif args.action == "stop":
+            broker.stop()
+        elif args.action == "run":
+            return _run_foreground(broker)
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    pid = broker.pid()
+    if pid is None:
+        print(f"broker stopped (would listen on {broker.settings.bootstrap})")
+        return 0 if args.action in ("fetch", "stop") else 1
+    ready = "serving" if broker.serves_metadata() else "not serving yet"
+    print(f"broker running (pid {pid}) on {broker.settings.bootstrap}, {ready}")
+    return 0
+
+
+def _run_foreground(broker: LocalBroker) -> int:
+    """Start, then stop on SIGINT/SIGTERM; exit 1 if the broker dies by itself."""
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        broker.start()
+        print(f"Kafka broker serving on {broker.settings.bootstrap}; Ctrl-C stops it.", flush=True)
+        while not stopping:
+            if not broker.is_running():
+                log.error("kafka_exited", log_tail=broker.log_tail(lines=10))
+                code = 1
+                break
+            time.sleep(0.5)
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        broker.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The layout is the architecture: which package may import which, checked on the source.
+
+Each top-level package may import only the first-party packages listed for it (and the
+standard library and declared dependencies). A new import across a boundary fails here
+instead of quietly tying two processes together.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_PARTY = {"schemas", "formats", "millrace", "reads", "gateway", "workers", "ops", "bench", "tests"}
+
+# package -> the first-party packages it may import (itself always allowed)
+ALLOWED: dict[str, set[str]] = {
+    "schemas": set(),
+    "formats": {"schemas"},
+    "millrace": {"schemas"},  # the shared kernel: neither process, no operator tool
+    "reads": {"schemas", "millrace"},
+    "gateway": {"schemas", "formats", "millrace", "reads"},  # never the worker
+    "workers": {"schemas", "formats", "millrace", "reads"},  # never the gateway
+    "ops": {"schemas", "formats", "millrace", "reads", "gateway", "workers"},  # starts both processes
+}
+
+# Declared dependencies (pyproject) by import name, for `formats/` and `schemas/`.
+FORMAT_DEPENDENCIES = {"orjson", "msgspec", "ua_parser"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    """The top-level names of every module `path` imports (relative imports are its own package)."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_its_layer_allows(package: str) -> None:
+    allowed = ALLOWED[package] | {package}
+    crossing = {
+        f"{path.relative_to(ROOT)} imports {root}"
+        for path in sources(package)
+        for root in imported_roots(path)
+        if root in FIRST_PARTY and root not in allowed
+    }
+    assert set() == crossing
+
+
+@pytest.mark.parametrize("package", ["formats", "schemas"])
+def test_pure_packages_import_only_the_standard_library_and_declared_parsers(package: str) -> None:
+    """Parsing is pure: no I/O clients (Kafka, ClickHouse, aiohttp) in formats or schemas."""
+    allowed = {"schemas", "formats"} | FORMAT_DEPENDENCIES | set(sys.stdlib_module_names)
+    foreign = {
+        f"{path.relative_to(ROOT)} imports {root}"
+        for path in sources(package)
+        for root in imported_roots(path)
+        if root not in allowed
+    }
+    assert set() == foreign
+
+
+def test_every_package_is_known_to_the_layout_check() -> None:
+    """A new top-level package gets a row in ALLOWED (and in pyproject's package list)."""
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"bench", "tests"}
+    assert packages == set(ALLOWED)
+
+
+def test_the_check_sees_a_crossing(tmp_path: Path) -> None:
+    """The import walk finds plain, dotted and nested `from` imports (so the checks above can fail)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os.path\nfrom workers.pipeline import x\ndef f():\n    import gateway\n")
+    assert {"os", "workers", "gateway"} == imported_roots(probe)
+
+
+def test_pyproject_ships_and_type_checks_every_package() -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shipped = {p.rstrip("*") for p in config["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert set(ALLOWED) == shipped
+    assert set(ALLOWED) == set(config["tool"]["mypy"]["packages"])

@@ -5,13 +5,42 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run up down test lint fmt broker clean
+.PHONY: install run up down test lint fmt broker clean lock
 
-$(STAMP): pyproject.toml
+# Installs come from uv.lock, never from pyproject's ranges: `uv sync --locked` installs exactly
+# the locked versions (Millrace itself editable) and removes anything else from .venv. A lock
+# that no longer matches pyproject.toml stops the install: `make lock` updates it (docs/install.md).
+# uv itself is pinned: the lock file's format belongs to the uv that wrote it.
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked -q
+
+$(UV_STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip uv
-	@$(BIN)/uv pip install --python $(BIN)/python -q -e '.[test,lint]'
+	@$(BIN)/python -m pip install -q 'uv==$(UV_VERSION)'
+	@rm -f $(VENV)/.uv-*
+	@touch $(UV_STAMP)
+
+# `uv lock --check` needs no network when the lock is current. Its own message is printed too: it
+# also fails when the check itself could not run (no index for a newly added package, say).
+define check_lock
+	@out=$$($(UV) lock --check 2>&1) || { echo "$$out" >&2; \
+	if grep -q 'needs to be updated' <<<"$$out"; then \
+		echo "uv.lock is out of date with pyproject.toml: run 'make lock', then commit uv.lock with pyproject.toml." >&2; \
+	else echo "could not check uv.lock against pyproject.toml (see above)" >&2; fi; exit 1; }
+endef
+
+$(STAMP): $(UV_STAMP) pyproject.toml uv.lock
+	$(check_lock)
+	@$(SYNC) --extra test --extra lint
 	@touch $(STAMP)
+
+# LOCK_ARGS="--upgrade-package aiohttp" (or "--upgrade") to move locked versions on; without it
+# `uv lock` keeps every version it can and changes only what pyproject.toml requires.
+LOCK_ARGS ?=
+lock: $(UV_STAMP) ## update uv.lock after editing the dependencies in pyproject.toml (LOCK_ARGS="--upgrade-package NAME")
+	@$(UV) lock $(LOCK_ARGS)
 
 install: $(STAMP) ## create .venv with Millrace and its test tools
 
@@ -23,8 +52,10 @@ DEV_KEY := $(or $(MILLRACE_HOME),.millrace)/dev-key
 
 .PHONY: bench locust
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	@$(BIN)/uv pip install --python $(BIN)/python -q -e '.[bench]'
+# --inexact: add the extra's packages and remove nothing (the fuzz extra may be there too).
+# A re-install of the base ($(STAMP)) removes them again, and then this stamp is older than it.
+$(BENCH_STAMP): $(STAMP) pyproject.toml uv.lock
+	@$(SYNC) --inexact --extra test --extra lint --extra bench
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) ## start a pipeline of its own, load it for 60 s, compare with Kafka/ClickHouse baselines (BENCH_ARGS="--duration 120")
@@ -41,8 +72,8 @@ FUZZ_RUNS ?= 500000
 
 .PHONY: fuzz
 
-$(FUZZ_STAMP): $(STAMP) pyproject.toml
-	@$(BIN)/uv pip install --python $(BIN)/python -q -e '.[fuzz]'
+$(FUZZ_STAMP): $(STAMP) pyproject.toml uv.lock
+	@$(SYNC) --inexact --extra test --extra lint --extra fuzz
 	@touch $(FUZZ_STAMP)
 
 fuzz: $(FUZZ_STAMP) ## coverage-guided fuzzing of every parser (atheris, FUZZ_RUNS=500000), then the long property tests

@@ -68,3 +68,35 @@ async def test_inserted_rows_are_staged_privately_and_leftovers_cleared(
     store.clear_staging(stack.client)
     assert list(staging.iterdir()) == []
     assert stat.S_IMODE(staging.stat().st_mode) == 0o700
+
+
+@pytest.mark.integration
+def test_a_large_insert_is_one_part(stack: Stack) -> None:
+    """More rows than one insert block (1,048,576 by default) still land as one part, so a crash
+    can never store half a message."""
+    table = f"one_part_{uuid.uuid4().hex[:8]}"
+    stack.client.command(f"CREATE TABLE {table} (n UInt64) ENGINE = MergeTree ORDER BY n")
+    try:
+        stack.client.command(f"SYSTEM STOP MERGES {table}")
+        rows = 1_300_000
+        data = [
+            b"".join(b'{"n":%d}\n' % i for i in range(start, min(start + 100_000, rows)))
+            for start in range(0, rows, 100_000)
+        ]
+        store.insert_select(
+            stack.client,
+            table,
+            ["n"],
+            lambda source: f"SELECT n FROM {source}",
+            "n UInt64",
+            data,
+            f"one-part-{table}",
+            {},
+            {},
+        )
+        parts = stack.query(
+            "SELECT count(), sum(rows) FROM system.parts WHERE table = {t:String} AND active", t=table
+        )
+        assert parts == [(1, rows)]
+    finally:
+        stack.client.command(f"DROP TABLE IF EXISTS {table}")

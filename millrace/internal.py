@@ -39,6 +39,7 @@ def ensure_token(settings: Settings) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        check_private(path)
         text = path.read_text().strip()
         if text:
             return text
@@ -48,6 +49,18 @@ def ensure_token(settings: Settings) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(token)
     return token
+
+
+def check_private(path: Path) -> None:
+    """Refuse a token file someone else owns or others may read: its token would not be a secret
+    (or not ours), and the read port would trust whoever planted it."""
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise RuntimeError(f"{path} is owned by uid {st.st_uid}, not by this user; remove it and restart")
+    if st.st_mode & 0o077:
+        raise RuntimeError(
+            f"{path} has mode {st.st_mode & 0o777:o}: group or others may use it; remove it or chmod 600 it"
+        )
 
 
 def _wait_for(path: Path) -> str:

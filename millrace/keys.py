@@ -17,14 +17,15 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from millrace.config import Settings
 
@@ -43,6 +44,23 @@ LIMIT_NAMES = (LIMIT_REQUESTS_PER_S, LIMIT_LOGS_PER_S, LIMIT_BURST_S)
 
 _PREFIX = "mr_"
 
+# The keys topic's record format; readers ignore fields they do not know, so a newer writer's
+# additions never stop an older gateway from following.
+RECORD_VERSION = 1
+
+
+class BadKeyRecord(ValueError):
+    """A keys-topic record that is not a key: logged with its offset and skipped."""
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    """A comma-separated scope list; blank entries are dropped, and a list of none is an error
+    (it must never mean "every scope")."""
+    scopes = frozenset(s.strip() for s in text.split(",") if s.strip())
+    if not scopes:
+        raise ValueError(f"no scopes given; choose from {', '.join(ALL_SCOPES)}")
+    return scopes
+
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
@@ -55,6 +73,7 @@ class ApiKey:
     revoked: bool = False
     # Per-key overrides of the default rate limits (absent: the default; a rate of 0: no limit).
     limits: dict[str, float] = field(default_factory=dict)
+    version: int = RECORD_VERSION
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -63,9 +82,22 @@ class ApiKey:
 
     @classmethod
     def from_json(cls, raw: bytes) -> ApiKey:
-        data: dict[str, Any] = orjson.loads(raw)
-        data["scopes"] = frozenset(data["scopes"])
-        return cls(**data)
+        """The record in `raw`, ignoring unknown fields; BadKeyRecord if it is not a key."""
+        try:
+            data = orjson.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            known = {k: v for k, v in data.items() if k in _FIELDS}
+            known["scopes"] = frozenset(known["scopes"])
+            record = cls(**known)
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+            raise BadKeyRecord(f"{type(exc).__name__}: {exc}") from exc
+        if not all(isinstance(getattr(record, f), str) for f in ("key_id", "project", "key_hash")):
+            raise BadKeyRecord("key_id, project and key_hash must be strings")
+        return record
+
+
+_FIELDS = frozenset(ApiKey.__dataclass_fields__)
 
 
 def _hash(token: str) -> str:
@@ -86,6 +118,8 @@ def new_key(
     project: str, scopes: frozenset[str], name: str = "", limits: dict[str, float] | None = None
 ) -> tuple[ApiKey, str]:
     """A fresh key: the record to store and the plaintext to show once."""
+    if not scopes:
+        raise ValueError(f"a key needs at least one scope; choose from {', '.join(ALL_SCOPES)}")
     unknown = scopes - set(ALL_SCOPES)
     if unknown:
         raise ValueError(f"unknown scope(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_SCOPES)}")
@@ -107,6 +141,21 @@ def new_key(
     assert key_id is not None
     record = ApiKey(key_id, project, scopes, _hash(token), time.time(), name=name, limits=limits)
     return record, token
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a plaintext key to `path`, mode 0600 from its first byte, replacing it atomically
+    (a file written first and chmod-ed after is readable by others in between)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class KeyRing:
@@ -147,6 +196,10 @@ class KeyStore:
         self.ring = KeyRing()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        # False while the follower is down (crashed, waiting to restart): readiness reads it,
+        # because a gateway that stopped following would honour revoked keys.
+        self.following = False
+        self._next_offset = 0  # past the last record applied: where a restarted follower resumes
 
     async def start(self) -> None:
         tp = TopicPartition(self.settings.keys_topic, 0)
@@ -163,14 +216,49 @@ class KeyStore:
             end = (await consumer.end_offsets([tp]))[tp]
             while await consumer.position(tp) < end:
                 for records in (await consumer.getmany(tp, timeout_ms=500)).values():
-                    for rec in records:
-                        self.ring.apply(rec.key.decode(), rec.value)
+                    self._apply(records)
         except BaseException:
             await consumer.stop()
             raise
         self._consumer = consumer
-        self._task = asyncio.create_task(self._follow(tp), name="keys-follow")
+        self.following = True
+        self._task = asyncio.create_task(self._supervise(tp), name="keys-follow")
         log.info("keys_loaded", count=len(self.ring))
+
+    def _apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for rec in records:
+            try:
+                if rec.key is None:
+                    raise BadKeyRecord("no key id")
+                self.ring.apply(rec.key.decode(), rec.value)
+            except (BadKeyRecord, UnicodeDecodeError) as exc:
+                log.error(
+                    "key_record_skipped",
+                    topic=rec.topic,
+                    partition=rec.partition,
+                    offset=rec.offset,
+                    error=str(exc),
+                )
+            self._next_offset = rec.offset + 1
+
+    async def _supervise(self, tp: TopicPartition) -> None:
+        """Run the follower; if it dies, log it, turn unready, and restart it with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                assert self._consumer is not None
+                # Resume after the last record applied: a crash mid-batch must not lose the rest.
+                self._consumer.seek(tp, self._next_offset)
+                self.following = True
+                await self._follow(tp)
+            except asyncio.CancelledError:
+                self.following = False
+                raise
+            except Exception:
+                self.following = False
+                log.exception("keys_follow_crashed", retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _follow(self, tp: TopicPartition) -> None:
         assert self._consumer is not None
@@ -184,8 +272,7 @@ class KeyStore:
                 await asyncio.sleep(1)
                 continue
             for records in batch.values():
-                for rec in records:
-                    self.ring.apply(rec.key.decode(), rec.value)
+                self._apply(records)
 
     async def stop(self) -> None:
         if self._task:

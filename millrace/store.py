@@ -8,12 +8,15 @@ these functions in a thread.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
@@ -49,7 +52,22 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
     if settings.embedded_store:
         # chDB keeps the database as handle state: apply it now, once.
         client.command(f"USE {_ident(settings.database)}")
+        clear_staging(client)
     return client
+
+
+def staging_dir(client: Client) -> Path:
+    """Where an embedded insert stages its rows: inside the engine's own data path (under
+    MILLRACE_HOME by default), mode 0700, because the rows are tenants' log bodies."""
+    return Path(client.uri.removeprefix("chdb://")) / "millrace-staging"
+
+
+def clear_staging(client: Client) -> None:
+    """Remove staged files a crashed insert left behind, and (re)create the private directory."""
+    path = staging_dir(client)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
 def _ident(name: str) -> str:
@@ -210,7 +228,9 @@ def insert_select(
     }
     head = f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in columns)})"
     if embedded(client):
-        with tempfile.NamedTemporaryFile(prefix="millrace-", suffix=".jsonl") as tmp:
+        staging = staging_dir(client)
+        staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix="insert-", suffix=".jsonl", dir=staging) as tmp:
             tmp.writelines(data)  # ~70 MB for a large batch: not joined in memory first
             tmp.flush()
             source = f"file({_quote(tmp.name)}, 'JSONEachRow', {_quote(structure)})"

@@ -53,16 +53,15 @@ def _down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    scopes = frozenset(s.strip() for s in args.scopes.split(",") if s.strip()) if args.scopes else None
     try:
+        # Absent: every scope; given but blank ("," or " "): an error, never every scope.
+        scopes = keys.parse_scopes(args.scopes) if args.scopes is not None else frozenset(keys.ALL_SCOPES)
         limits = {
             keys.LIMIT_REQUESTS_PER_S: args.requests_per_s,
             keys.LIMIT_LOGS_PER_S: args.logs_per_s,
             keys.LIMIT_BURST_S: args.burst_s,
         }
-        record, token = asyncio.run(
-            keys.create(settings, args.project, scopes or frozenset(keys.ALL_SCOPES), args.name, limits)
-        )
+        record, token = asyncio.run(keys.create(settings, args.project, scopes, args.name, limits))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -209,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help=create_help, description=create_help)
     create.add_argument("--project", required=True, help="project the key belongs to")
     create.add_argument(
-        "--scopes", default="", help=f"comma-separated subset of {','.join(keys.ALL_SCOPES)} (default: all)"
+        "--scopes", default=None, help=f"comma-separated subset of {','.join(keys.ALL_SCOPES)} (default: all)"
     )
     create.add_argument("--name", default="", help="a label for the key")
     for flag, what in (

@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 from reads.gql import GQLError, compile_query, compile_text
 from reads.gql.ast import Compare, Expr, Field, Limit, Query, Text, Value, Window
 from reads.gql.compile import TIME_COLUMNS, Compiled
+from reads.gql.parser import time_ns, time_range
 from schemas.record import LEVELS
 
 MAX_LIMIT = 1000
@@ -83,9 +84,10 @@ def parse_time(name: str, value: str) -> int:
         dt = datetime.fromisoformat(value)
     except ValueError:
         raise QueryError(f"'{name}' must be an ISO 8601 time, e.g. 2024-05-31T15:30:45Z") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (int(dt.replace(microsecond=0).timestamp()) * 1_000_000 + dt.microsecond) * 1000
+    ns = time_ns(dt)
+    if ns is None:
+        raise QueryError(f"'{name}' is out of range: {time_range()}")
+    return ns
 
 
 def compile_logs(query: LogQuery) -> tuple[str, dict[str, Any]]:

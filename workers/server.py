@@ -69,7 +69,9 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
                 stage="processing",
                 request_id=request.headers.get("X-Request-Id", ""),
             )
-            return _json(500, {"error": {"code": "INTERNAL_ERROR", "message": str(exc)[:500]}})
+            # The engine's text (SQL, paths, other tenants' values) stays in the worker's log.
+            message = f"the read failed ({type(exc).__name__}); see the worker's log for read_failed"
+            return _json(500, {"error": {"code": "INTERNAL_ERROR", "message": message}})
         return _json(200, result if key is None else {key: result})
 
     async def logs(request: web.Request) -> web.Response:

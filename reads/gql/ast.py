@@ -41,7 +41,9 @@ class Value:
     def to_json(self) -> Any:
         number = self.number
         if number is not None:
-            return int(number) if number.is_integer() and "." not in self.text else number
+            # An int only where JSON carries it exactly (orjson refuses ints past 64 bits: 1e308).
+            whole = number.is_integer() and "." not in self.text and abs(number) < 2**63
+            return int(number) if whole else number
         return self.text
 
 

@@ -54,6 +54,9 @@ AGGREGATE_NAMES = frozenset({"value", "count", "count_distinct"})
 MAX_QUERY_CHARS = 10_000
 MAX_LIMIT = 10_000
 MAX_WINDOW_S = 10 * 366 * 86_400
+# What the store's DateTime64(9) columns hold; a time outside is refused, never wrapped around.
+MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2262, 4, 11, tzinfo=UTC)
 MAX_DEPTH = 32  # nested parentheses and negations; deeper is refused, never a RecursionError
 
 _OPS: dict[str, Op] = {
@@ -66,7 +69,7 @@ _OPS: dict[str, Op] = {
     "<": "lt",
     "<=": "lte",
 }
-_DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w)$")
+_DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w)$", re.ASCII)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _SOURCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -91,15 +94,32 @@ def parse_duration(text: str, pos: int) -> int:
 def parse_time(text: str, pos: int) -> int:
     """ISO 8601 (date, or date and time; no zone = UTC) or Unix seconds, to ns."""
     raw = text.strip()
-    if raw.isdigit():
-        return int(raw) * 1_000_000_000
+    if raw.isascii() and raw.isdigit():
+        seconds = int(raw)
+        if not MIN_TIME.timestamp() <= seconds < MAX_TIME.timestamp():
+            raise GQLError(f"{text!r} is out of range: {time_range()}", pos)
+        return seconds * 1_000_000_000
     try:
         dt = datetime.fromisoformat(raw)
     except ValueError:
         raise GQLError(f"{text!r} is not a time: use ISO 8601 such as 2024-05-31T15:30:45Z", pos) from None
+    ns = time_ns(dt)
+    if ns is None:
+        raise GQLError(f"{text!r} is out of range: {time_range()}", pos)
+    return ns
+
+
+def time_ns(dt: datetime) -> int | None:
+    """`dt` (no zone = UTC) in ns since the epoch, or None outside what the store holds."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
+    if not MIN_TIME <= dt < MAX_TIME:
+        return None
     return (int(dt.replace(microsecond=0).timestamp()) * 1_000_000 + dt.microsecond) * 1000
+
+
+def time_range() -> str:
+    return f"times are from {MIN_TIME:%Y-%m-%d} up to {MAX_TIME:%Y-%m-%d}"
 
 
 class _Parser:
@@ -249,7 +269,7 @@ class _Parser:
 
     def integer(self, after: str) -> int:
         token = self.peek()
-        if token.kind is not Kind.WORD or not token.value.isdigit():
+        if token.kind is not Kind.WORD or not (token.value.isascii() and token.value.isdigit()):
             raise GQLError(f"expected a whole number after '{after}', found {token.describe()}", token.pos)
         self.take()
         n = int(token.value)

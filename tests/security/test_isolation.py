@@ -391,3 +391,18 @@ def test_a_malformed_request_is_logged_as_one_line_without_its_bytes() -> None:
     assert record.exc_info is None
     text = record.getMessage()
     assert "LineTooLong" in text and secret not in text
+
+
+async def test_a_store_failure_reaches_clients_without_the_engines_text(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read the engine fails answers 503, its message free of the exception's text."""
+    token = await new_key(stack, f"storefail-{uuid.uuid4().hex[:6]}", keys.SCOPE_READ)
+
+    def failing(*args: Any) -> Any:
+        raise RuntimeError("DB::Exception: secret-path /var/lib/other-tenant")
+
+    monkeypatch.setattr("workers.server.run_logs", failing)
+    status, body = await read(stack, token, {})
+    assert status == 503, body
+    assert "secret-path" not in str(body) and "other-tenant" not in str(body)

@@ -10,7 +10,7 @@ in one insert per table and batch (one part, so the watermarks stay exact).
 Offsets travel with the rows: a batch knows, per partition, the next offset to
 commit, and commits only after its rows are in ClickHouse. One batch is inserted
 while the next is parsed (at most one in flight, so commits stay in order). Redelivery is harmless
-twice over: an insert carries a deduplication token built from its offsets (a
+twice over: an insert carries a deduplication token built from its offsets and request ids (a
 retried identical insert is dropped by the engine), and after a crash between
 insert and commit the per-table watermark (highest stored offset, maintained by a
 materialized view in the same insert) makes the worker skip what is already stored.
@@ -26,6 +26,7 @@ the batch that tripped it is left uncommitted and every partition paused until a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,10 @@ class TableBatch:
     # Envelopes whose bodies the engine parses in the insert (store_parses), not yet rows.
     deferred: list[tuple[Envelope, ConsumerRecord]] = field(default_factory=list)
     deferred_rows: int = 0  # of `rows`, those in `deferred`
+    # XOR of one digest per message (position and request id): offsets alone repeat once the
+    # topic is deleted and re-created, and the engine would drop the new rows as duplicates.
+    # Order-free, so a redelivery of the same messages builds the same token.
+    requests: int = 0
 
     @classmethod
     def empty(cls, table: str) -> TableBatch:
@@ -79,7 +84,7 @@ class TableBatch:
 
     def token(self, topic: str) -> str:
         spans = ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(self.ranges.items()))
-        return f"{self.table}|{topic}|{spans}"
+        return f"{self.table}|{topic}|{spans}|{self.requests:016x}"
 
     @property
     def mixed(self) -> bool:
@@ -98,6 +103,7 @@ class TableBatch:
     def materialize(self) -> list[DeadLetter]:
         """Parse the deferred envelopes here instead, into rows; what fails to parse is returned."""
         deferred, self.deferred = self.deferred, []
+        requests = self.requests  # already covered: enrich_step covers them again below
         self.rows -= self.deferred_rows
         self.deferred_rows = 0
         dead = []
@@ -108,11 +114,15 @@ class TableBatch:
                 dead.append(_dead_letter(record, str(exc), exc.code))
                 continue
             enrich_step(envelope, parsed, record, self)
+        self.requests = requests
         return dead
 
     def _cover(self, record: ConsumerRecord) -> None:
         lo, hi = self.ranges.get(record.partition, (record.offset, record.offset))
         self.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
+        position = b"%d:%d:" % (record.partition, record.offset)
+        digest = hashlib.blake2b(position + (record.key or b""), digest_size=8).digest()
+        self.requests ^= int.from_bytes(digest)
 
 
 def _dead_letter(record: ConsumerRecord, reason: str, code: str) -> DeadLetter:

@@ -532,8 +532,30 @@ class Pipeline:
             )
             marks = {k: v for k, v in marks.items() if k[1] not in stale}
             above = {k for k in above if k[1] not in stale}
+        reborn = await self._reborn(marks)
+        if reborn:
+            # The log reached the mark again, but with other requests: a re-created topic
+            # that has grown past the old marks. Same reasoning as for stale marks.
+            log.error(
+                "reborn_watermarks", code="reborn_watermarks", partitions=sorted(reborn), stage="processing"
+            )
+            marks = {k: v for k, v in marks.items() if k[1] not in reborn}
+            above = {k for k in above if k[1] not in reborn}
         self.watermarks, self.stored_above = marks, above
         self.watermarks_loaded = True
+
+    async def _reborn(self, marks: dict[tuple[str, int], int]) -> set[int]:
+        """Partitions where the message at some table's mark is not one that table stored."""
+        if not marks:
+            return set()
+        keys = await _keys_at(self.settings, marks)
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(
+            self._pool, _ingest_ids_at, self.client, self.settings.topic, list(marks.items())
+        )
+        return {
+            p for (t, p), o in marks.items() if (key := keys.get((p, o))) is not None and key not in ids[t, p]
+        }
 
     async def ensure_watermarks(self) -> None:
         """Called before records are batched. The assignment callback loads the watermarks,
@@ -583,6 +605,46 @@ def _stale(
     return any(o >= end for (_, p), o in marks.items() if p == partition) or any(
         o >= end for _, p, o in above if p == partition
     )
+
+
+async def _keys_at(settings: Settings, marks: dict[tuple[str, int], int]) -> dict[tuple[int, int], str]:
+    """The request id (record key) of the message at each (partition, offset) the log still
+    holds; a position it does not (retention, a control record) is left out: trusted."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
+        fetch_max_wait_ms=50,
+    )
+    found: dict[tuple[int, int], str] = {}
+    await reader.start()
+    try:
+        for partition, offset in sorted(set((p, o) for (_, p), o in marks.items())):
+            tp = TopicPartition(settings.topic, partition)
+            reader.assign([tp])
+            reader.seek(tp, offset)
+            got = await reader.getmany(tp, timeout_ms=5_000, max_records=1)
+            for r in got.get(tp, []):
+                if r.offset == offset:
+                    found[partition, offset] = (r.key or b"").decode(errors="replace")
+    finally:
+        await reader.stop()
+    return found
+
+
+def _ingest_ids_at(
+    client: Client, topic: str, marks: list[tuple[tuple[str, int], int]]
+) -> dict[tuple[str, int], set[str]]:
+    ids: dict[tuple[str, int], set[str]] = {}
+    for (table, partition), offset in marks:
+        result = client.query(
+            f"SELECT DISTINCT ingest_id FROM {table} WHERE kafka_topic = {{t:String}} "
+            "AND kafka_partition = {p:UInt32} AND kafka_offset = {o:UInt64}",
+            parameters={"t": topic, "p": partition, "o": offset},
+        )
+        ids[table, partition] = {str(i) for (i,) in result.result_rows}
+    return ids
 
 
 def _stored_positions(

@@ -73,10 +73,10 @@ class TableBatch:
     # Envelopes whose bodies the engine parses in the insert (store_parses), not yet rows.
     deferred: list[tuple[Envelope, ConsumerRecord]] = field(default_factory=list)
     deferred_rows: int = 0  # of `rows`, those in `deferred`
-    # XOR of one digest per message (position and request id): offsets alone repeat once the
-    # topic is deleted and re-created, and the engine would drop the new rows as duplicates.
-    # Order-free, so a redelivery of the same messages builds the same token.
-    requests: int = 0
+    # Request ids (record keys) per partition, in offset order, for the token: offsets alone
+    # repeat once the topic is deleted and re-created, and the engine would drop the new rows
+    # as duplicates. Hashed once per insert, not per message.
+    requests: dict[int, list[bytes]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, table: str) -> TableBatch:
@@ -84,7 +84,11 @@ class TableBatch:
 
     def token(self, topic: str) -> str:
         spans = ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(self.ranges.items()))
-        return f"{self.table}|{topic}|{spans}|{self.requests:016x}"
+        digest = hashlib.blake2b(digest_size=8)
+        for partition, keys in sorted(self.requests.items()):
+            digest.update(b"%d:" % partition)
+            digest.update(b"\n".join(keys))
+        return f"{self.table}|{topic}|{spans}|{digest.hexdigest()}"
 
     @property
     def mixed(self) -> bool:
@@ -103,7 +107,7 @@ class TableBatch:
     def materialize(self) -> list[DeadLetter]:
         """Parse the deferred envelopes here instead, into rows; what fails to parse is returned."""
         deferred, self.deferred = self.deferred, []
-        requests = self.requests  # already covered: enrich_step covers them again below
+        requests = {p: list(keys) for p, keys in self.requests.items()}  # enrich_step re-covers
         self.rows -= self.deferred_rows
         self.deferred_rows = 0
         dead = []
@@ -120,9 +124,10 @@ class TableBatch:
     def _cover(self, record: ConsumerRecord) -> None:
         lo, hi = self.ranges.get(record.partition, (record.offset, record.offset))
         self.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
-        position = b"%d:%d:" % (record.partition, record.offset)
-        digest = hashlib.blake2b(position + (record.key or b""), digest_size=8).digest()
-        self.requests ^= int.from_bytes(digest)
+        keys = self.requests.get(record.partition)
+        if keys is None:
+            keys = self.requests[record.partition] = []
+        keys.append(record.key or b"")
 
 
 def _dead_letter(record: ConsumerRecord, reason: str, code: str) -> DeadLetter:

@@ -10,7 +10,7 @@ in one insert per table and batch (one part, so the watermarks stay exact).
 Offsets travel with the rows: a batch knows, per partition, the next offset to
 commit, and commits only after its rows are in ClickHouse. One batch is inserted
 while the next is parsed (at most one in flight, so commits stay in order). Redelivery is harmless
-twice over: an insert carries a deduplication token built from its offsets (a
+twice over: an insert carries a deduplication token built from its offsets and request ids (a
 retried identical insert is dropped by the engine), and after a crash between
 insert and commit the per-table watermark (highest stored offset, maintained by a
 materialized view in the same insert) makes the worker skip what is already stored.
@@ -26,6 +26,7 @@ the batch that tripped it is left uncommitted and every partition paused until a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,10 @@ class TableBatch:
     # Envelopes whose bodies the engine parses in the insert (store_parses), not yet rows.
     deferred: list[tuple[Envelope, ConsumerRecord]] = field(default_factory=list)
     deferred_rows: int = 0  # of `rows`, those in `deferred`
+    # Request ids (record keys) per partition, in offset order, for the token: offsets alone
+    # repeat once the topic is deleted and re-created, and the engine would drop the new rows
+    # as duplicates. Hashed once per insert, not per message.
+    requests: dict[int, list[bytes]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, table: str) -> TableBatch:
@@ -79,7 +84,11 @@ class TableBatch:
 
     def token(self, topic: str) -> str:
         spans = ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(self.ranges.items()))
-        return f"{self.table}|{topic}|{spans}"
+        digest = hashlib.blake2b(digest_size=8)
+        for partition, keys in sorted(self.requests.items()):
+            digest.update(b"%d:" % partition)
+            digest.update(b"\n".join(keys))
+        return f"{self.table}|{topic}|{spans}|{digest.hexdigest()}"
 
     @property
     def mixed(self) -> bool:
@@ -98,6 +107,7 @@ class TableBatch:
     def materialize(self) -> list[DeadLetter]:
         """Parse the deferred envelopes here instead, into rows; what fails to parse is returned."""
         deferred, self.deferred = self.deferred, []
+        requests = {p: list(keys) for p, keys in self.requests.items()}  # enrich_step re-covers
         self.rows -= self.deferred_rows
         self.deferred_rows = 0
         dead = []
@@ -108,11 +118,16 @@ class TableBatch:
                 dead.append(_dead_letter(record, str(exc), exc.code))
                 continue
             enrich_step(envelope, parsed, record, self)
+        self.requests = requests
         return dead
 
     def _cover(self, record: ConsumerRecord) -> None:
         lo, hi = self.ranges.get(record.partition, (record.offset, record.offset))
         self.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
+        keys = self.requests.get(record.partition)
+        if keys is None:
+            keys = self.requests[record.partition] = []
+        keys.append(record.key or b"")
 
 
 def _dead_letter(record: ConsumerRecord, reason: str, code: str) -> DeadLetter:
@@ -522,8 +537,30 @@ class Pipeline:
             )
             marks = {k: v for k, v in marks.items() if k[1] not in stale}
             above = {k for k in above if k[1] not in stale}
+        reborn = await self._reborn(marks)
+        if reborn:
+            # The log reached the mark again, but with other requests: a re-created topic
+            # that has grown past the old marks. Same reasoning as for stale marks.
+            log.error(
+                "reborn_watermarks", code="reborn_watermarks", partitions=sorted(reborn), stage="processing"
+            )
+            marks = {k: v for k, v in marks.items() if k[1] not in reborn}
+            above = {k for k in above if k[1] not in reborn}
         self.watermarks, self.stored_above = marks, above
         self.watermarks_loaded = True
+
+    async def _reborn(self, marks: dict[tuple[str, int], int]) -> set[int]:
+        """Partitions where the message at some table's mark is not one that table stored."""
+        if not marks:
+            return set()
+        keys = await _keys_at(self.settings, marks)
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(
+            self._pool, _ingest_ids_at, self.client, self.settings.topic, list(marks.items())
+        )
+        return {
+            p for (t, p), o in marks.items() if (key := keys.get((p, o))) is not None and key not in ids[t, p]
+        }
 
     async def ensure_watermarks(self) -> None:
         """Called before records are batched. The assignment callback loads the watermarks,
@@ -573,6 +610,46 @@ def _stale(
     return any(o >= end for (_, p), o in marks.items() if p == partition) or any(
         o >= end for _, p, o in above if p == partition
     )
+
+
+async def _keys_at(settings: Settings, marks: dict[tuple[str, int], int]) -> dict[tuple[int, int], str]:
+    """The request id (record key) of the message at each (partition, offset) the log still
+    holds; a position it does not (retention, a control record) is left out: trusted."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
+        fetch_max_wait_ms=50,
+    )
+    found: dict[tuple[int, int], str] = {}
+    await reader.start()
+    try:
+        for partition, offset in sorted(set((p, o) for (_, p), o in marks.items())):
+            tp = TopicPartition(settings.topic, partition)
+            reader.assign([tp])
+            reader.seek(tp, offset)
+            got = await reader.getmany(tp, timeout_ms=5_000, max_records=1)
+            for r in got.get(tp, []):
+                if r.offset == offset:
+                    found[partition, offset] = (r.key or b"").decode(errors="replace")
+    finally:
+        await reader.stop()
+    return found
+
+
+def _ingest_ids_at(
+    client: Client, topic: str, marks: list[tuple[tuple[str, int], int]]
+) -> dict[tuple[str, int], set[str]]:
+    ids: dict[tuple[str, int], set[str]] = {}
+    for (table, partition), offset in marks:
+        result = client.query(
+            f"SELECT DISTINCT ingest_id FROM {table} WHERE kafka_topic = {{t:String}} "
+            "AND kafka_partition = {p:UInt32} AND kafka_offset = {o:UInt64}",
+            parameters={"t": topic, "p": partition, "o": offset},
+        )
+        ids[table, partition] = {str(i) for (i,) in result.result_rows}
+    return ids
 
 
 def _stored_positions(

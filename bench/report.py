@@ -239,6 +239,10 @@ def write(result: dict[str, Any], out: Path) -> list[Path]:
     else:
         shutil.copyfile(png, out / "latest.png")
         paths += [png, out / "latest.png"]
+        if result.get("sweep_table"):
+            sweep_png = out / f"{stamp}-sweep.png"
+            sweep_chart(result["sweep_table"], sweep_png)
+            paths.append(sweep_png)
     return paths
 
 
@@ -321,6 +325,79 @@ def chart(result: dict[str, Any], path: Path) -> None:
     ax3.grid(alpha=0.3)
     for ax in (ax1, ax2, ax3):
         ax.axvline(float(cfg["duration"]), color="black", linewidth=0.8, alpha=0.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+SWEEP_ROLES = ("worker", "gateway", "kafka")
+
+
+def sweep_rows(sweep: dict[str, dict[str, Any]], reference: str = "astralog") -> list[dict[str, Any]]:
+    """One row per dialect: landed/acked logs/s, CPU µs/log per process and over all of them
+    (gateways summed, load generators and the bench left out), and landed/s as a ratio to
+    the reference dialect's."""
+    rows: list[dict[str, Any]] = []
+    for dialect, run in sweep.items():
+        m, costs = run.get("millrace") or {}, run.get("processes") or {}
+        us = {role: (costs.get(role) or {}).get("cpu_us_per_log") for role in SWEEP_ROLES}
+        gateways = [c.get("cpu_us_per_log") for n, c in costs.items() if n.startswith("gateway")]
+        us["gateway"] = sum(gateways) if gateways and None not in gateways else us["gateway"]
+        parts = [us[role] for role in SWEEP_ROLES]
+        rows.append(
+            {
+                "dialect": dialect,
+                "landed_per_s": m.get("landed_per_s"),
+                "acked_per_s": m.get("acked_per_s"),
+                **{f"{role}_us_per_log": us[role] for role in SWEEP_ROLES},
+                "all_us_per_log": round(sum(parts), 2) if None not in parts else None,
+            }
+        )
+    ref = next((r for r in rows if r["dialect"] == reference), None)
+    for row in rows:
+        base, own = (ref or {}).get("landed_per_s"), row["landed_per_s"]
+        row["landed_vs_reference"] = round(own / base, 2) if base and own is not None else None
+    return rows
+
+
+def sweep_table(rows: list[dict[str, Any]], reference: str = "astralog") -> str:
+    head = (
+        f"{'dialect':<11} {'landed/s':>10} {'acked/s':>10} {'worker':>7} {'gateway':>8} {'broker':>7} "
+        f"{'all':>7}  landed vs {reference}"
+    )
+    lines = ["Sweep (CPU in µs/log)", head]
+    for r in rows:
+        lines.append(
+            f"{r['dialect']:<11} {_n(r['landed_per_s']):>10} {_n(r['acked_per_s']):>10} "
+            f"{_n(r['worker_us_per_log']):>7} {_n(r['gateway_us_per_log']):>8} "
+            f"{_n(r['kafka_us_per_log']):>7} {_n(r['all_us_per_log']):>7}  {_n(r['landed_vs_reference'], 2)}"
+        )
+    return "\n".join(lines)
+
+
+def sweep_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["dialect"] for r in rows]
+    fig, (rate, cpu) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs = range(len(rows))
+    rate.bar([x - 0.2 for x in xs], [r["acked_per_s"] or 0 for r in rows], 0.4, label="acked/s")
+    rate.bar([x + 0.2 for x in xs], [r["landed_per_s"] or 0 for r in rows], 0.4, label="landed/s")
+    rate.set_xticks(list(xs), names)
+    rate.set_ylabel("logs/s")
+    rate.legend()
+    bottom = [0.0] * len(rows)
+    for role in SWEEP_ROLES:
+        heights = [r[f"{role}_us_per_log"] or 0.0 for r in rows]
+        cpu.bar(list(xs), heights, 0.6, bottom=bottom, label="broker" if role == "kafka" else role)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    cpu.set_xticks(list(xs), names)
+    cpu.set_ylabel("CPU µs per log")
+    cpu.legend()
+    fig.suptitle("Millrace bench sweep: one pipeline, one project per dialect")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -90,6 +90,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--tail-timeout", type=float, default=300, help="seconds to wait for the tail to land (default 300)"
     )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="every dialect in turn on one pipeline, each under a project of its own; one table",
+    )
     p.add_argument("--baseline-seconds", type=float, default=15)
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument(
@@ -116,6 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.no_start and not (args.url and args.key):
         p.error("--no-start needs --url and --key")
+    if args.no_start and args.sweep:
+        p.error("--sweep needs the bench's own pipeline (it creates a project per dialect)")
     if args.duration <= 0 or args.connections < 1 or args.load_procs < 1 or args.batch_size < 1:
         p.error("--duration, --connections, --load-procs and --batch-size must be positive")
     if args.home is None:
@@ -647,11 +654,9 @@ def _ensure_gone(pids: dict[str, int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    work = args.out / f"{stamp}-work"
-    work.mkdir(parents=True)
-    dialect = payloads.DIALECTS[args.dialect]
+def prepare(args: argparse.Namespace, name: str, work: Path) -> tuple[payloads.Dialect, int, Path, float]:
+    """Generate and check one dialect's body pool and write it where the load processes read it."""
+    dialect = payloads.DIALECTS[name]
     per_body = payloads.batch_size(dialect, args.batch_size)
     if per_body != args.batch_size:
         print(f"note: {dialect.name} takes at most {per_body} logs per request; using {per_body}")
@@ -660,9 +665,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bodies = payloads.bodies(dialect, per_body, args.pool)
     for body in bodies:
         payloads.check(dialect, body, per_body)
-    bodies_file = work / "bodies.ndjson"
+    bodies_file = work / f"bodies-{name}.ndjson"
     bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-    avg_body = sum(map(len, bodies)) / len(bodies)
+    return dialect, per_body, bodies_file, sum(map(len, bodies)) / len(bodies)
+
+
+def sweep(args: argparse.Namespace, target: Target, idle: dict[str, float], work: Path) -> dict[str, Any]:
+    """The other dialects after the main one, on the same pipeline, each under a fresh project
+    and in a measurement window of its own (measure() waits for each tail to land first)."""
+    out: dict[str, Any] = {}
+    assert target.pipeline is not None
+    for name in sorted(payloads.DIALECTS):
+        if name == args.dialect:
+            continue
+        dialect, per_body, bodies_file, _ = prepare(args, name, work)
+        project = f"{target.project}-{name}"
+        key = target.pipeline.create_key(project)
+        procs.wait_for_key(target.url, payloads.headers(payloads.DIALECTS["astralog"], key))
+        one = replace(target, key=key, project=project)
+        group = spawn_load(args, one, dialect, per_body, bodies_file)
+        print(f"sweep: {dialect.name}, {per_body} logs/request, {args.duration:.0f}s", flush=True)
+        try:
+            measured = measure(argparse.Namespace(**{**vars(args), "dialect": name}), one, group, idle)
+        finally:
+            group.stop()
+        measured.pop("timeline", None)  # the main run's timeline is the one charted
+        out[name] = measured
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    work = args.out / f"{stamp}-work"
+    work.mkdir(parents=True)
+    dialect, per_body, bodies_file, avg_body = prepare(args, args.dialect, work)
     result: dict[str, Any] = {
         "version": 1,
         "started_at": stamp,
@@ -690,6 +726,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         result.update(measure(args, target, group, idle))
+        group.stop()
+        if args.sweep and target.pipeline is not None:
+            result["sweep"] = {
+                args.dialect: {k: result[k] for k in ("millrace", "processes")},
+                **sweep(args, target, idle, work),
+            }
+            result["sweep_table"] = report.sweep_rows(result["sweep"])
         if not args.no_baselines:
             result["baselines"] = baselines(args, target.pipeline, bodies_file, per_body, work)
             result["baselines"]["comparison"] = report.compare(result)
@@ -714,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print()
     print(report.table(result))
+    if result.get("sweep_table"):
+        print()
+        print(report.sweep_table(result["sweep_table"]))
     paths = report.write(result, args.out)
     print(
         "\nwrote " + ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in paths)

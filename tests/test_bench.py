@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.report import sweep_rows, sweep_table
 from bench.sampling import readable_lag
 
 
@@ -30,3 +31,30 @@ def test_readable_lag_counts_what_never_showed_up_and_handles_nothing() -> None:
     assert lag["p50"] == 100.0 and lag["logs_not_seen_landed"] == 200
     empty = readable_lag([], [])
     assert (empty["p50"], empty["p99"], empty["max"], empty["logs_not_seen_landed"]) == (None, None, None, 0)
+
+
+def _run(landed: float, acked: float, **us: float | None) -> dict[str, object]:
+    return {
+        "millrace": {"landed_per_s": landed, "acked_per_s": acked},
+        "processes": {name: {"cpu_us_per_log": v} for name, v in us.items()},
+    }
+
+
+def test_sweep_rows_sum_the_pipeline_processes_and_compare_landed_rates_to_astralog() -> None:
+    rows = sweep_rows(
+        {
+            "astralog": _run(100_000.0, 120_000.0, worker=10.0, gateway=4.0, kafka=3.0, **{"load-0": 1.0}),
+            "tg2g": _run(50_000.0, 60_000.0, worker=20.0, gateway=2.5, **{"gateway-2": 2.5}, kafka=3.0),
+        }
+    )
+    astra, tg2g = rows
+    assert (astra["all_us_per_log"], astra["landed_vs_reference"]) == (17.0, 1.0)
+    assert tg2g["gateway_us_per_log"] == 5.0  # both gateway processes
+    assert (tg2g["all_us_per_log"], tg2g["landed_vs_reference"]) == (28.0, 0.5)
+    assert "tg2g" in sweep_table(rows) and "landed vs astralog" in sweep_table(rows)
+
+
+def test_sweep_rows_leave_what_was_not_measured_unknown() -> None:
+    (row,) = sweep_rows({"dynatrace": _run(10.0, 10.0, worker=None, gateway=1.0, kafka=1.0)})
+    assert (row["all_us_per_log"], row["landed_vs_reference"]) == (None, None)
+    assert "n/a" in sweep_table([row])

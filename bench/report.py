@@ -239,9 +239,13 @@ def write(result: dict[str, Any], out: Path) -> list[Path]:
     else:
         shutil.copyfile(png, out / "latest.png")
         paths += [png, out / "latest.png"]
-        if result.get("sweep_table"):
+        if result.get("sweep_table") or result.get("peer"):
             sweep_png = out / f"{stamp}-sweep.png"
-            sweep_chart(result["sweep_table"], sweep_png)
+            sweep_chart(
+                result.get("sweep_table") or sweep_rows({result["config"]["dialect"]: result}),
+                sweep_png,
+                result.get("peer"),
+            )
             paths.append(sweep_png)
     return paths
 
@@ -375,12 +379,40 @@ def sweep_table(rows: list[dict[str, Any]], reference: str = "astralog") -> str:
     return "\n".join(lines)
 
 
-def sweep_chart(rows: list[dict[str, Any]], path: Path) -> None:
+def peer_table(result: dict[str, Any]) -> str:
+    p, own = result["peer"], sweep_rows({result["config"]["dialect"]: result})[0]
+    ratio = p.get("millrace_over_peer") or {}
+    return "\n".join(
+        [
+            f"Peer: VictoriaLogs {p['version']} (same logs as NDJSON, same load; no broker, no exactly-once, "
+            "no enrichment)",
+            f"{'':<14} {'landed/s':>10} {'acked/s':>10} {'CPU µs/log':>11}",
+            f"{'millrace':<14} {_n(own['landed_per_s']):>10} {_n(own['acked_per_s']):>10} "
+            f"{_n(own['all_us_per_log']):>11}",
+            f"{'victorialogs':<14} {_n(p['landed_per_s']):>10} {_n(p['acked_per_s']):>10} "
+            f"{_n(p['cpu_us_per_log']):>11}",
+            f"{'millrace/peer':<14} {_n(ratio.get('landed_per_s'), 2):>10} {'':>10} "
+            f"{_n(ratio.get('cpu_us_per_log'), 2):>11}",
+        ]
+    )
+
+
+def sweep_chart(rows: list[dict[str, Any]], path: Path, peer: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if peer:  # one bar of its own: a single process, no per-role split
+        rows = [
+            *rows,
+            {
+                "dialect": "victorialogs",
+                "acked_per_s": peer.get("acked_per_s"),
+                "landed_per_s": peer.get("landed_per_s"),
+                "peer_us_per_log": peer.get("cpu_us_per_log"),
+            },
+        ]
     names = [r["dialect"] for r in rows]
     fig, (rate, cpu) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = range(len(rows))
@@ -390,14 +422,14 @@ def sweep_chart(rows: list[dict[str, Any]], path: Path) -> None:
     rate.set_ylabel("logs/s")
     rate.legend()
     bottom = [0.0] * len(rows)
-    for role in SWEEP_ROLES:
-        heights = [r[f"{role}_us_per_log"] or 0.0 for r in rows]
+    for role in (*SWEEP_ROLES, "peer"):
+        heights = [r.get(f"{role}_us_per_log") or 0.0 for r in rows]
         cpu.bar(list(xs), heights, 0.6, bottom=bottom, label="broker" if role == "kafka" else role)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     cpu.set_xticks(list(xs), names)
     cpu.set_ylabel("CPU µs per log")
     cpu.legend()
-    fig.suptitle("Millrace bench sweep: one pipeline, one project per dialect")
+    fig.suptitle("Millrace per dialect (one pipeline, a project each)" + (" and its peer" if peer else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import orjson
+
+from bench import payloads, peer
 from bench.report import sweep_rows, sweep_table
 from bench.sampling import readable_lag
 
@@ -58,3 +61,24 @@ def test_sweep_rows_leave_what_was_not_measured_unknown() -> None:
     (row,) = sweep_rows({"dynatrace": _run(10.0, 10.0, worker=None, gateway=1.0, kafka=1.0)})
     assert (row["all_us_per_log"], row["landed_vs_reference"]) == (None, None)
     assert "n/a" in sweep_table([row])
+
+
+def test_the_peer_gets_each_astralog_log_as_one_ndjson_line_with_its_fields_as_sent() -> None:
+    body = payloads.bodies(payloads.DIALECTS["astralog"], 3, 1)[0]
+    lines = peer.ndjson(body).split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4  # one line per log, each ending in a newline
+    assert [orjson.loads(line) for line in lines[:-1]] == orjson.loads(body)["logs"]
+    assert peer.DIALECT.path == "/insert/jsonline?_msg_field=message&_time_field=timestamp"
+
+
+def test_peer_ratios_put_millrace_over_the_peer_and_leave_unknowns_unknown() -> None:
+    vl = peer.summary(acked=1_000, landed=800, load_s=2.0, cpu_s=0.004)
+    assert (vl["landed_per_s"], vl["cpu_us_per_log"]) == (400, 5.0)
+    assert peer.ratios({"landed_per_s": 200, "all_us_per_log": 20.0}, vl) == {
+        "landed_per_s": 0.5,
+        "cpu_us_per_log": 4.0,
+    }
+    assert peer.ratios({"landed_per_s": None, "all_us_per_log": 1.0}, peer.summary(0, 0, 0.0, 0.0)) == {
+        "landed_per_s": None,
+        "cpu_us_per_log": None,
+    }

@@ -726,6 +726,7 @@ def run_peer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if not event.wait(120):
                 raise RuntimeError(f"peer load process {i} did not get ready within 120 s")
         cpu0 = procs.cpu_seconds(vl.proc.pid) or 0.0
+        t0 = time.monotonic()
         group.go.set()
         acked, load_s, failed = 0, 0.0, 0
         for i, conn in enumerate(group.conns):
@@ -738,6 +739,7 @@ def run_peer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         deadline, landed = time.monotonic() + args.tail_timeout, 0
         while (landed := vl.count()) < acked and time.monotonic() < deadline:
             time.sleep(0.5)  # VictoriaLogs makes new rows searchable within about a second
+        landed_s = time.monotonic() - t0
         cpu1 = procs.cpu_seconds(vl.proc.pid) or cpu0
     finally:
         group.stop()
@@ -745,7 +747,7 @@ def run_peer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out = {
         "name": "victorialogs",
         "version": peer.VERSION,
-        **peer.summary(acked, landed, load_s, cpu1 - cpu0),
+        **peer.summary(acked, landed, load_s, landed_s, cpu1 - cpu0),
     }
     out["failed_requests"] = failed
     return out

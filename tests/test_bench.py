@@ -72,13 +72,13 @@ def test_the_peer_gets_each_astralog_log_as_one_ndjson_line_with_its_fields_as_s
 
 
 def test_peer_ratios_put_millrace_over_the_peer_and_leave_unknowns_unknown() -> None:
-    vl = peer.summary(acked=1_000, landed=800, load_s=2.0, cpu_s=0.004)
-    assert (vl["landed_per_s"], vl["cpu_us_per_log"]) == (400, 5.0)
+    vl = peer.summary(acked=1_000, landed=800, load_s=1.0, landed_s=2.0, cpu_s=0.004)
+    assert (vl["acked_per_s"], vl["landed_per_s"], vl["cpu_us_per_log"]) == (1_000, 400, 5.0)
     assert peer.ratios({"landed_per_s": 200, "all_us_per_log": 20.0}, vl) == {
         "landed_per_s": 0.5,
         "cpu_us_per_log": 4.0,
     }
-    assert peer.ratios({"landed_per_s": None, "all_us_per_log": 1.0}, peer.summary(0, 0, 0.0, 0.0)) == {
+    assert peer.ratios({"landed_per_s": None, "all_us_per_log": 1.0}, peer.summary(0, 0, 0.0, 0.0, 0.0)) == {
         "landed_per_s": None,
         "cpu_us_per_log": None,
     }

@@ -63,6 +63,7 @@ class LoadConfig:
     index: int = 0  # this process's number: its counter slot and its first body
     rate_rps: float = 0.0  # requests/s this process starts at most (0: as fast as answers come)
     timeout_s: float = 30.0
+    separator: bytes = b"\n"  # between bodies in bodies_file (NDJSON bodies hold newlines)
 
 
 @dataclass(slots=True)
@@ -74,7 +75,7 @@ class Tally:
 
 
 def _load_bodies(cfg: LoadConfig) -> list[bytes]:
-    lines = [line for line in Path(cfg.bodies_file).read_bytes().split(b"\n") if line]
+    lines = [line for line in Path(cfg.bodies_file).read_bytes().split(cfg.separator) if line]
     if cfg.gzip:
         lines = [gzip.compress(b, compresslevel=6) for b in lines]
     # Start each process at a different body so several processes do not send in lockstep.

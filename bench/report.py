@@ -239,6 +239,14 @@ def write(result: dict[str, Any], out: Path) -> list[Path]:
     else:
         shutil.copyfile(png, out / "latest.png")
         paths += [png, out / "latest.png"]
+        if result.get("sweep_table") or result.get("peer"):
+            sweep_png = out / f"{stamp}-sweep.png"
+            sweep_chart(
+                result.get("sweep_table") or sweep_rows({result["config"]["dialect"]: result}),
+                sweep_png,
+                result.get("peer"),
+            )
+            paths.append(sweep_png)
     return paths
 
 
@@ -321,6 +329,107 @@ def chart(result: dict[str, Any], path: Path) -> None:
     ax3.grid(alpha=0.3)
     for ax in (ax1, ax2, ax3):
         ax.axvline(float(cfg["duration"]), color="black", linewidth=0.8, alpha=0.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+SWEEP_ROLES = ("worker", "gateway", "kafka")
+
+
+def sweep_rows(sweep: dict[str, dict[str, Any]], reference: str = "astralog") -> list[dict[str, Any]]:
+    """One row per dialect: landed/acked logs/s, CPU µs/log per process and over all of them
+    (gateways summed, load generators and the bench left out), and landed/s as a ratio to
+    the reference dialect's."""
+    rows: list[dict[str, Any]] = []
+    for dialect, run in sweep.items():
+        m, costs = run.get("millrace") or {}, run.get("processes") or {}
+        us = {role: (costs.get(role) or {}).get("cpu_us_per_log") for role in SWEEP_ROLES}
+        gateways = [c.get("cpu_us_per_log") for n, c in costs.items() if n.startswith("gateway")]
+        us["gateway"] = sum(gateways) if gateways and None not in gateways else us["gateway"]
+        parts = [us[role] for role in SWEEP_ROLES]
+        rows.append(
+            {
+                "dialect": dialect,
+                "landed_per_s": m.get("landed_per_s"),
+                "acked_per_s": m.get("acked_per_s"),
+                **{f"{role}_us_per_log": us[role] for role in SWEEP_ROLES},
+                "all_us_per_log": round(sum(parts), 2) if None not in parts else None,
+            }
+        )
+    ref = next((r for r in rows if r["dialect"] == reference), None)
+    for row in rows:
+        base, own = (ref or {}).get("landed_per_s"), row["landed_per_s"]
+        row["landed_vs_reference"] = round(own / base, 2) if base and own is not None else None
+    return rows
+
+
+def sweep_table(rows: list[dict[str, Any]], reference: str = "astralog") -> str:
+    head = (
+        f"{'dialect':<11} {'landed/s':>10} {'acked/s':>10} {'worker':>7} {'gateway':>8} {'broker':>7} "
+        f"{'all':>7}  landed vs {reference}"
+    )
+    lines = ["Sweep (CPU in µs/log)", head]
+    for r in rows:
+        lines.append(
+            f"{r['dialect']:<11} {_n(r['landed_per_s']):>10} {_n(r['acked_per_s']):>10} "
+            f"{_n(r['worker_us_per_log']):>7} {_n(r['gateway_us_per_log']):>8} "
+            f"{_n(r['kafka_us_per_log']):>7} {_n(r['all_us_per_log']):>7}  {_n(r['landed_vs_reference'], 2)}"
+        )
+    return "\n".join(lines)
+
+
+def peer_table(result: dict[str, Any]) -> str:
+    p, own = result["peer"], sweep_rows({result["config"]["dialect"]: result})[0]
+    ratio = p.get("millrace_over_peer") or {}
+    return "\n".join(
+        [
+            f"Peer: VictoriaLogs {p['version']} (same logs as NDJSON, same load; no broker, no exactly-once, "
+            "no enrichment)",
+            f"{'':<14} {'landed/s':>10} {'acked/s':>10} {'CPU µs/log':>11}",
+            f"{'millrace':<14} {_n(own['landed_per_s']):>10} {_n(own['acked_per_s']):>10} "
+            f"{_n(own['all_us_per_log']):>11}",
+            f"{'victorialogs':<14} {_n(p['landed_per_s']):>10} {_n(p['acked_per_s']):>10} "
+            f"{_n(p['cpu_us_per_log']):>11}",
+            f"{'millrace/peer':<14} {_n(ratio.get('landed_per_s'), 2):>10} {'':>10} "
+            f"{_n(ratio.get('cpu_us_per_log'), 2):>11}",
+        ]
+    )
+
+
+def sweep_chart(rows: list[dict[str, Any]], path: Path, peer: dict[str, Any] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if peer:  # one bar of its own: a single process, no per-role split
+        rows = [
+            *rows,
+            {
+                "dialect": "victorialogs",
+                "acked_per_s": peer.get("acked_per_s"),
+                "landed_per_s": peer.get("landed_per_s"),
+                "peer_us_per_log": peer.get("cpu_us_per_log"),
+            },
+        ]
+    names = [r["dialect"] for r in rows]
+    fig, (rate, cpu) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs = range(len(rows))
+    rate.bar([x - 0.2 for x in xs], [r["acked_per_s"] or 0 for r in rows], 0.4, label="acked/s")
+    rate.bar([x + 0.2 for x in xs], [r["landed_per_s"] or 0 for r in rows], 0.4, label="landed/s")
+    rate.set_xticks(list(xs), names)
+    rate.set_ylabel("logs/s")
+    rate.legend()
+    bottom = [0.0] * len(rows)
+    for role in (*SWEEP_ROLES, "peer"):
+        heights = [r.get(f"{role}_us_per_log") or 0.0 for r in rows]
+        cpu.bar(list(xs), heights, 0.6, bottom=bottom, label="broker" if role == "kafka" else role)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    cpu.set_xticks(list(xs), names)
+    cpu.set_ylabel("CPU µs per log")
+    cpu.legend()
+    fig.suptitle("Millrace per dialect (one pipeline, a project each)" + (" and its peer" if peer else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import orjson
 
-from bench import load, payloads, procs, report, sampling
+from bench import load, payloads, peer, procs, report, sampling
 from bench.baselines import kafka_produce
 from millrace import internal
 
@@ -90,6 +90,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--tail-timeout", type=float, default=300, help="seconds to wait for the tail to land (default 300)"
     )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="every dialect in turn on one pipeline, each under a project of its own; one table",
+    )
+    p.add_argument(
+        "--peer",
+        choices=["victorialogs"],
+        default=None,
+        help="after Millrace, the same AstraLog logs and load against a peer store (bench/peer.py)",
+    )
     p.add_argument("--baseline-seconds", type=float, default=15)
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument(
@@ -116,6 +127,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.no_start and not (args.url and args.key):
         p.error("--no-start needs --url and --key")
+    if args.peer and args.dialect != "astralog":
+        p.error("--peer sends AstraLog's logs: compare it with --dialect astralog")
+    if args.no_start and args.sweep:
+        p.error("--sweep needs the bench's own pipeline (it creates a project per dialect)")
     if args.duration <= 0 or args.connections < 1 or args.load_procs < 1 or args.batch_size < 1:
         p.error("--duration, --connections, --load-procs and --batch-size must be positive")
     if args.home is None:
@@ -239,7 +254,12 @@ class LoadGroup:
 
 
 def spawn_load(
-    args: argparse.Namespace, target: Target, dialect: payloads.Dialect, per_body: int, bodies_file: Path
+    args: argparse.Namespace,
+    target: Target,
+    dialect: payloads.Dialect,
+    per_body: int,
+    bodies_file: Path,
+    separator: bytes = b"\n",
 ) -> LoadGroup:
     ctx = mp.get_context("spawn")
     group = LoadGroup(go=ctx.Event(), counters=ctx.Array("q", load.SLOTS * args.load_procs, lock=False))
@@ -256,6 +276,7 @@ def spawn_load(
             gzip=args.gzip,
             index=i,
             rate_rps=args.rate / per_body / args.load_procs if args.rate > 0 else 0.0,
+            separator=separator,
         )
         proc = ctx.Process(target=load.main, args=(cfg, group.counters, ready, group.go, send), daemon=True)
         proc.start()
@@ -647,11 +668,9 @@ def _ensure_gone(pids: dict[str, int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    work = args.out / f"{stamp}-work"
-    work.mkdir(parents=True)
-    dialect = payloads.DIALECTS[args.dialect]
+def prepare(args: argparse.Namespace, name: str, work: Path) -> tuple[payloads.Dialect, int, Path, float]:
+    """Generate and check one dialect's body pool and write it where the load processes read it."""
+    dialect = payloads.DIALECTS[name]
     per_body = payloads.batch_size(dialect, args.batch_size)
     if per_body != args.batch_size:
         print(f"note: {dialect.name} takes at most {per_body} logs per request; using {per_body}")
@@ -660,9 +679,85 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bodies = payloads.bodies(dialect, per_body, args.pool)
     for body in bodies:
         payloads.check(dialect, body, per_body)
-    bodies_file = work / "bodies.ndjson"
+    bodies_file = work / f"bodies-{name}.ndjson"
     bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-    avg_body = sum(map(len, bodies)) / len(bodies)
+    return dialect, per_body, bodies_file, sum(map(len, bodies)) / len(bodies)
+
+
+def sweep(args: argparse.Namespace, target: Target, idle: dict[str, float], work: Path) -> dict[str, Any]:
+    """The other dialects after the main one, on the same pipeline, each under a fresh project
+    and in a measurement window of its own (measure() waits for each tail to land first)."""
+    out: dict[str, Any] = {}
+    assert target.pipeline is not None
+    for name in sorted(payloads.DIALECTS):
+        if name == args.dialect:
+            continue
+        dialect, per_body, bodies_file, _ = prepare(args, name, work)
+        project = f"{target.project}-{name}"
+        key = target.pipeline.create_key(project)
+        procs.wait_for_key(target.url, payloads.headers(payloads.DIALECTS["astralog"], key))
+        one = replace(target, key=key, project=project)
+        group = spawn_load(args, one, dialect, per_body, bodies_file)
+        print(f"sweep: {dialect.name}, {per_body} logs/request, {args.duration:.0f}s", flush=True)
+        try:
+            measured = measure(argparse.Namespace(**{**vars(args), "dialect": name}), one, group, idle)
+        finally:
+            group.stop()
+        measured.pop("timeline", None)  # the main run's timeline is the one charted
+        out[name] = measured
+    return out
+
+
+def run_peer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The same AstraLog logs, as NDJSON, with the same load, into VictoriaLogs (bench/peer.py)."""
+    binary = peer.build()
+    _, per_body, bodies_file, _ = prepare(args, "astralog", work)
+    lines = [b for b in bodies_file.read_bytes().split(b"\n") if b]
+    ndjson_file = work / "bodies-victorialogs.ndjson"
+    ndjson_file.write_bytes(peer.SEPARATOR.join(peer.ndjson(b) for b in lines))
+    vl = peer.start(binary, args.out / "victorialogs.log")
+    print(
+        f"peer: VictoriaLogs {peer.VERSION} at {vl.url} (pid {vl.proc.pid}), {args.duration:.0f}s", flush=True
+    )
+    target = Target(vl.url, "", "", "", {})
+    group = spawn_load(args, target, peer.DIALECT, per_body, ndjson_file, peer.SEPARATOR)
+    try:
+        for i, event in enumerate(group.ready):
+            if not event.wait(120):
+                raise RuntimeError(f"peer load process {i} did not get ready within 120 s")
+        cpu0 = procs.cpu_seconds(vl.proc.pid) or 0.0
+        t0 = time.monotonic()
+        group.go.set()
+        acked, load_s, failed = 0, 0.0, 0
+        for i, conn in enumerate(group.conns):
+            if not conn.poll(args.duration + 120):
+                raise RuntimeError(f"peer load process {i} did not finish within 120 s of its end")
+            tally = conn.recv()
+            acked += tally["acked_logs"]
+            load_s = max(load_s, tally["elapsed_s"])
+            failed += sum(tally["failed"].values())
+        deadline, landed = time.monotonic() + args.tail_timeout, 0
+        while (landed := vl.count()) < acked and time.monotonic() < deadline:
+            time.sleep(0.5)  # VictoriaLogs makes new rows searchable within about a second
+        landed_s = time.monotonic() - t0
+        cpu1 = procs.cpu_seconds(vl.proc.pid) or cpu0
+    finally:
+        group.stop()
+        vl.stop()
+    out = {
+        "name": "victorialogs",
+        "version": peer.VERSION,
+        **peer.summary(acked, landed, load_s, landed_s, cpu1 - cpu0),
+    }
+    out["failed_requests"] = failed
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    work = args.out / f"{stamp}-work"
+    work.mkdir(parents=True)
+    dialect, per_body, bodies_file, avg_body = prepare(args, args.dialect, work)
     result: dict[str, Any] = {
         "version": 1,
         "started_at": stamp,
@@ -690,6 +785,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         result.update(measure(args, target, group, idle))
+        group.stop()
+        if args.sweep and target.pipeline is not None:
+            result["sweep"] = {
+                args.dialect: {k: result[k] for k in ("millrace", "processes")},
+                **sweep(args, target, idle, work),
+            }
+            result["sweep_table"] = report.sweep_rows(result["sweep"])
         if not args.no_baselines:
             result["baselines"] = baselines(args, target.pipeline, bodies_file, per_body, work)
             result["baselines"]["comparison"] = report.compare(result)
@@ -704,8 +806,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.keep_data:
                 # A 60 s run leaves gigabytes of topic data and rows; the logs in run/ stay for a look.
                 _wipe(args.home, ("kafka/data", "kafka/cluster.id", "clickhouse"))
-        if not args.keep_work:
+        if not args.keep_work and not args.peer:
             shutil.rmtree(work, ignore_errors=True)
+    if args.peer:  # after Millrace is down, so the two never share the machine
+        try:
+            result["peer"] = run_peer(args, work)
+        finally:
+            if not args.keep_work:
+                shutil.rmtree(work, ignore_errors=True)
+        own = report.sweep_rows({args.dialect: result})[0]
+        result["peer"]["millrace_over_peer"] = peer.ratios(own, result["peer"])
     return result
 
 
@@ -714,6 +824,12 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print()
     print(report.table(result))
+    if result.get("sweep_table"):
+        print()
+        print(report.sweep_table(result["sweep_table"]))
+    if result.get("peer"):
+        print()
+        print(report.peer_table(result))
     paths = report.write(result, args.out)
     print(
         "\nwrote " + ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in paths)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
+
+from bench import payloads, peer
+from bench.report import sweep_rows, sweep_table
 from bench.sampling import readable_lag
 
 
@@ -30,3 +34,51 @@ def test_readable_lag_counts_what_never_showed_up_and_handles_nothing() -> None:
     assert lag["p50"] == 100.0 and lag["logs_not_seen_landed"] == 200
     empty = readable_lag([], [])
     assert (empty["p50"], empty["p99"], empty["max"], empty["logs_not_seen_landed"]) == (None, None, None, 0)
+
+
+def _run(landed: float, acked: float, **us: float | None) -> dict[str, object]:
+    return {
+        "millrace": {"landed_per_s": landed, "acked_per_s": acked},
+        "processes": {name: {"cpu_us_per_log": v} for name, v in us.items()},
+    }
+
+
+def test_sweep_rows_sum_the_pipeline_processes_and_compare_landed_rates_to_astralog() -> None:
+    rows = sweep_rows(
+        {
+            "astralog": _run(100_000.0, 120_000.0, worker=10.0, gateway=4.0, kafka=3.0, **{"load-0": 1.0}),
+            "tg2g": _run(50_000.0, 60_000.0, worker=20.0, gateway=2.5, **{"gateway-2": 2.5}, kafka=3.0),
+        }
+    )
+    astra, tg2g = rows
+    assert (astra["all_us_per_log"], astra["landed_vs_reference"]) == (17.0, 1.0)
+    assert tg2g["gateway_us_per_log"] == 5.0  # both gateway processes
+    assert (tg2g["all_us_per_log"], tg2g["landed_vs_reference"]) == (28.0, 0.5)
+    assert "tg2g" in sweep_table(rows) and "landed vs astralog" in sweep_table(rows)
+
+
+def test_sweep_rows_leave_what_was_not_measured_unknown() -> None:
+    (row,) = sweep_rows({"dynatrace": _run(10.0, 10.0, worker=None, gateway=1.0, kafka=1.0)})
+    assert (row["all_us_per_log"], row["landed_vs_reference"]) == (None, None)
+    assert "n/a" in sweep_table([row])
+
+
+def test_the_peer_gets_each_astralog_log_as_one_ndjson_line_with_its_fields_as_sent() -> None:
+    body = payloads.bodies(payloads.DIALECTS["astralog"], 3, 1)[0]
+    lines = peer.ndjson(body).split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4  # one line per log, each ending in a newline
+    assert [orjson.loads(line) for line in lines[:-1]] == orjson.loads(body)["logs"]
+    assert peer.DIALECT.path == "/insert/jsonline?_msg_field=message&_time_field=timestamp"
+
+
+def test_peer_ratios_put_millrace_over_the_peer_and_leave_unknowns_unknown() -> None:
+    vl = peer.summary(acked=1_000, landed=800, load_s=1.0, landed_s=2.0, cpu_s=0.004)
+    assert (vl["acked_per_s"], vl["landed_per_s"], vl["cpu_us_per_log"]) == (1_000, 400, 5.0)
+    assert peer.ratios({"landed_per_s": 200, "all_us_per_log": 20.0}, vl) == {
+        "landed_per_s": 0.5,
+        "cpu_us_per_log": 4.0,
+    }
+    assert peer.ratios({"landed_per_s": None, "all_us_per_log": 1.0}, peer.summary(0, 0, 0.0, 0.0, 0.0)) == {
+        "landed_per_s": None,
+        "cpu_us_per_log": None,
+    }

@@ -121,14 +121,14 @@ async def test_local_broker_lifecycle(tmp_path: Path) -> None:
         first_pid = broker.pid()
         assert first_pid is not None and broker.is_running()
         assert broker.pid_file.read_text().strip() == str(first_pid)
-        await wait_for_kafka(settings.bootstrap, timeout_s=10)
+        await wait_for_kafka(settings, timeout_s=10)
         meta = (broker.data_dir / "meta.properties").read_text()
 
         # Two at once: the loser of the creation race must shrug off TopicAlreadyExists.
         await asyncio.gather(ensure_topics(settings), ensure_topics(settings))
         await ensure_topics(settings)
         assert await describe(settings) == {settings.topic: 3, settings.dlq_topic: 3, settings.keys_topic: 1}
-        async with admin_client(settings.bootstrap) as admin:
+        async with admin_client(settings) as admin:
             (response,) = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, settings.keys_topic)]
             )

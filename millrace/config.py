@@ -91,6 +91,9 @@ class Settings:
         "chdb://<MILLRACE_HOME>/clickhouse",
         "Store: chdb://<dir> (embedded, in the worker) or http(s)://user:pass@host:port",
     )
+    clickhouse_ca: str = _setting(
+        "MILLRACE_CLICKHOUSE_CA", "", "CA bundle that signs an https:// ClickHouse server's certificate"
+    )
     database: str = _setting("MILLRACE_CLICKHOUSE_DATABASE", "millrace", "ClickHouse database")
     clickhouse_cluster: str = _setting(
         "MILLRACE_CLICKHOUSE_CLUSTER",
@@ -241,6 +244,12 @@ class Settings:
                 "port; with a chdb:// DSN leave it at 127.0.0.1, or use an http(s):// ClickHouse DSN"
             )
         _check_kafka_security(values)
+        if values["clickhouse_ca"] and not dsn.startswith("https://"):
+            raise ConfigError(
+                "MILLRACE_CLICKHOUSE_CA is set but MILLRACE_CLICKHOUSE_DSN is not https://; unset one"
+            )
+        if values["clickhouse_ca"] and not Path(values["clickhouse_ca"]).is_file():
+            raise ConfigError(f"MILLRACE_CLICKHOUSE_CA={values['clickhouse_ca']!r} is not a readable file")
         return cls(**values)
 
 

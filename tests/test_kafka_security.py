@@ -82,3 +82,16 @@ def test_tls_builds_a_verifying_context_from_the_ca(tmp_path: Path) -> None:
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "localhost"),),)]
+
+
+def test_clickhouse_ca_needs_https_and_a_file(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    with pytest.raises(ConfigError, match="MILLRACE_CLICKHOUSE_CA is set but"):
+        Settings.from_env({"MILLRACE_CLICKHOUSE_CA": str(ca)})
+    dsn = "https://u:p@ch.example:8443"
+    with pytest.raises(ConfigError, match="not a readable file"):
+        Settings.from_env({"MILLRACE_CLICKHOUSE_DSN": dsn, "MILLRACE_CLICKHOUSE_CA": str(tmp_path / "no")})
+    assert Settings.from_env(
+        {"MILLRACE_CLICKHOUSE_DSN": dsn, "MILLRACE_CLICKHOUSE_CA": str(ca)}
+    ).clickhouse_ca == str(ca)

@@ -46,6 +46,21 @@ class Settings:
         "KAFKA_BOOTSTRAP_SERVERS", "", "An existing Kafka cluster; empty runs the project's local broker"
     )
     kafka_port: int = _setting("MILLRACE_KAFKA_PORT", "9092", "Port of the local broker (when it is used)")
+    kafka_security_protocol: str = _setting(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "KAFKA_SASL_MECHANISM", "", "SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str = _setting("KAFKA_SASL_USERNAME", "", "SASL user name (SASL_* protocols)")
+    kafka_sasl_password: str = _setting("KAFKA_SASL_PASSWORD", "", "SASL password (SASL_* protocols)")
+    kafka_ssl_cafile: str = _setting(
+        "KAFKA_SSL_CAFILE", "", "CA bundle that signs the brokers' certificates (SSL, SASL_SSL)"
+    )
+    kafka_ssl_certfile: str = _setting(
+        "KAFKA_SSL_CERTFILE", "", "Client certificate for mutual TLS (SSL, SASL_SSL)"
+    )
+    kafka_ssl_keyfile: str = _setting("KAFKA_SSL_KEYFILE", "", "Key of KAFKA_SSL_CERTFILE")
     topic: str = _setting("MILLRACE_TOPIC", "millrace.raw", "Topic of raw request envelopes")
     dlq_topic: str = _setting("MILLRACE_DLQ_TOPIC", "millrace.dlq", "Dead-letter topic")
     keys_topic: str = _setting(
@@ -75,6 +90,9 @@ class Settings:
         "MILLRACE_CLICKHOUSE_DSN",
         "chdb://<MILLRACE_HOME>/clickhouse",
         "Store: chdb://<dir> (embedded, in the worker) or http(s)://user:pass@host:port",
+    )
+    clickhouse_ca: str = _setting(
+        "MILLRACE_CLICKHOUSE_CA", "", "CA bundle that signs an https:// ClickHouse server's certificate"
     )
     database: str = _setting("MILLRACE_CLICKHOUSE_DATABASE", "millrace", "ClickHouse database")
     clickhouse_cluster: str = _setting(
@@ -205,6 +223,8 @@ class Settings:
             "kafka_compression": lambda n, v: _choice(
                 n, v.lower(), ("none", "gzip", "lz4", "zstd", "snappy")
             ),
+            "kafka_security_protocol": lambda n, v: _choice(n, v.upper(), SECURITY_PROTOCOLS),
+            "kafka_sasl_mechanism": lambda n, v: _choice(n, v.upper(), ("", *SASL_MECHANISMS)),
         }
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -223,7 +243,54 @@ class Settings:
                 f"MILLRACE_WORKER_HOST={values['worker_host']!r} would expose the embedded store's read "
                 "port; with a chdb:// DSN leave it at 127.0.0.1, or use an http(s):// ClickHouse DSN"
             )
+        _check_kafka_security(values)
+        if values["clickhouse_ca"] and not dsn.startswith("https://"):
+            raise ConfigError(
+                "MILLRACE_CLICKHOUSE_CA is set but MILLRACE_CLICKHOUSE_DSN is not https://; unset one"
+            )
+        if values["clickhouse_ca"] and not Path(values["clickhouse_ca"]).is_file():
+            raise ConfigError(f"MILLRACE_CLICKHOUSE_CA={values['clickhouse_ca']!r} is not a readable file")
         return cls(**values)
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _check_kafka_security(values: Mapping[str, Any]) -> None:
+    """Refuse combinations a Kafka client would silently ignore or fail on at first connect."""
+    protocol = values["kafka_security_protocol"]
+    sasl = {
+        "KAFKA_SASL_MECHANISM": values["kafka_sasl_mechanism"],
+        "KAFKA_SASL_USERNAME": values["kafka_sasl_username"],
+        "KAFKA_SASL_PASSWORD": values["kafka_sasl_password"],
+    }
+    tls = {
+        "KAFKA_SSL_CAFILE": values["kafka_ssl_cafile"],
+        "KAFKA_SSL_CERTFILE": values["kafka_ssl_certfile"],
+        "KAFKA_SSL_KEYFILE": values["kafka_ssl_keyfile"],
+    }
+    if protocol.startswith("SASL_"):
+        missing = [name for name, value in sasl.items() if not value]
+        if missing:
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}; set them")
+    elif any(sasl.values()):
+        set_ = [name for name, value in sasl.items() if value]
+        raise ConfigError(
+            f"{', '.join(set_)} set but KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL; "
+            "use SASL_PLAINTEXT or SASL_SSL, or unset them"
+        )
+    if not protocol.endswith("SSL") and any(tls.values()):
+        set_ = [name for name, value in tls.items() if value]
+        raise ConfigError(
+            f"{', '.join(set_)} set but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS; "
+            "use SSL or SASL_SSL, or unset them"
+        )
+    if bool(tls["KAFKA_SSL_CERTFILE"]) != bool(tls["KAFKA_SSL_KEYFILE"]):
+        raise ConfigError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together; set both or neither")
+    for name, value in tls.items():
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{name}={value!r} is not a readable file")
 
 
 def _positive_float(name: str, raw: str) -> float:

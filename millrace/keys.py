@@ -28,6 +28,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from millrace.config import Settings
+from millrace.kafka.topics import client_options
 
 log = structlog.get_logger()
 
@@ -204,7 +205,7 @@ class KeyStore:
     async def start(self) -> None:
         tp = TopicPartition(self.settings.keys_topic, 0)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
+            **client_options(self.settings),
             enable_auto_commit=False,
             group_id=None,
             auto_offset_reset="earliest",
@@ -284,7 +285,7 @@ class KeyStore:
 
 
 async def _write(settings: Settings, record: ApiKey) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(settings.keys_topic, record.to_json(), key=record.key_id.encode())

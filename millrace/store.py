@@ -41,7 +41,8 @@ _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 def connect(settings: Settings, *, create_database: bool = True) -> Client:
     """A client whose current database is Millrace's, created if absent."""
-    client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+    tls: dict[str, Any] = {"ca_cert": settings.clickhouse_ca} if settings.clickhouse_ca else {}
+    client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn, **tls)
     if create_database:
         client.command(
             on_cluster(

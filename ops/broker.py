@@ -56,6 +56,7 @@ JVM_OPTS = (
     "-Djava.awt.headless=true",
 )
 FETCH_MARKER = ".millrace-fetched"
+PRIVATE_UMASK = 0o077  # files the broker creates (log segments, metadata) are its user's alone
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 TAIL_LINES = 40
 
@@ -305,6 +306,7 @@ class LocalBroker:
             d.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self._format_storage(java)
+        self._restrict_access()  # last: config and cluster.id were just written with our umask
 
         if self.log_file.exists() and self.log_file.stat().st_size > LOG_ROTATE_BYTES:
             self.log_file.replace(self.log_file.with_suffix(".log.1"))
@@ -318,7 +320,9 @@ class LocalBroker:
             str(self.server_properties),
         ]
         started = time.monotonic()
-        with self.log_file.open("ab") as out:
+        # 0600 from creation: the broker log names topics and clients.
+        fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:
             out.write(f"\n=== millrace: starting Kafka broker at {time.strftime('%FT%T%z')} ===\n".encode())
             out.flush()
             log_offset = out.tell()
@@ -329,6 +333,7 @@ class LocalBroker:
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
                 start_new_session=True,  # own process group: stop() signals the group
+                umask=PRIVATE_UMASK,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
         log.info("kafka_starting", pid=self._proc.pid, bootstrap=self.settings.bootstrap)
@@ -376,6 +381,17 @@ class LocalBroker:
                 "Java 17+ is needed to run the local Kafka broker; install a JDK or set JAVA_HOME"
             )
         return java
+
+    def _restrict_access(self) -> None:
+        """Only our user may read the home: the broker holds every tenant's raw envelopes and the
+        key records. The home itself is made 0700 (nothing under it is reachable by others then),
+        and the broker's own tree 0700/0600 in case the home is loosened later; what the broker
+        writes from now on is private by its umask."""
+        self.settings.home.chmod(0o700)
+        for path in (self.root, *self.root.rglob("*")):
+            if path.is_symlink():
+                continue
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
     def _write_config(self) -> None:
         port, cport = self.port, self.controller_port
@@ -430,7 +446,9 @@ class LocalBroker:
             "--config",
             str(self.server_properties),
         ]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=120, check=False, umask=PRIVATE_UMASK
+        )
         if done.returncode != 0:
             raise BrokerError(
                 f"formatting Kafka storage in {self.data_dir} failed:\n{done.stdout}{done.stderr}"

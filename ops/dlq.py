@@ -36,7 +36,13 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import ConsumerRecord
 
 from millrace.config import Settings
-from millrace.kafka.topics import ENVELOPE_OVERHEAD, REQUEST_TIMEOUT_MS, admin_client, envelope_producer
+from millrace.kafka.topics import (
+    ENVELOPE_OVERHEAD,
+    REQUEST_TIMEOUT_MS,
+    admin_client,
+    client_options,
+    envelope_producer,
+)
 from schemas.deadletter import DeadLetter
 from schemas.envelope import Envelope, EnvelopeError, decode
 
@@ -92,7 +98,7 @@ class ReplayResult:
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
     # No group: reading commits nothing and takes nothing away from anyone else.
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings),
         group_id=None,
         enable_auto_commit=False,
         max_partition_fetch_bytes=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
@@ -141,7 +147,7 @@ async def read_topic(
 
 async def _partition_numbers(settings: Settings, topic: str) -> list[int]:
     # The consumer's own metadata knows only topics it subscribed to; ask the cluster.
-    async with admin_client(settings.bootstrap) as admin:
+    async with admin_client(settings) as admin:
         described: list[dict[str, Any]] = await admin.describe_topics([topic])
     # An absent topic comes back with an error code (UNKNOWN_TOPIC_OR_PARTITION), not missing.
     return sorted(p["partition"] for t in described if t["error_code"] == 0 for p in t["partitions"])
@@ -199,7 +205,7 @@ async def _ensure_marker_topic(settings: Settings) -> None:
         settings.replication_factor,
         topic_configs={"cleanup.policy": "compact"},
     )
-    async with admin_client(settings.bootstrap) as admin:
+    async with admin_client(settings) as admin:
         response = await admin.create_topics([wanted], timeout_ms=REQUEST_TIMEOUT_MS)
         for name, code, *rest in response.topic_errors:
             error = for_code(code)

@@ -40,7 +40,7 @@ def base_url(settings: Settings) -> str:
 
 async def _prepare(settings: Settings) -> str:
     """Topics exist and a dev key works; returns that key."""
-    await wait_for_kafka(settings.bootstrap, timeout_s=60)
+    await wait_for_kafka(settings, timeout_s=60)
     await ensure_topics(settings)
     path = dev_key_file(settings)
     if path.exists():

@@ -38,6 +38,13 @@ def free_listener_and_controller_ports() -> int:
     raise RuntimeError("no two adjacent free ports")
 
 
+def assert_private(home: Path, root: Path) -> None:
+    """Audit F2: on a shared host no other user may read the broker's data or config."""
+    assert home.stat().st_mode & 0o077 == 0
+    loose = [str(p) for p in (root, *root.rglob("*")) if not p.is_symlink() and p.stat().st_mode & 0o077]
+    assert loose == []
+
+
 def process_gone(pid: int) -> bool:
     """Gone, or a zombie awaiting its parent (not merely exiting)."""
     return process_exited(pid)
@@ -121,14 +128,15 @@ async def test_local_broker_lifecycle(tmp_path: Path) -> None:
         first_pid = broker.pid()
         assert first_pid is not None and broker.is_running()
         assert broker.pid_file.read_text().strip() == str(first_pid)
-        await wait_for_kafka(settings.bootstrap, timeout_s=10)
+        await wait_for_kafka(settings, timeout_s=10)
         meta = (broker.data_dir / "meta.properties").read_text()
+        assert_private(settings.home, broker.root)
 
         # Two at once: the loser of the creation race must shrug off TopicAlreadyExists.
         await asyncio.gather(ensure_topics(settings), ensure_topics(settings))
         await ensure_topics(settings)
         assert await describe(settings) == {settings.topic: 3, settings.dlq_topic: 3, settings.keys_topic: 1}
-        async with admin_client(settings.bootstrap) as admin:
+        async with admin_client(settings) as admin:
             (response,) = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, settings.keys_topic)]
             )
@@ -142,6 +150,7 @@ async def test_local_broker_lifecycle(tmp_path: Path) -> None:
         finally:
             await producer.stop()
         assert await read_all(settings, settings.topic, 1) == [(b"k1", b"hello")]
+        assert_private(settings.home, broker.root)  # the topic's segments too
 
         await asyncio.to_thread(broker.stop)
         assert process_gone(first_pid)

@@ -43,7 +43,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from formats import PARSERS, ParseContext, Parsed, ParseError, astralog_store
 from millrace import metrics, store
 from millrace.config import Settings
-from millrace.kafka.topics import ENVELOPE_OVERHEAD, envelope_producer
+from millrace.kafka.topics import ENVELOPE_OVERHEAD, client_options, envelope_producer
 from schemas.deadletter import DeadLetter
 from schemas.envelope import Envelope, EnvelopeError, decode
 from schemas.record import MAP_COLUMN, PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
@@ -705,7 +705,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def make_consumer(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings),
         group_id=settings.consumer_group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

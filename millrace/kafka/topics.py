@@ -16,6 +16,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
 
 from millrace.config import Settings
 
@@ -26,12 +27,32 @@ REQUEST_TIMEOUT_MS = 15_000
 ENVELOPE_OVERHEAD = 64 * 1024  # room for an envelope's metadata on top of the largest body
 
 
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Where and how every Kafka client (producer, consumer, admin) connects: the one place
+    that turns the KAFKA_* security settings into aiokafka arguments."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    if settings.kafka_security_protocol.endswith("SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+        )
+    return options
+
+
 def envelope_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     """A producer for whole envelopes (gateway, dead letters, replay): acknowledged by every
     in-sync replica, idempotent, and large enough for the biggest body the gateway accepts
     (without the size, one envelope over 1 MB would fail to send)."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings),
         acks="all",
         enable_idempotence=True,
         max_request_size=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
@@ -54,9 +75,9 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
 
 
 @contextlib.asynccontextmanager
-async def admin_client(bootstrap: str) -> AsyncIterator[Any]:
+async def admin_client(settings: Settings) -> AsyncIterator[Any]:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id=CLIENT_ID, request_timeout_ms=REQUEST_TIMEOUT_MS
+        **client_options(settings), client_id=CLIENT_ID, request_timeout_ms=REQUEST_TIMEOUT_MS
     )
     try:
         await admin.start()
@@ -65,14 +86,14 @@ async def admin_client(bootstrap: str) -> AsyncIterator[Any]:
         await admin.close()
 
 
-async def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
-    """Retry until the cluster at `bootstrap` answers a metadata request with at least one broker."""
+async def wait_for_kafka(settings: Settings, timeout_s: float) -> None:
+    """Retry until the cluster at `settings.bootstrap` answers a metadata request with at least one broker."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last: BaseException | None = None
     while True:
         try:
-            async with admin_client(bootstrap) as admin:
+            async with admin_client(settings) as admin:
                 cluster = await admin.describe_cluster()
             if cluster.get("brokers"):
                 return
@@ -80,14 +101,16 @@ async def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
         except (TimeoutError, KafkaError, OSError) as exc:
             last = exc
         if loop.time() >= deadline:
-            raise TimeoutError(f"Kafka at {bootstrap} served no metadata within {timeout_s:.0f}s: {last!r}")
+            raise TimeoutError(
+                f"Kafka at {settings.bootstrap} served no metadata within {timeout_s:.0f}s: {last!r}"
+            )
         await asyncio.sleep(0.5)
 
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the raw, dead-letter and keys topics if absent; return once all have leaders."""
     wanted = wanted_topics(settings)
-    async with admin_client(settings.bootstrap) as admin:
+    async with admin_client(settings) as admin:
         existing = await _partitions(admin, [t.name for t in wanted])
         missing = [t for t in wanted if t.name not in existing]
         for t in wanted:
@@ -113,7 +136,7 @@ async def ensure_topics(settings: Settings) -> None:
 async def describe(settings: Settings) -> dict[str, int]:
     """Partition count of each of Millrace's topics that exists, by name."""
     names = [t.name for t in wanted_topics(settings)]
-    async with admin_client(settings.bootstrap) as admin:
+    async with admin_client(settings) as admin:
         return await _partitions(admin, names)
 
 

@@ -46,9 +46,9 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     limits: list[int] = []
     real = gateway_body.decompress
 
-    def counting(raw: bytes, encoding: str, limit: int) -> bytes:
+    def counting(raw: bytes, encoding: str, limit: int, prefix: bool = False) -> bytes:
         limits.append(limit)
-        return real(raw, encoding, limit)
+        return real(raw, encoding, limit, prefix)
 
     monkeypatch.setattr(gateway_body, "decompress", counting)
     return limits

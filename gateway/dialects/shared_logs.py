@@ -11,8 +11,9 @@ The rule, in order (README "Which API is `POST /v1/logs`?"):
 5. anything else: Timberlogs, whose content sniffing takes any format.
 
 A refused request (no key, a wrong one, a missing scope, an empty bucket) is never worth
-more than a bounded prefix of its body: the rule runs on the first PREFIX_BYTES decoded
-bytes, and a body longer than that is answered as Timberlogs.
+more than a bounded prefix of its body: the rule runs on its first PREFIX_BYTES decoded
+bytes, so a longer body is taken as invalid JSON (GoodLogs when it opens with `{"batch":`,
+else Timberlogs).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def choose(request: web.Request, body: bytes) -> Dialect:
 async def choose_by_prefix(request: web.Request, settings: Settings) -> Dialect:
     """The dialect of a refused request, from at most PREFIX_BYTES of its decoded body."""
     try:
-        head = await read_body(request, settings.max_body_bytes, PREFIX_BYTES, settings.body_timeout_s)
+        head = await read_body(
+            request, settings.max_body_bytes, PREFIX_BYTES, settings.body_timeout_s, prefix=True
+        )
     except BodyError:
         return TIMBERLOGS
     return choose(request, head)

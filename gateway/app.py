@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from gateway.body import BodyError
 from gateway.dialects import shared_logs as shared_logs_route
 from gateway.dialects.astralog import ASTRALOG
-from gateway.dialects.base import Dialect, Problem
+from gateway.dialects.base import Dialect, Problem, bearer
 from gateway.dialects.dynatrace import DYNATRACE
 from gateway.dialects.goodlogs import GOODLOGS_EVENTS
 from gateway.dialects.timberlogs import TIMBERLOGS
@@ -22,7 +22,7 @@ from gateway.read import ReadApi, ReadBackend, StoreReader, WorkerReader
 from millrace import metrics
 from millrace.config import Settings
 from millrace.kafka.topics import envelope_producer
-from millrace.keys import KeyStore
+from millrace.keys import SCOPE_LOGS, KeyStore
 
 log = structlog.get_logger()
 
@@ -129,13 +129,23 @@ def create_app(settings: Settings) -> web.Application:
 
     async def shared_logs(request: web.Request) -> web.StreamResponse:
         ingestor = request.app[INGESTOR]
+        if (dialect := shared_logs_route.by_headers(request)) is not None:
+            return metrics.counted(dialect.name, await ingestor.ingest(request, dialect))
+        # Rule 4 needs the body, but every dialect left takes the key as Bearer with the same
+        # scope: the key is checked and the bucket charged before the body is read (F1).
+        token = bearer(request)
+        admitted = ingestor.admit(token, SCOPE_LOGS)
+        if isinstance(admitted, Problem):
+            dialect = await shared_logs_route.choose_by_prefix(request, ingestor.settings)
+            return metrics.counted(dialect.name, dialect.error(admitted))
         try:
             body = await ingestor.read(request)
         except BodyError as exc:
-            dialect = shared_logs_route.by_headers(request) or TIMBERLOGS
-            return metrics.counted(dialect.name, dialect.error(Problem(exc.status, exc.code, exc.message)))
+            return metrics.counted(
+                TIMBERLOGS.name, TIMBERLOGS.error(Problem(exc.status, exc.code, exc.message))
+            )
         chosen = shared_logs_route.choose(request, body)
-        return metrics.counted(chosen.name, await ingestor.ingest(request, chosen, body))
+        return metrics.counted(chosen.name, await ingestor.admitted(request, chosen, admitted, token, body))
 
     async def read_logs(request: web.Request) -> web.Response:
         return await request.app[READ_API].logs(request)

@@ -27,8 +27,13 @@ class BodyError(Exception):
 
 
 async def read_body(
-    request: web.Request, max_wire: int, max_plain: int, timeout_s: float | None = None
+    request: web.Request,
+    max_wire: int,
+    max_plain: int,
+    timeout_s: float | None = None,
+    prefix: bool = False,
 ) -> bytes:
+    """The decoded body; with `prefix`, its first `max_plain` bytes instead of a 413 past them."""
     length = request.content_length
     if length is not None and length > max_wire:
         raise BodyError(413, "body_too_large", f"request body is {length} bytes; the limit is {max_wire}")
@@ -42,10 +47,12 @@ async def read_body(
         ) from None
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("", "identity"):
+        if prefix:
+            return raw[:max_plain]
         if len(raw) > max_plain:
             raise BodyError(413, "body_too_large", f"request body exceeds the limit of {max_plain} bytes")
         return raw
-    return decompress(raw, encoding, max_plain)
+    return decompress(raw, encoding, max_plain, prefix)
 
 
 async def _read_capped(request: web.Request, max_wire: int) -> bytes:
@@ -57,19 +64,20 @@ async def _read_capped(request: web.Request, max_wire: int) -> bytes:
     return bytes(buf)
 
 
-def decompress(raw: bytes, encoding: str, limit: int) -> bytes:
-    """`raw` decoded per Content-Encoding; BodyError 413 as soon as the output passes `limit`."""
+def decompress(raw: bytes, encoding: str, limit: int, prefix: bool = False) -> bytes:
+    """`raw` decoded per Content-Encoding; BodyError 413 as soon as the output passes `limit`
+    (with `prefix`, the first `limit` bytes instead)."""
     try:
         if encoding in ("gzip", "x-gzip"):
-            return _zlib(raw, zlib.MAX_WBITS | 16, limit, members=True)
+            return _zlib(raw, zlib.MAX_WBITS | 16, limit, prefix, members=True)
         if encoding == "deflate":
             # RFC 9110 deflate is zlib-wrapped, but many clients send raw deflate: accept both.
             try:
-                return _zlib(raw, zlib.MAX_WBITS, limit)
+                return _zlib(raw, zlib.MAX_WBITS, limit, prefix)
             except zlib.error:
-                return _zlib(raw, -zlib.MAX_WBITS, limit)
+                return _zlib(raw, -zlib.MAX_WBITS, limit, prefix)
         if encoding == "zstd":
-            return _zstd(raw, limit)
+            return _zstd(raw, limit, prefix)
     except (zlib.error, zstandard.ZstdError) as exc:
         raise BodyError(400, "bad_encoding", f"request body is not valid {encoding}: {exc}") from None
     raise BodyError(
@@ -83,7 +91,7 @@ def _too_big(limit: int) -> BodyError:
     return BodyError(413, "body_too_large", f"decompressed request body exceeds the limit of {limit} bytes")
 
 
-def _zlib(raw: bytes, wbits: int, limit: int, members: bool = False) -> bytes:
+def _zlib(raw: bytes, wbits: int, limit: int, prefix: bool, members: bool = False) -> bytes:
     """Inflate in steps of at most _CHUNK output bytes, so memory is the limit, not the bomb.
 
     gzip allows several members back to back (`cat a.gz b.gz`): each is inflated in
@@ -100,18 +108,22 @@ def _zlib(raw: bytes, wbits: int, limit: int, members: bool = False) -> bytes:
                 raise zlib.error("truncated stream")
             out += chunk
             if len(out) > limit:
+                if prefix:
+                    return bytes(out[:limit])
                 raise _too_big(limit)
         data = d.unused_data
         if not members or not data.strip(b"\0"):  # some writers pad the last member with zeros
             return bytes(out)
 
 
-def _zstd(raw: bytes, limit: int) -> bytes:
+def _zstd(raw: bytes, limit: int, prefix: bool) -> bytes:
     # A stream reader never trusts the frame header's content size: output grows chunk by chunk.
     reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     out = bytearray()
     while chunk := reader.read(_CHUNK):
         out += chunk
         if len(out) > limit:
+            if prefix:
+                return bytes(out[:limit])
             raise _too_big(limit)
     return bytes(out)

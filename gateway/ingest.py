@@ -24,13 +24,14 @@ from gateway.dialects.base import Dialect, Problem
 from gateway.limits import Limits
 from millrace import metrics
 from millrace.config import Settings
-from millrace.keys import KeyRing
+from millrace.keys import ApiKey, KeyRing
 from schemas.envelope import Envelope, encode
 
 log = structlog.get_logger()
 
 REQUEST_ID = web.RequestKey("request_id", str)
 RETRY_AFTER_UNAVAILABLE = 5
+CREDENTIAL_PARAMS = frozenset({"api-token"})  # query parameters that carry a key (lower case)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,17 +82,35 @@ class Ingestor:
         s = self.settings
         return await read_body(request, s.max_body_bytes, s.max_decompressed_bytes, s.body_timeout_s)
 
-    async def ingest(self, request: web.Request, dialect: Dialect, body: bytes | None = None) -> web.Response:
-        """Run one request through; `body` is passed when routing already had to read it."""
-        received_at_ns = time.time_ns()
-        token = dialect.token(request)
+    def admit(self, token: str | None, scope: str) -> ApiKey | Problem:
+        """The key, once it is valid, holds `scope` and its request bucket is charged; else the refusal.
+
+        Costs a hash and a bucket update: it runs before any of the body is read.
+        """
         key = self.keys.authenticate(token) if token else None
         if key is None:
-            return dialect.error(Problem(401, "unauthorized", "missing or invalid API key"))
-        if dialect.scope not in key.scopes:
-            return dialect.error(Problem(403, "forbidden", f"this key lacks the '{dialect.scope}' scope"))
-        if (limited := self.limits.before_body(key)) is not None:
-            return dialect.error(limited)
+            return Problem(401, "unauthorized", "missing or invalid API key")
+        if scope not in key.scopes:
+            return Problem(403, "forbidden", f"this key lacks the '{scope}' scope")
+        return self.limits.before_body(key) or key
+
+    async def ingest(self, request: web.Request, dialect: Dialect) -> web.Response:
+        token = dialect.token(request)
+        admitted = self.admit(token, dialect.scope)
+        if isinstance(admitted, Problem):
+            return dialect.error(admitted)
+        return await self.admitted(request, dialect, admitted, token)
+
+    async def admitted(
+        self,
+        request: web.Request,
+        dialect: Dialect,
+        key: ApiKey,
+        token: str | None,
+        body: bytes | None = None,
+    ) -> web.Response:
+        """Run an admitted request through; `body` is passed when routing already had to read it."""
+        received_at_ns = time.time_ns()
         if body is None:
             try:
                 body = await self.read(request)
@@ -110,8 +129,11 @@ class Ingestor:
             received_at_ns=received_at_ns,
             path=request.path,
             content_type=_text(request.headers.get("Content-Type", "")),
-            # A key sent as a query parameter (Dynatrace's ?api-token=) must not travel on to Kafka.
-            query={k: v for k, v in request.query.items() if v != token},
+            # A key sent as a query parameter (Dynatrace's ?api-token=) must not travel on to Kafka,
+            # whether or not it is the key that authenticated the request.
+            query={
+                k: v for k, v in request.query.items() if v != token and k.lower() not in CREDENTIAL_PARAMS
+            },
         )
         # The answer needs only validity and counts: a dialect's fast path when it has one.
         parse = VALIDATORS.get(name) or PARSERS.get(name)

@@ -79,7 +79,8 @@ def guard(token: str) -> Middleware:
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(PROTECTED_PREFIXES):
             offered = request.headers.get(HEADER, "")
-            if not hmac.compare_digest(offered.encode(), token.encode()):
+            # surrogateescape: an undecodable header byte is a wrong token (401), not a 500.
+            if not hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), token.encode()):
                 return web.json_response(
                     {"error": {"code": "UNAUTHORIZED", "message": "internal port: missing or wrong token"}},
                     status=401,

@@ -107,7 +107,8 @@ def _hash(token: str) -> str:
 
 def key_id_of(token: str) -> str | None:
     """The id part of a well-formed key, or None (so junk never reaches the table)."""
-    if not token.startswith(_PREFIX):
+    # Keys are ASCII: anything else (an undecodable header byte arrives as a surrogate) is junk, not a 500.
+    if not token.isascii() or not token.startswith(_PREFIX):
         return None
     key_id, sep, secret = token[len(_PREFIX) :].partition("_")
     if not sep or len(key_id) != 12 or len(secret) < 32:

@@ -9,6 +9,11 @@ The rule, in order (README "Which API is `POST /v1/logs`?"):
    is not valid JSON but opens with `{"batch":` is GoodLogs too, so a GoodLogs client
    learns of its broken JSON in GoodLogs' error format;
 5. anything else: Timberlogs, whose content sniffing takes any format.
+
+A refused request (no key, a wrong one, a missing scope, an empty bucket) is never worth
+more than a bounded prefix of its body: the rule runs on its first PREFIX_BYTES decoded
+bytes, so a longer body is taken as invalid JSON (GoodLogs when it opens with `{"batch":`,
+else Timberlogs).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import re
 import orjson
 from aiohttp import web
 
+from gateway.body import BodyError, read_body
 from gateway.dialects.base import Dialect
 from gateway.dialects.goodlogs import GOODLOGS_LOGS
 from gateway.dialects.tg2g import HEADER as TG2G_HEADER
 from gateway.dialects.tg2g import TG2G
 from gateway.dialects.timberlogs import TIMBERLOGS
+from millrace.config import Settings
 
 _TIMBERLOGS_ONLY_TYPES = frozenset(
     {
@@ -37,6 +44,7 @@ _TIMBERLOGS_ONLY_TYPES = frozenset(
         "application/x-obl",
     }
 )
+PREFIX_BYTES = 64 * 1024  # decoded bytes a refused request may cost
 _BATCH_OPENING = re.compile(rb'\s*\{\s*"batch"\s*:')
 
 
@@ -67,3 +75,14 @@ def choose(request: web.Request, body: bytes) -> Dialect:
             if "logs" in doc and ("entity" in doc or "source" in doc) and not has_bearer:
                 return TG2G
     return TIMBERLOGS
+
+
+async def choose_by_prefix(request: web.Request, settings: Settings) -> Dialect:
+    """The dialect of a refused request, from at most PREFIX_BYTES of its decoded body."""
+    try:
+        head = await read_body(
+            request, settings.max_body_bytes, PREFIX_BYTES, settings.body_timeout_s, prefix=True
+        )
+    except BodyError:
+        return TIMBERLOGS
+    return choose(request, head)

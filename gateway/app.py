@@ -103,6 +103,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """Ready when Kafka answers a metadata request now, not merely when it once did."""
+    if not request.app[KEYS].following:  # a gateway that stopped following would honour revoked keys
+        return web.json_response({"status": "unavailable", "keys": "not following"}, status=503)
     producer = request.app[PRODUCER]
     try:
         await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)

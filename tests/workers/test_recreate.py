@@ -27,7 +27,7 @@ REQUESTS = 10
 
 
 async def recreate(settings: Settings) -> None:
-    async with admin_client(settings.bootstrap) as admin:
+    async with admin_client(settings) as admin:
         await admin.delete_topics([settings.topic])
         deadline = time.monotonic() + 30
         while settings.topic in await admin.list_topics():

@@ -3,11 +3,9 @@
 A parser is one pure function `parse(body, ctx) -> Parsed`: bytes in, rows out.
 It never does I/O and never raises anything but `ParseError`; rows are dicts whose
 keys are record columns a parser may fill (`schemas.record.PARSER_LOG_COLUMNS`).
-The gateway calls the same function to give a dialect's synchronous answer
-(counts, per-item rejections), the worker calls it again on the raw body from Kafka:
-one code path, so both sides always agree on what was accepted. A dialect may also
-register a `validate` (`VALIDATORS`) that gives the gateway the same answer without
-building rows; tests/test_fastpath.py proves the two agree.
+The gateway calls it once per request: the rows it returns are both the dialect's
+synchronous answer (counts, per-item rejections) and what goes to Kafka, encoded by
+`schemas.rows`; the worker hands them to the engine without parsing again.
 """
 
 from __future__ import annotations
@@ -44,6 +42,8 @@ class ParseContext:
     path: str = ""
     content_type: str = ""
     query: Mapping[str, str] = field(default_factory=dict)
+    user_agent: str = ""
+    client_ip: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,3 @@ class Parsed:
     rows: list[dict[str, Any]]
     rejected: list[Rejection] = field(default_factory=list)
     table: str = LOGS_TABLE
-    # Set by a validator: every record has a shape the store can parse from the raw body
-    # itself, with the same result (formats/astralog_store.py).
-    store_parses: bool = False

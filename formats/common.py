@@ -98,26 +98,36 @@ def to_text(value: Any) -> str:
 def flatten(value: Any, prefix: str, out: dict[str, str], depth: int = 0) -> None:
     """Flatten nested objects into dotted keys (`a.b.c`); lists stay JSON text.
 
-    Searchable as `attributes['a.b.c']` without JSON functions at query time.
+    Searchable as `attributes['a.b.c']` without JSON functions at query time. This runs for
+    every attribute of every log of every format: leaves are stored in the loop, without a
+    call, and the commonest leaf types without `to_text`.
     """
     if depth > MAX_DEPTH:
         raise ParseError(f"'{prefix}' is nested deeper than {MAX_DEPTH} levels", code="too_deep")
-    if isinstance(value, dict):
-        if not value and prefix:
-            out[prefix] = "{}"
-        for key, item in value.items():
-            if len(out) >= MAX_ATTRIBUTE_KEYS:
-                raise ParseError(
-                    f"more than {MAX_ATTRIBUTE_KEYS} attributes in one record", code="too_many_fields"
-                )
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if name and depth < MAX_DEPTH and not isinstance(item, dict):
-                # A leaf: what the call below would store, without the call (once per attribute).
-                out[name] = item if type(item) is str else to_text(item)
-            else:
-                flatten(item, name, out, depth + 1)
-    elif prefix:
-        out[prefix] = to_text(value)
+    if not isinstance(value, dict):
+        if prefix:
+            out[prefix] = to_text(value)
+        return
+    if not value and prefix:
+        out[prefix] = "{}"
+    leaf_depth = depth < MAX_DEPTH
+    for key, item in value.items():
+        if len(out) >= MAX_ATTRIBUTE_KEYS:
+            raise ParseError(
+                f"more than {MAX_ATTRIBUTE_KEYS} attributes in one record", code="too_many_fields"
+            )
+        if type(key) is not str:
+            key = str(key)
+        name = f"{prefix}.{key}" if prefix else key
+        kind = type(item)
+        if kind is dict or not name or not leaf_depth:
+            flatten(item, name, out, depth + 1)
+        elif kind is str:
+            out[name] = item
+        elif kind is int:  # what orjson writes for an int (a bool is not `int` here)
+            out[name] = str(item)
+        else:
+            out[name] = to_text(item)
 
 
 def optional_str(item: dict[str, Any], key: str) -> str:

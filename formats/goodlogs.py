@@ -30,7 +30,7 @@ Events (`parse_events`, table `events`):
     timestamp (ISO 8601)                          -> timestamp; absent = ingest time, unparseable = rejected
     any other top-level field                     -> properties under its own name
 
-The pipeline adds `$browser`, `$os`, `$device`, `$ip` to the map of every row.
+Every row's map gets `$browser`, `$os`, `$device` (from the User-Agent) and `$ip` (the client address).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from formats.common import (
     put_attribute,
     utf8_exceeds,
 )
+from formats.useragent import user_agent
 from schemas.record import EVENTS_TABLE, LEVELS
 
 MAX_BATCH = 500
@@ -64,12 +65,23 @@ Row = dict[str, Any]
 
 def parse_logs(body: bytes, ctx: ParseContext) -> Parsed:
     rows, rejected = _each(_batch(body), ctx, _log_row)
+    _add_client_fields(rows, "attributes", ctx)
     return Parsed(rows=rows, rejected=rejected)
 
 
 def parse_events(body: bytes, ctx: ParseContext) -> Parsed:
     rows, rejected = _each(_batch(body), ctx, _event_row)
+    _add_client_fields(rows, "properties", ctx)
     return Parsed(rows=rows, rejected=rejected, table=EVENTS_TABLE)
+
+
+def _add_client_fields(rows: list[Row], column: str, ctx: ParseContext) -> None:
+    """GoodLogs promises server-injected `$browser`, `$os`, `$device` and `$ip` on every
+    item; they win over a client's own keys of those names."""
+    agent = user_agent(ctx.user_agent)
+    injected = {"$browser": agent.browser, "$os": agent.os, "$device": agent.device, "$ip": ctx.client_ip}
+    for row in rows:
+        row[column] = {**row.get(column, {}), **injected}
 
 
 def _batch(body: bytes) -> list[Any]:

@@ -113,7 +113,7 @@ class Settings:
     batch_rows: int = _setting(
         "MILLRACE_BATCH_ROWS",
         "100000",
-        "Worker flushes an insert at this many rows (rows the store parses count a quarter)",
+        "Worker flushes an insert at this many rows",
     )
     batch_age_ms: int = _setting(
         "MILLRACE_BATCH_AGE_MS", "2000", "...or when the oldest buffered row is this old"

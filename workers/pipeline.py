@@ -1,11 +1,11 @@
 """The worker's chain, wired here and only here:
 
-    consume -> decode (envelope) -> parse (dialect) -> enrich -> batch -> insert -> commit
+    consume -> decode (envelope) -> enrich -> batch -> insert -> commit
 
-An envelope the gateway marked `store_parses` skips parse and enrich here: its raw body
-is batched as is and the engine parses it inside the insert (`insert_table`), with the
-same result (formats/astralog_store.py). Rows built here and such bodies still go
-in one insert per table and batch (one part, so the watermarks stay exact).
+The gateway parsed each request once; its envelope carries normalized rows the engine
+reads as they are (`schemas/rows.py`). The worker adds each message's request facts and
+position, and the engine builds the table rows in one `INSERT ... SELECT` per table and
+batch (one part, so the watermarks stay exact): no Python runs per row here.
 
 Offsets travel with the rows: a batch knows, per partition, the next offset to
 commit, and commits only after its rows are in ClickHouse. One batch is inserted
@@ -30,33 +30,28 @@ import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import OperationalError
 
-from formats import PARSERS, ParseContext, Parsed, ParseError, astralog_store
+from formats import PARSERS, ParseContext, ParseError
+from formats.useragent import user_agent
 from millrace import metrics, store
 from millrace.config import Settings
 from millrace.kafka.topics import ENVELOPE_OVERHEAD, client_options, envelope_producer
+from schemas import rows
 from schemas.deadletter import DeadLetter
-from schemas.envelope import Envelope, EnvelopeError, decode
-from schemas.record import MAP_COLUMN, PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
-from workers.enrich import user_agent
+from schemas.envelope import RAW_BODY_VERSION, VERSION, Envelope, EnvelopeError, decode
+from schemas.record import TABLE_COLUMNS
 from workers.flood import FLOOD_CODE, FloodGuard
 
 log = structlog.get_logger()
-
-# Dialects whose API promises server-injected `$browser`, `$os`, `$device`, `$ip` fields.
-_INJECTS_CLIENT_FIELDS = frozenset({"goodlogs_logs", "goodlogs_events"})
-
-# How many deferred rows weigh one built row in a batch's size (Batch.full).
-DEFERRED_SHARE = 4
 
 # (client, table batch, dedup token): the store boundary, one insert.
 InsertFn = Callable[[Client, "TableBatch", str], None]
@@ -64,15 +59,13 @@ InsertFn = Callable[[Client, "TableBatch", str], None]
 
 @dataclass(slots=True)
 class TableBatch:
-    """Columnar rows bound for one table, and the offsets (per partition) they came from."""
+    """The input lines bound for one table (`schemas.rows.line`, one per message), and the
+    offsets (per partition) they came from."""
 
     table: str
-    columns: dict[str, list[Any]]
+    lines: list[bytes] = field(default_factory=list)
     ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
     rows: int = 0
-    # Envelopes whose bodies the engine parses in the insert (store_parses), not yet rows.
-    deferred: list[tuple[Envelope, ConsumerRecord]] = field(default_factory=list)
-    deferred_rows: int = 0  # of `rows`, those in `deferred`
     # Request ids (record keys) per partition, in offset order, for the token: offsets alone
     # repeat once the topic is deleted and re-created, and the engine would drop the new rows
     # as duplicates. Hashed once per insert, not per message.
@@ -80,7 +73,7 @@ class TableBatch:
 
     @classmethod
     def empty(cls, table: str) -> TableBatch:
-        return cls(table, {name: [] for name in TABLE_COLUMNS[table]})
+        return cls(table)
 
     def token(self, topic: str) -> str:
         spans = ",".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(self.ranges.items()))
@@ -90,38 +83,24 @@ class TableBatch:
             digest.update(b"\n".join(keys))
         return f"{self.table}|{topic}|{spans}|{digest.hexdigest()}"
 
-    @property
-    def mixed(self) -> bool:
-        """Rows built here beside deferred bodies: one insert needs both kinds of input."""
-        return bool(self.deferred) and self.rows > self.deferred_rows
-
-    def accepts_deferred(self, dialect: str) -> bool:
-        return not self.deferred or self.deferred[0][0].dialect == dialect
-
-    def defer(self, envelope: Envelope, record: ConsumerRecord) -> None:
-        self.deferred.append((envelope, record))
-        self.rows += envelope.records
-        self.deferred_rows += envelope.records
-        self._cover(record)
-
-    def materialize(self) -> list[DeadLetter]:
-        """Parse the deferred envelopes here instead, into rows; what fails to parse is returned."""
-        deferred, self.deferred = self.deferred, []
-        requests = {p: list(keys) for p, keys in self.requests.items()}  # enrich_step re-covers
-        self.rows -= self.deferred_rows
-        self.deferred_rows = 0
-        dead = []
-        for envelope, record in deferred:
-            try:
-                parsed = parse_step(envelope)
-            except ParseError as exc:  # the gateway validated it: only a bug gets here
-                dead.append(_dead_letter(record, str(exc), exc.code))
-                continue
-            enrich_step(envelope, parsed, record, self)
-        self.requests = requests
-        return dead
-
-    def _cover(self, record: ConsumerRecord) -> None:
+    def add(self, envelope: Envelope, record: ConsumerRecord) -> None:
+        """Append one message's rows with its request facts and position (enrich)."""
+        agent = user_agent(envelope.user_agent)
+        facts = {
+            "project": envelope.project,
+            "observed_timestamp": envelope.received_at_ns,
+            "ua_browser": agent.browser,
+            "ua_os": agent.os,
+            "ua_device": agent.device,
+            "client_ip": envelope.client_ip,
+            "dialect": envelope.dialect,
+            "ingest_id": envelope.request_id,
+            "kafka_topic": record.topic,
+            "kafka_partition": record.partition,
+            "kafka_offset": record.offset,
+        }
+        self.lines.extend(rows.line(facts, envelope.body))
+        self.rows += envelope.rows
         lo, hi = self.ranges.get(record.partition, (record.offset, record.offset))
         self.ranges[record.partition] = (min(lo, record.offset), max(hi, record.offset))
         keys = self.requests.get(record.partition)
@@ -155,17 +134,16 @@ class Batch:
         return bool(self.commit)
 
     def full(self, rows: int) -> bool:
-        """At `rows` rows built here; a deferred body's rows count a quarter (held as raw
-        bytes, ~350 B a log, a few times less than a built row, and no work for the GC)."""
-        deferred = sum(t.deferred_rows for t in self.tables.values())
-        return self.rows - deferred + deferred // DEFERRED_SHARE >= rows
+        return self.rows >= rows
 
 
 def decode_step(record: ConsumerRecord) -> Envelope:
-    return decode(record.value)
-
-
-def parse_step(envelope: Envelope) -> Parsed:
+    """The envelope, its rows ready for the engine. A version 1 envelope (the raw request
+    body, written before rows travelled in envelopes) is parsed here, once, as the gateway
+    parses a request today."""
+    envelope = decode(record.value)
+    if envelope.version != RAW_BODY_VERSION:
+        return envelope
     parser = PARSERS.get(envelope.dialect)
     if parser is None:
         raise ParseError(f"no parser for dialect {envelope.dialect!r}", code="unknown_dialect")
@@ -174,114 +152,31 @@ def parse_step(envelope: Envelope) -> Parsed:
         path=envelope.path,
         content_type=envelope.content_type,
         query=envelope.query,
+        user_agent=envelope.user_agent,
+        client_ip=envelope.client_ip,
     )
-    return parser(envelope.body, ctx)
+    parsed = parser(envelope.body, ctx)
+    try:
+        body = rows.encode(parsed.rows)
+    except orjson.JSONEncodeError as exc:
+        raise ParseError(f"a value cannot be stored: {exc}", code="unstorable_value") from None
+    return replace(envelope, body=body, table=parsed.table, rows=len(parsed.rows), version=VERSION)
 
 
-def enrich_step(envelope: Envelope, parsed: Parsed, record: ConsumerRecord, out: TableBatch) -> None:
-    """Append the parsed rows to the columnar batch, adding the request facts and bookkeeping."""
-    rows = parsed.rows
-    n = len(rows)
-    agent = user_agent(envelope.user_agent)
-    facts = {
-        "project": envelope.project,
-        "observed_timestamp": envelope.received_at_ns,
-        "ua_browser": agent.browser,
-        "ua_os": agent.os,
-        "ua_device": agent.device,
-        "client_ip": envelope.client_ip,
-        "dialect": envelope.dialect,
-        "ingest_id": envelope.request_id,
-        "kafka_topic": record.topic,
-        "kafka_partition": record.partition,
-        "kafka_offset": record.offset,
-    }
-    if envelope.dialect in _INJECTS_CLIENT_FIELDS:
-        injected = {
-            "$browser": agent.browser,
-            "$os": agent.os,
-            "$device": agent.device,
-            "$ip": envelope.client_ip,
-        }
-        map_column = MAP_COLUMN[parsed.table]
-        rows = [{**row, map_column: {**row.get(map_column, {}), **injected}} for row in rows]
-    defaults = TABLE_DEFAULTS[out.table]
-    filled = set().union(*rows)  # columns some row sets; the others are all default, in bulk
-    for name, values in out.columns.items():
-        if name in PIPELINE_COLUMNS:
-            values.extend([facts[name]] * n)
-        elif name in filled:
-            default = defaults[name]
-            values.extend([row.get(name, default) for row in rows])
-        else:
-            values.extend([defaults[name]] * n)
-    out.rows += n
-    out._cover(record)
-
-
-# Dialects whose bodies the engine can parse itself, when the gateway found them fit.
-STORE_PARSED = {"astralog": astralog_store}
-
-
-def insert_table(client: Client, table: TableBatch, token: str) -> None:
-    """The batch of one table as one insert: rows through clickhouse-connect's columnar
-    insert, deferred bodies through an `INSERT ... SELECT` the engine parses itself, and
-    both at once (embedded engine) as the rows staged in a Memory table UNION ALL the bodies."""
-    if not table.deferred:
-        store.insert_columns(client, table.table, table.columns, token)
-        return
-    if table.mixed and not store.embedded(client):
-        raise ValueError("rows and deferred bodies in one insert need the embedded engine")
-    sql = STORE_PARSED[table.deferred[0][0].dialect]
-    pieces: list[bytes] = []
-    for envelope, record in table.deferred:
-        agent = user_agent(envelope.user_agent)
-        pieces.extend(
-            sql.line(
-                envelope.body,
-                offset=record.offset,
-                partition=record.partition,
-                observed_ns=envelope.received_at_ns,
-                project=envelope.project,
-                ingest_id=envelope.request_id,
-                browser=agent.browser,
-                os=agent.os,
-                device=agent.device,
-                client_ip=envelope.client_ip,
-                dialect=envelope.dialect,
-            )
-        )
-    params = {"topic": table.deferred[0][1].topic}
-    if not table.mixed:
-        store.insert_select(
-            client,
-            table.table,
-            sql.COLUMNS,
-            sql.select_sql,
-            sql.STRUCTURE,
-            pieces,
-            token,
-            sql.INPUT_SETTINGS,
-            params,
-        )
-        return
-    columns = TABLE_COLUMNS[table.table]
-    with store.staged(client, table.table, table.columns) as stage:
-        padded = ", ".join(c if c in sql.COLUMNS else store.default_sql(table.table, c) for c in columns)
-        store.insert_select(
-            client,
-            table.table,
-            columns,
-            lambda source: (
-                f"SELECT {', '.join(columns)} FROM {stage} UNION ALL "
-                f"SELECT {padded} FROM ({sql.select_sql(source)})"
-            ),
-            sql.STRUCTURE,
-            pieces,
-            token,
-            sql.INPUT_SETTINGS,
-            params,
-        )
+def insert_table(client: Client, table: TableBatch, token: str, *, into: str | None = None) -> None:
+    """The batch of one table as one insert: the engine reads the rows from the lines.
+    `into`: another table with the same columns (tests keep fuzzed rows apart)."""
+    store.insert_select(
+        client,
+        into or table.table,
+        rows.COLUMNS[table.table],
+        lambda source: rows.select_sql(table.table, source),
+        rows.STRUCTURE[table.table],
+        table.lines,
+        token,
+        rows.INPUT_SETTINGS,
+        {},
+    )
 
 
 class _GiveUp(Exception):
@@ -330,15 +225,13 @@ class Pipeline:
         batch.messages += 1
         try:
             envelope = decode_step(record)
-            deferrable = envelope.store_parses and envelope.dialect in STORE_PARSED
-            parsed = None if deferrable else parse_step(envelope)
         except (EnvelopeError, ParseError) as exc:
             code = exc.code if isinstance(exc, ParseError) else "bad_envelope"
             batch.dead.append(_dead_letter(record, str(exc), code))
             return
-        if parsed is not None and not parsed.rows:
+        if not envelope.rows:
             return
-        name = parsed.table if parsed is not None else STORE_PARSED[envelope.dialect].TABLE
+        name = envelope.table
         if (
             self.watermarks.get((name, record.partition), -1) >= record.offset
             or (name, record.partition, record.offset) in self.stored_above
@@ -348,18 +241,8 @@ class Pipeline:
         table = batch.tables.get(name)
         if table is None:
             table = batch.tables[name] = TableBatch.empty(name)
-        before = table.rows
-        if parsed is None and table.accepts_deferred(envelope.dialect):
-            table.defer(envelope, record)
-        else:
-            if parsed is None:  # a second store-parsed dialect in one batch: not worth a case
-                try:
-                    parsed = parse_step(envelope)
-                except ParseError as exc:  # the gateway validated it: only a bug gets here
-                    batch.dead.append(_dead_letter(record, str(exc), exc.code))
-                    return
-            enrich_step(envelope, parsed, record, table)
-        batch.rows += table.rows - before
+        table.add(envelope, record)
+        batch.rows += envelope.rows
 
     def due(self) -> bool:
         batch = self.batch
@@ -396,7 +279,7 @@ class Pipeline:
     async def _store(self, batch: Batch) -> None:
         try:
             for table in batch.tables.values():
-                await self._insert_with_retry(table, batch)
+                await self._insert_with_retry(table)
         except _GiveUp:
             # Stopping while the store is out: nothing of this batch is committed, so
             # the next owner of these partitions reads it again (dedup keeps that exact).
@@ -421,12 +304,7 @@ class Pipeline:
             stage="sending",
         )
 
-    async def _insert_with_retry(self, table: TableBatch, batch: Batch) -> None:
-        if table.mixed and not store.embedded(self.client):
-            # A server's input() reads one request body, and staging the rows in a table
-            # there is not safe behind a load balancer (another replica may answer the
-            # next request): a mixed batch is stored as rows.
-            batch.dead.extend(table.materialize())
+    async def _insert_with_retry(self, table: TableBatch) -> None:
         token = table.token(self.settings.topic)
         delay = 0.2
         loop = asyncio.get_running_loop()
@@ -440,26 +318,6 @@ class Pipeline:
                     return
                 except Exception as exc:
                     metrics.INSERT_FAILURES.inc()
-                    if table.deferred:
-                        # The same token does not dedupe a retry as rows against the engine's
-                        # insert (other blocks), so first ask what is stored: one insert is one
-                        # part, all of the batch or none of it.
-                        try:
-                            landed = await loop.run_in_executor(
-                                self._pool, _landed, self.client, table, self.settings.topic
-                            )
-                        except Exception:
-                            landed = None  # the store is out: retry the same insert below
-                        if landed:  # stored; what failed came after (a view, the stage's drop)
-                            _warn_deferred("insert_failed_after_storing", table, exc)
-                            metrics.inserted(table.table, table.rows, time.perf_counter() - started)
-                            return
-                        if landed is False and not isinstance(exc, OperationalError):
-                            # Nothing stored and the engine refused the insert (a connection
-                            # error could still be running on a server): build the rows here.
-                            _warn_deferred("store_parse_failed", table, exc)
-                            batch.dead.extend(table.materialize())
-                            continue
                     if not paused:
                         # The consume loop waits on this flush anyway; pausing also stops the
                         # background fetcher from buffering more while the store is out.
@@ -468,7 +326,7 @@ class Pipeline:
                         paused = set(self.consumer.assignment())
                         self.consumer.pause(*paused)
                     # The store is unavailable or refused the insert: keep the batch, do not
-                    # commit, try again. Redelivery and dedup make a late success harmless.
+                    # commit, try again. The same token makes a late success harmless.
                     log.warning(
                         "insert_failed",
                         code="insert_failed",
@@ -584,23 +442,6 @@ class Pipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-
-
-def _warn_deferred(code: str, table: TableBatch, exc: Exception) -> None:
-    log.warning(code, code=code, table=table.table, error=str(exc)[:500], stage="sending")
-
-
-def _landed(client: Client, table: TableBatch, topic: str) -> bool:
-    """Whether the rows of `table`'s messages are in the store (any of them means all)."""
-    positions = {(record.partition, record.offset) for _, record in table.deferred}
-    columns = table.columns
-    positions.update(zip(columns["kafka_partition"], columns["kafka_offset"], strict=True))
-    found = client.query(
-        f"SELECT 1 FROM {table.table} WHERE kafka_topic = {{topic:String}} "
-        "AND (kafka_partition, kafka_offset) IN {positions:Array(Tuple(UInt32, UInt64))} LIMIT 1",
-        parameters={"topic": topic, "positions": sorted(positions)},
-    )
-    return bool(found.result_rows)
 
 
 def _stale(

@@ -52,7 +52,8 @@ from tests.fuzz.corpus import (
     Template,
     dumps,
 )
-from workers.pipeline import TableBatch, decode_step, insert_table
+from workers.steps import Decoded, TableBatch, decode_envelope, insert_table
+from workers.steps.enrich import line_of
 
 # -- profiles ------------------------------------------------------------------------------------
 
@@ -719,9 +720,9 @@ async def test_accepted_rows_go_through_the_worker_into_clickhouse(
         serialized_value_size=0,
         headers=(),
     )
-    worker_side = decode_step(record)
-    batch = TableBatch.empty(worker_side.table)
-    batch.add(worker_side, record)
+    worker_side = decode_envelope(record)
+    batch = TableBatch(worker_side.table)
+    batch.add(line_of(Decoded(worker_side, record)))
     table = fuzz_tables[worker_side.table]
     await asyncio.to_thread(insert_table, stack.client, batch, request_id, into=table)
     text = "message" if worker_side.table == LOGS_TABLE else "event"

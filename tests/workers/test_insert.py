@@ -25,7 +25,8 @@ from schemas.record import EVENTS_TABLE, LOGS_TABLE, PIPELINE_COLUMNS, TABLE_COL
 from tests.conftest import Stack
 from tests.formats.test_idempotency import CASES
 from tests.workers.rows_helpers import envelope_for, record
-from workers.pipeline import TableBatch, decode_step, insert_table
+from workers.steps import Decoded, TableBatch, decode_envelope, insert_table
+from workers.steps.enrich import line_of
 
 pytestmark = pytest.mark.integration
 
@@ -92,8 +93,8 @@ async def test_the_engine_stores_what_a_columnar_insert_of_the_same_rows_stores(
     for offset, (name, body, ctx) in enumerate(cases):
         envelope = envelope_for(body, name, ctx)
         topic = f"ins-{run}-{envelope.table}"
-        batch = batches.setdefault(envelope.table, TableBatch.empty(envelope.table))
-        batch.add(envelope, record(topic, encode(envelope), offset))
+        batch = batches.setdefault(envelope.table, TableBatch(envelope.table))
+        batch.add(line_of(Decoded(envelope, record(topic, encode(envelope), offset))))
         columns = reference_columns(envelope, orjson.loads(envelope.body), f"{topic}-py", offset)
         into = reference.setdefault(envelope.table, {c: [] for c in columns})
         for column, values in columns.items():
@@ -115,5 +116,5 @@ def test_a_version_1_envelope_is_parsed_by_the_worker_into_the_same_rows() -> No
     for name, body, ctx in accepted_cases():
         new = envelope_for(body, name, ctx, received_at_ns=now)
         old = envelope_for(body, name, ctx, raw=True, received_at_ns=now)
-        upgraded = decode_step(record("t", encode(old)))
+        upgraded = decode_envelope(record("t", encode(old)))
         assert (upgraded.body, upgraded.table, upgraded.rows) == (new.body, new.table, new.rows), name

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiokafka.structs import ConsumerRecord
 
 from tests.workers.rows_helpers import envelope_for, record
-from workers.pipeline import TableBatch
+from workers.steps import Decoded, TableBatch
+from workers.steps.enrich import line_of
 
 BODY = (
     b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
@@ -18,10 +19,10 @@ def keyed(offset: int, key: bytes, partition: int = 3) -> ConsumerRecord:
 
 
 def token(records: list[ConsumerRecord]) -> str:
-    batch = TableBatch.empty("logs")
+    batch = TableBatch("logs")
     envelope = envelope_for(BODY)
     for r in records:
-        batch.add(envelope, r)
+        batch.add(line_of(Decoded(envelope, r)))
     return batch.token("raw")
 
 

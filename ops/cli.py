@@ -331,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # They stop processes: a console that went away must not stop them half-way.
         sys.stdout, sys.stderr = Console(sys.stdout), Console(sys.stderr)
     log.configure(settings.log_level, fmt, process=args.command)
+    if args.command in ("worker", "gateway"):
+        from ops.noise import quiet_kafka_startup
+
+        quiet_kafka_startup()
     result: int = args.fn(settings, args)
     return result
 

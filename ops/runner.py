@@ -8,6 +8,7 @@ its producer), then the worker (stores and commits what it consumed), then the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,8 +23,8 @@ import structlog
 from millrace import keys
 from millrace.config import Settings
 from millrace.kafka.topics import ensure_topics, wait_for_kafka
-from ops.broker import LocalBroker
-from ops.supervisor import POLL_S, STATE_FILE, Command, GaveUp, Supervisor, describe_exit
+from ops.broker import LocalBroker, process_exited
+from ops.supervisor import POLL_S, STATE_FILE, Command, GaveUp, Supervisor, describe_exit, read_state
 
 log = structlog.get_logger()
 
@@ -258,11 +259,48 @@ def down(settings: Settings) -> int:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
-    # A runner killed hard leaves the broker behind; its pid file still finds it.
+    # A runner killed hard leaves its children behind: its state file still names them.
+    _stop_orphans(settings)
+    # ...and the broker, whose pid file still finds it.
     if settings.local_broker:
         LocalBroker(settings).stop()
     print("Millrace is down.")
     return 0
+
+
+def _stop_orphans(settings: Settings) -> None:
+    """SIGTERM the worker and gateways a dead runner's state file lists (gateways first), if
+    those pids are still `ops.cli` processes of this home, and wait for them."""
+    path = settings.run_dir / STATE_FILE
+    state = read_state(path)
+    if state is None:
+        return
+    names = {"worker": 1, "broker": 2}
+    listed = sorted(state.get("processes", []), key=lambda p: names.get(p["name"], 0))
+    for entry in listed:
+        pid = entry.get("pid")
+        if entry["name"] == "broker" or not isinstance(pid, int) or not _is_ours(pid, settings):
+            continue
+        log.warning("stopping_orphan", process=entry["name"], pid=pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while not process_exited(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not process_exited(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+
+
+def _is_ours(pid: int, settings: Settings) -> bool:
+    """An `ops.cli` process started for this MILLRACE_HOME (not a recycled pid)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"ops.cli" in args and f"MILLRACE_HOME={settings.home}".encode() in env
 
 
 def _alive(pid: int) -> bool:

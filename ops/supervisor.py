@@ -237,6 +237,8 @@ class Supervisor:
                     proc.handle.stop(max(1.0, deadline - time.monotonic()))
                 except Exception as exc:  # keep going: the next stage must still stop
                     log.error("process_stop_failed", process=proc.name, error=str(exc))
+            if procs:
+                log.info("processes_stopped", processes=[p.name for p in procs])
         self.processes.clear()
         self.state_path.unlink(missing_ok=True)
 

@@ -19,6 +19,8 @@ import orjson
 import pytest
 
 from bench.procs import find_roles
+from millrace.config import Settings
+from ops.broker import LocalBroker, process_exited
 from tests.conftest import free_port, free_port_pair
 from tests.seeds import curl_examples
 
@@ -287,7 +289,62 @@ def test_up_heals_itself_under_load(tmp_path: Path) -> None:
         assert lost == []
         assert duplicated == []
         assert len(acked) > 50
+        # The supervisor itself killed hard: `down` still finds and stops what it left running.
+        _, state = status_json(env)
+        pids = {p["name"]: p["pid"] for p in state["processes"]}
+        os.kill(state["runner_pid"], signal.SIGKILL)
     finally:
         down = millrace(env, "down")
     assert down.returncode == 0, down.stderr
     assert millrace(env, "status").returncode == 3
+    assert [name for name, pid in pids.items() if not process_exited(pid)] == []
+
+
+def test_a_console_that_went_away_does_not_stop_the_shutdown(
+    tmp_path: Path, base_settings: Settings, broker: LocalBroker | None, backend: dict[str, str]
+) -> None:
+    """`millrace run | tee run.log`, then Ctrl-C: tee dies first. The runner's writes fail from then
+    on, and it must still stop every process it started (it used to die on the first write)."""
+    home = tmp_path / "home"
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MILLRACE_CLICKHOUSE_DSN"},
+        **{k: v for k, v in backend.items() if k.startswith("KAFKA_")},
+        # The session's broker, with topics and a group of this test's own: only worker and
+        # gateway start, which is where the runner's writes between the stop stages are.
+        "KAFKA_BOOTSTRAP_SERVERS": base_settings.bootstrap,
+        "MILLRACE_TOPIC": "cli-pipe.raw",
+        "MILLRACE_DLQ_TOPIC": "cli-pipe.dlq",
+        "MILLRACE_KEYS_TOPIC": "cli-pipe.keys",
+        "MILLRACE_CONSUMER_GROUP": "cli-pipe",
+        "MILLRACE_HOME": str(home),
+        "MILLRACE_PORT": str(free_port()),
+        "MILLRACE_WORKER_QUERY_PORT": str(free_port()),
+    }
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "run"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert runner.stdout is not None
+        seen = []
+        for line in runner.stdout:
+            seen.append(line.decode())
+            if b"Press Ctrl-C to stop." in line:
+                break
+        else:
+            raise AssertionError("the runner ended before it was ready:\n" + "".join(seen))
+        state = orjson.loads((home / "run" / "state.json").read_bytes())
+        pids = {p["name"]: p["pid"] for p in state["processes"]}
+        assert set(pids) == {"worker", "gateway"}
+        runner.stdout.close()  # tee is gone
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(90) == 0
+        assert [name for name, pid in pids.items() if not process_exited(pid)] == []
+        assert not (home / "run" / "state.json").exists()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ops.cli import Console
+from ops.noise import COORDINATOR_LOGGER, CoordinatorRetries
 from ops.supervisor import Command, GaveUp, RestartPolicy, Supervisor, describe_exit, read_state
 
 
@@ -22,9 +25,13 @@ def python(code: str, tmp_path: Path) -> Command:
 SLEEPER = "import time; time.sleep(60)"
 
 
-def until(condition: object, timeout_s: float = 10) -> None:
+def check_until(sup: Supervisor, condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Run the supervisor's rounds until `condition` holds."""
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while True:
+        sup.check()
+        if condition():
+            return
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
 
@@ -60,8 +67,8 @@ def test_a_killed_child_is_restarted_and_the_state_file_says_so(tmp_path: Path) 
         old_pid = first.pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
-        until(lambda: (sup.check(), first.restarts == 1 and first.pid is not None)[1])
-        assert first.pid != old_pid
+        check_until(sup, lambda: first.restarts == 1 and first.pid is not None)
+        assert first.pid is not None and first.pid != old_pid
         assert first.last_exit == "killed by SIGKILL"
         os.kill(first.pid, 0)  # the new one runs
         state = read_state(tmp_path / "state.json")
@@ -80,7 +87,7 @@ def test_a_crash_loop_gives_up_naming_the_process_and_its_exit(tmp_path: Path) -
     sup.start("gateway", python("import sys; sys.exit(3)", tmp_path))
     healthy = sup.start("worker", python(SLEEPER, tmp_path))
     with pytest.raises(GaveUp, match=r"gateway exited 3 times within 60 s \(last: exit code 3\)"):
-        until(lambda: sup.check() or False)
+        check_until(sup, lambda: False)
     assert healthy.restarts == 0
     proc = healthy.handle.proc  # type: ignore[attr-defined]
     sup.stop([["gateway"], ["worker"]], timeout_s=5)
@@ -120,3 +127,25 @@ def test_console_output_survives_a_reader_that_went_away() -> None:
     console.write("more\n")
     assert console.stream is None
     stream.close()
+
+
+def coordinator_record(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(
+        COORDINATOR_LOGGER, level, __file__, 1, msg, ("GroupCoordinatorNotAvailableError",), None
+    )
+
+
+def test_coordinator_retries_are_dropped_at_start_and_warnings_later() -> None:
+    starting = CoordinatorRetries(grace_s=60)
+    assert not starting.filter(coordinator_record("Group Coordinator Request failed: %s"))
+    assert not starting.filter(
+        coordinator_record("Marking the coordinator dead (node 1)for group g.", logging.WARNING)
+    )
+    other = coordinator_record("Heartbeat failed: %r")
+    assert starting.filter(other) and other.levelno == logging.ERROR  # anything else untouched
+
+    later = CoordinatorRetries(grace_s=0)
+    record = coordinator_record("Group Coordinator Request failed: %s")
+    assert later.filter(record)
+    assert (record.levelno, record.levelname) == (logging.WARNING, "WARNING")
+    assert "retried" in record.getMessage()

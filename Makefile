@@ -99,7 +99,7 @@ test: $(STAMP) ## the whole suite against a real Kafka broker and the real Click
 # The chaos test alone, with its figures (requests sent, acknowledged, stored, lost, duplicated,
 # seconds until each killed process was ready again). `make test` runs it too.
 test-reliability: $(STAMP) ## SIGKILL worker, gateway and broker of a `make up` under load; print the figures
-	@$(BIN)/python -m pytest tests/test_cli_run.py -k heals -q -s
+	@$(BIN)/python -m pytest tests/test_cli_run.py -k heals_itself -q -s
 
 lint: $(STAMP) ## ruff and mypy
 	@$(BIN)/ruff check .

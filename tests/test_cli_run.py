@@ -49,63 +49,6 @@ def http(
         return exc.code, exc.read()
 
 
-def test_up_ingest_read_keys_down(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MILLRACE_HOME": str(tmp_path / "home"),
-        "MILLRACE_PORT": str(port),
-        "MILLRACE_KAFKA_PORT": str(free_port_pair()),
-        "MILLRACE_WORKER_QUERY_PORT": str(free_port()),
-        "MILLRACE_BATCH_AGE_MS": "200",
-        "MILLRACE_GATEWAY_PROCESSES": "2",  # sharing the port
-    }
-    up = millrace(env, "up")
-    try:
-        assert up.returncode == 0, up.stderr + up.stdout
-        assert len(find_roles("gateway", tmp_path / "home")) == 2
-        key = re.search(r"API key \(project 'dev', all scopes\): (\S+)", up.stdout)
-        assert key, up.stdout
-        base = f"http://127.0.0.1:{port}"
-
-        (example,) = curl_examples("001")
-        status, body = http(
-            "POST", base + example.path, example.body, {**example.headers, "Authorization": key[1]}
-        )
-        assert (status, orjson.loads(body)) == (200, {"status": "accepted"})
-
-        deadline = time.monotonic() + 30
-        logs: list[dict[str, object]] = []
-        while not logs and time.monotonic() < deadline:
-            status, body = http("GET", base + "/api/v1/logs", headers={"Authorization": f"Bearer {key[1]}"})
-            assert status == 200, body
-            logs = orjson.loads(body)["logs"]
-            time.sleep(0.2)
-        assert [log["message"] for log in logs] == ["User logged in"]
-        assert logs[0]["attributes"] == {"user_id": "123", "ip": "1.1.1.1", "project_id": "org-xyz"}
-
-        created = millrace(env, "keys", "create", "--project", "shop", "--scopes", "logs:write")
-        assert created.returncode == 0, created.stderr
-        new_key = created.stdout.strip().splitlines()[-1]
-        assert new_key.startswith("mr_")
-        listed = millrace(env, "keys", "list")
-        assert "shop" in listed.stdout and new_key not in listed.stdout
-
-        # A second `up` notices the running instance instead of starting another.
-        again = millrace(env, "up")
-        assert again.returncode == 0 and "already running" in again.stdout
-    finally:
-        down = millrace(env, "down")
-    assert down.returncode == 0, down.stderr
-    assert find_roles("gateway", tmp_path / "home") == []
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-    broker_pids = subprocess.run(
-        ["pgrep", "-f", f"{tmp_path}/home/kafka"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    assert broker_pids == []
-
-
 class Load:
     """Light, continuous AstraLog load from a few threads; every request is its own `service`,
     so what was acknowledged can be matched against what was stored, request by request."""
@@ -177,6 +120,20 @@ class Load:
         return sum(1 for _, s, _ in self.results if s == status)
 
 
+def probe_headers(base: str, key: str, load: Load) -> tuple[int, dict[str, str]]:
+    req = urllib.request.Request(
+        base + "/v1/drain",
+        data=load.body("probe-headers"),
+        method="POST",
+        headers={"Authorization": key, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+
+
 def status_json(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     done = millrace(env, "status", "--json", timeout=60)
     return done.returncode, orjson.loads(done.stdout) if done.stdout.strip() else {}
@@ -216,10 +173,11 @@ def stored_per_service(base: str, key: str) -> dict[str, int]:
     return {row["service"]: int(row["value"]) for row in data["results"]}
 
 
-def test_up_heals_itself_under_load(tmp_path: Path) -> None:
-    """SIGKILL the worker, the gateway, then the broker under load, through `millrace up`: each comes
-    back by itself, the gateway keeps acknowledging while the worker is down, and every acknowledged
-    log is stored exactly once."""
+def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
+    """`millrace up` as a user runs it: ingest, read, keys. Then SIGKILL the worker, a gateway and
+    the broker under load: each comes back by itself, the gateway keeps acknowledging while the
+    worker is down, and every acknowledged log is stored exactly once. Then the runner itself is
+    killed hard, and `millrace down` still stops everything."""
     port = free_port()
     env = {
         **os.environ,
@@ -228,10 +186,13 @@ def test_up_heals_itself_under_load(tmp_path: Path) -> None:
         "MILLRACE_KAFKA_PORT": str(free_port_pair()),
         "MILLRACE_WORKER_QUERY_PORT": str(free_port()),
         "MILLRACE_BATCH_AGE_MS": "200",
+        "MILLRACE_GATEWAY_PROCESSES": "2",  # sharing the port
     }
     up = millrace(env, "up")
+    pids: dict[str, int] = {}
     try:
         assert up.returncode == 0, up.stderr + up.stdout
+        assert len(find_roles("gateway", tmp_path / "home")) == 2
         key = re.search(r"API key \(project 'dev', all scopes\): (\S+)", up.stdout)
         assert key, up.stdout
         base = f"http://127.0.0.1:{port}"
@@ -241,7 +202,37 @@ def test_up_heals_itself_under_load(tmp_path: Path) -> None:
             ("broker", 0),
             ("worker", 0),
             ("gateway", 0),
+            ("gateway-2", 0),
         ]
+
+        (example,) = curl_examples("001")
+        status, body = http(
+            "POST", base + example.path, example.body, {**example.headers, "Authorization": key[1]}
+        )
+        assert (status, orjson.loads(body)) == (200, {"status": "accepted"})
+
+        deadline = time.monotonic() + 30
+        logs: list[dict[str, object]] = []
+        while not logs and time.monotonic() < deadline:
+            status, body = http("GET", base + "/api/v1/logs", headers={"Authorization": f"Bearer {key[1]}"})
+            assert status == 200, body
+            logs = orjson.loads(body)["logs"]
+            time.sleep(0.2)
+        assert [log["message"] for log in logs] == ["User logged in"]
+        assert logs[0]["attributes"] == {"user_id": "123", "ip": "1.1.1.1", "project_id": "org-xyz"}
+
+        created = millrace(env, "keys", "create", "--project", "shop", "--scopes", "logs:write")
+        assert created.returncode == 0, created.stderr
+        new_key = created.stdout.strip().splitlines()[-1]
+        assert new_key.startswith("mr_")
+        listed = millrace(env, "keys", "list")
+        assert "shop" in listed.stdout and new_key not in listed.stdout
+
+        # A second `up` notices the running instance instead of starting another.
+        again = millrace(env, "up")
+        assert again.returncode == 0 and "already running" in again.stdout
+
+        # Now under load: SIGKILL the worker, a gateway, then the broker.
         probe = Load(base, key[1])
         with Load(base, key[1]) as load:
             time.sleep(1)
@@ -262,7 +253,10 @@ def test_up_heals_itself_under_load(tmp_path: Path) -> None:
             kill(env, "broker")
             code, state = status_json(env)
             assert code == 1 or not state["kafka"]["reachable"], state  # not ready while it is gone
-            broker_s = wait_healed(env, "broker", 1, timeout_s=90)
+            # No acknowledgment without the broker: 503 and when to come back.
+            status, headers = probe_headers(base, key[1], probe)
+            assert (status, "Retry-After" in headers) == (503, True), (status, headers)
+            broker_s = wait_healed(env, "broker", 1, timeout_s=60)
             # The gateway takes new writes again without anyone restarting it.
             deadline = time.monotonic() + 30
             while probe.post(f"probe-b{len(probe.results)}") != 200:
@@ -298,6 +292,13 @@ def test_up_heals_itself_under_load(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert millrace(env, "status").returncode == 3
     assert [name for name, pid in pids.items() if not process_exited(pid)] == []
+    assert find_roles("gateway", tmp_path / "home") == []
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+    broker_pids = subprocess.run(
+        ["pgrep", "-f", f"{tmp_path}/home/kafka"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert broker_pids == []
 
 
 def test_a_console_that_went_away_does_not_stop_the_shutdown(

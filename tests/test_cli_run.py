@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from bench.procs import find_roles
 from millrace.config import Settings
@@ -159,6 +161,15 @@ def kill(env: dict[str, str], name: str) -> int:
     return int(pid)
 
 
+async def send_raw(settings: Settings, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic, value)
+    finally:
+        await producer.stop()
+
+
 def stored_per_service(base: str, key: str) -> dict[str, int]:
     q = "count by service | limit 10000"
     status, body = http(
@@ -283,6 +294,26 @@ def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
         assert lost == []
         assert duplicated == []
         assert len(acked) > 50
+        # `millrace status` counts what the worker could not read as a dead letter, and the lag
+        # drains to zero once everything is stored and committed.
+        asyncio.run(send_raw(Settings.from_env(env), b"not an envelope"))
+        deadline = time.monotonic() + 30
+        while True:
+            code, state = status_json(env)
+            kafka = state["kafka"]
+            if kafka["dead_letters"] == 1 and sum(kafka["lag"].values()) == 0:
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        assert code == 0 and sorted(kafka["lag"]) == ["0", "1", "2", "3"], state
+        text = millrace(env, "status")
+        assert text.returncode == 0, text.stdout + text.stderr
+        assert "dead letters (millrace.dlq): 1" in text.stdout
+        assert "consumer lag (millrace-workers on millrace.raw): 0 (p0=0, p1=0, p2=0, p3=0)" in text.stdout
+        assert re.search(r"^worker +\d+ +\S+ +1  yes +killed by SIGKILL$", text.stdout, flags=re.M), (
+            text.stdout
+        )
+
         # The supervisor itself killed hard: `down` still finds and stops what it left running.
         _, state = status_json(env)
         pids = {p["name"]: p["pid"] for p in state["processes"]}

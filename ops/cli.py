@@ -335,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ops.noise import quiet_kafka_startup
 
         quiet_kafka_startup()
+    elif args.command == "run":
+        from ops.noise import quiet_runner_console
+
+        quiet_runner_console()
     result: int = args.fn(settings, args)
     return result
 

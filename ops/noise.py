@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 
+import structlog
+
 START_GRACE_S = 60.0
 COORDINATOR_LOGGER = "aiokafka.consumer.group_coordinator"
 _RETRIED = ("Group Coordinator Request failed", "Marking the coordinator dead")
@@ -39,3 +41,23 @@ def quiet_kafka_startup(grace_s: float = START_GRACE_S) -> None:
     logger = logging.getLogger(COORDINATOR_LOGGER)
     if not any(isinstance(f, CoordinatorRetries) for f in logger.filters):
         logger.addFilter(CoordinatorRetries(grace_s))
+
+
+# Said again, or not news, on the console of `millrace run`: the supervisor's `process_started`
+# and `processes_stopped` lines already name the broker (and its pid) once it serves or stopped.
+RUNNER_QUIET_EVENTS = frozenset(
+    {"kafka_starting", "kafka_started", "kafka_stopping", "kafka_stopped", "keys_loaded"}
+)
+
+
+def _drop_quiet(_: object, method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    if method in ("debug", "info") and event.get("event") in RUNNER_QUIET_EVENTS:
+        raise structlog.DropEvent
+    return event
+
+
+def quiet_runner_console() -> None:
+    """One line per process started: drop the runner's own repetitive start-up lines."""
+    processors = list(structlog.get_config()["processors"])
+    if _drop_quiet not in processors:
+        structlog.configure(processors=[_drop_quiet, *processors])

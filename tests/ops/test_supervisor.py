@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 
 from ops.cli import Console
 from ops.noise import COORDINATOR_LOGGER, CoordinatorRetries
@@ -149,3 +150,13 @@ def test_coordinator_retries_are_dropped_at_start_and_warnings_later() -> None:
     assert later.filter(record)
     assert (record.levelno, record.levelname) == (logging.WARNING, "WARNING")
     assert "retried" in record.getMessage()
+
+
+def test_the_runner_console_drops_its_repeated_start_lines_only() -> None:
+    from ops.noise import _drop_quiet
+
+    with pytest.raises(structlog.DropEvent):
+        _drop_quiet(None, "info", {"event": "kafka_started", "pid": 1})
+    kept = {"event": "process_started", "process": "broker", "pid": 1}
+    assert _drop_quiet(None, "info", dict(kept)) == kept
+    assert _drop_quiet(None, "warning", {"event": "kafka_started"}) == {"event": "kafka_started"}

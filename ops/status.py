@@ -57,6 +57,7 @@ class Status:
     log_file: str = ""
     processes: list[ProcessStatus] = field(default_factory=list)
     kafka: KafkaStatus | None = None
+    left_behind: dict[str, int] = field(default_factory=dict)  # by a runner that was killed
 
     @property
     def healthy(self) -> bool:
@@ -121,8 +122,15 @@ async def _kafka_status(settings: Settings) -> KafkaStatus:
 def collect(settings: Settings) -> Status:
     state = read_state(settings.run_dir / STATE_FILE)
     runner_pid = state.get("runner_pid") if state else None
-    if state is None or not isinstance(runner_pid, int) or process_exited(runner_pid):
+    if state is None or not isinstance(runner_pid, int):
         return Status(running=False)
+    if process_exited(runner_pid):
+        alive = {
+            e["name"]: e["pid"]
+            for e in state.get("processes", [])
+            if isinstance(e.get("pid"), int) and not process_exited(e["pid"])
+        }
+        return Status(running=False, runner_pid=runner_pid, left_behind=alive)
     now = time.time()
     processes = []
     for entry in state.get("processes", []):
@@ -164,7 +172,11 @@ def _duration(seconds: float | None) -> str:
 
 def render(status: Status, settings: Settings) -> str:
     if not status.running:
-        return f"Millrace is not running (no live runner in {settings.run_dir}); `make up` starts it."
+        text = f"Millrace is not running (no live runner in {settings.run_dir}); `make up` starts it."
+        if status.left_behind:
+            left = ", ".join(f"{name} (pid {pid})" for name, pid in status.left_behind.items())
+            text += f"\nIts runner (pid {status.runner_pid}) is gone but left {left}: `make down` stops them."
+        return text
     lines = [
         f"Millrace: runner pid {status.runner_pid}, {status.base_url}, logs in {status.log_file}",
         f"{'process':<12} {'pid':>8} {'uptime':>8} {'restarts':>8}  {'ready':<6} last exit",

@@ -318,6 +318,11 @@ def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
         _, state = status_json(env)
         pids = {p["name"]: p["pid"] for p in state["processes"]}
         os.kill(state["runner_pid"], signal.SIGKILL)
+        until_gone = time.monotonic() + 10
+        while not process_exited(state["runner_pid"]) and time.monotonic() < until_gone:
+            time.sleep(0.1)
+        orphaned = millrace(env, "status")
+        assert orphaned.returncode == 3 and "left broker (pid" in orphaned.stdout, orphaned.stdout
     finally:
         down = millrace(env, "down")
     assert down.returncode == 0, down.stderr

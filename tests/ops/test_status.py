@@ -64,4 +64,6 @@ def test_no_state_or_a_dead_runner_is_not_running(settings: Settings) -> None:
     (settings.run_dir / "state.json").write_bytes(orjson.dumps(state))
     found = collect(settings)
     assert (found.running, found.exit_code) == (False, NOT_RUNNING)
-    assert "not running" in render(found, settings)
+    # What its runner left behind (here: this test process, standing in for a worker) is named.
+    assert found.left_behind == {"worker": os.getpid()}
+    assert f"left worker (pid {os.getpid()}): `make down` stops them" in render(found, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import re
@@ -338,16 +339,21 @@ def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
 
 
 def test_a_console_that_went_away_does_not_stop_the_shutdown(
-    tmp_path: Path, base_settings: Settings, broker: LocalBroker | None, backend: dict[str, str]
+    tmp_path: Path, base_settings: Settings, broker: LocalBroker | None
 ) -> None:
     """`millrace run | tee run.log`, then Ctrl-C: tee dies first. The runner's writes fail from then
     on, and it must still stop every process it started (it used to die on the first write)."""
     home = tmp_path / "home"
     env = {
         **{k: v for k, v in os.environ.items() if k != "MILLRACE_CLICKHOUSE_DSN"},
-        **{k: v for k, v in backend.items() if k.startswith("KAFKA_")},
-        # The session's broker, with topics and a group of this test's own: only worker and
-        # gateway start, which is where the runner's writes between the stop stages are.
+        # The session's broker (and how to connect to it), with topics and a group of this test's
+        # own: only worker and gateway start, which is where the runner's writes between the
+        # stop stages are.
+        **{
+            f.metadata["env"]: str(getattr(base_settings, f.name))
+            for f in dataclasses.fields(Settings)
+            if f.metadata["env"].startswith("KAFKA_")
+        },
         "KAFKA_BOOTSTRAP_SERVERS": base_settings.bootstrap,
         "MILLRACE_TOPIC": "cli-pipe.raw",
         "MILLRACE_DLQ_TOPIC": "cli-pipe.dlq",

@@ -3,6 +3,7 @@
 Order matters both ways. Up: broker, topics, dev key, worker (owns the embedded
 engine, applies migrations), gateway. Down: gateway first (stops accepting, flushes
 its producer), then the worker (stores and commits what it consumed), then the broker.
+In between, the supervisor (ops/supervisor.py) restarts whichever exits by itself.
 """
 
 from __future__ import annotations

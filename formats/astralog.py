@@ -80,17 +80,18 @@ def _row(i: int, item: Any) -> dict[str, Any]:
 def _refuse(i: int, item: Any) -> NoReturn:
     """Why log `i` cannot be stored: the first rule it breaks, in the order the API's errors name them."""
     if not isinstance(item, dict):
-        raise ParseError(f"logs[{i}] must be an object", code="invalid_shape")
+        raise ParseError(f"logs[{i}] must be an object", code="invalid_shape", position=i)
     missing = [f for f in REQUIRED if item.get(f) in (None, "")]
     if missing:
         names = ", ".join(missing)
-        raise ParseError(f"logs[{i}] is missing required field(s): {names}", code="missing_field")
+        raise ParseError(f"logs[{i}] is missing required field(s): {names}", code="missing_field", position=i)
     for f in ("project_id", "level", "service", "message"):
         if not isinstance(item[f], str):
-            raise ParseError(f"logs[{i}].{f} must be a string", code="invalid_type")
+            raise ParseError(f"logs[{i}].{f} must be a string", code="invalid_type", position=i)
     if parse_timestamp(item["timestamp"]) is None:
         raise ParseError(
             f"logs[{i}].timestamp {item['timestamp']!r} is not an RFC 3339, ISO 8601 or SQL timestamp",
             code="invalid_timestamp",
+            position=i,
         )
-    raise ParseError(f"logs[{i}].metadata must be an object", code="invalid_type")
+    raise ParseError(f"logs[{i}].metadata must be an object", code="invalid_type", position=i)

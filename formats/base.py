@@ -24,14 +24,15 @@ class ParseError(ValueError):
         self,
         message: str,
         code: str = "invalid_body",
-        status: int = 400,
         details: list[dict[str, Any]] | None = None,
+        position: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.code = code
-        self.status = status  # 400 for bad input, 413 when a dialect's size/count limit is exceeded
+        self.code = code  # the gateway's dialect turns it into its own status and body
         self.details = details  # per-field issues, for dialects whose error body lists them
+        # Where: the index of the offending record, or the byte offset of a syntax error.
+        self.position = position
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,9 @@ class ParseContext:
     query: Mapping[str, str] = field(default_factory=dict)
     user_agent: str = ""
     client_ip: str = ""
+    # The body as JSON when the gateway's router already decoded it (`POST /v1/logs`), so it
+    # is decoded once; parsers read it through `common.json_body`. Not carried to Kafka.
+    document: Any = None
 
 
 @dataclass(frozen=True, slots=True)

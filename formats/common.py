@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import orjson
 
-from formats.base import ParseError
+from formats.base import ParseContext, ParseError
 from schemas.record import LEVELS, normalize_level
 
 # Nesting deeper than this is refused: it is never a real log, and flattening it
@@ -29,7 +29,14 @@ def load_json(body: bytes, what: str = "body") -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ParseError(f"the {what} is not valid JSON: {exc}", code="invalid_json") from None
+        raise ParseError(
+            f"the {what} is not valid JSON: {exc}", code="invalid_json", position=exc.pos
+        ) from None
+
+
+def json_body(body: bytes, ctx: ParseContext, what: str = "body") -> Any:
+    """The body as JSON: the router's decoding of these very bytes when there is one."""
+    return ctx.document if ctx.document is not None else load_json(body, what)
 
 
 def parse_timestamp(value: Any) -> int | None:

@@ -134,7 +134,6 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
         raise ParseError(
             f"the request is {len(body):,} bytes; the limit is {MAX_REQUEST_BYTES:,}",
             code="request_too_large",
-            status=413,
         )
     kind = media_type(ctx.content_type)
     if kind in _JSON_LINES:
@@ -206,7 +205,6 @@ def _check_count(n: int) -> None:
         raise ParseError(
             f"{n:,} log events in one request; the limit is {MAX_EVENTS:,}",
             code="too_many_events",
-            status=413,
         )
 
 

@@ -43,7 +43,7 @@ from formats.common import (
     copy_well_known,
     event_time,
     flatten,
-    load_json,
+    json_body,
     put_attribute,
     utf8_exceeds,
 )
@@ -64,13 +64,13 @@ Row = dict[str, Any]
 
 
 def parse_logs(body: bytes, ctx: ParseContext) -> Parsed:
-    rows, rejected = _each(_batch(body), ctx, _log_row)
+    rows, rejected = _each(_batch(body, ctx), ctx, _log_row)
     _add_client_fields(rows, "attributes", ctx)
     return Parsed(rows=rows, rejected=rejected)
 
 
 def parse_events(body: bytes, ctx: ParseContext) -> Parsed:
-    rows, rejected = _each(_batch(body), ctx, _event_row)
+    rows, rejected = _each(_batch(body, ctx), ctx, _event_row)
     _add_client_fields(rows, "properties", ctx)
     return Parsed(rows=rows, rejected=rejected, table=EVENTS_TABLE)
 
@@ -84,15 +84,14 @@ def _add_client_fields(rows: list[Row], column: str, ctx: ParseContext) -> None:
         row[column] = {**row.get(column, {}), **injected}
 
 
-def _batch(body: bytes) -> list[Any]:
+def _batch(body: bytes, ctx: ParseContext) -> list[Any]:
     if len(body) > MAX_BODY_BYTES:
         raise ParseError(
             f"the request body is {len(body):,} bytes; the limit is 2 MB",
             code="PAYLOAD_TOO_LARGE",
-            status=413,
         )
     try:
-        doc = load_json(body)
+        doc = json_body(body, ctx)
     except ParseError as exc:
         raise ParseError(exc.message, code="VALIDATION_ERROR") from None
     batch = doc.get("batch") if isinstance(doc, dict) else None

@@ -36,8 +36,8 @@ from formats.common import (
     WELL_KNOWN_COLUMNS,
     event_time,
     flatten,
+    json_body,
     level_fields,
-    load_json,
     split_fields,
     str_list,
 )
@@ -48,7 +48,7 @@ _MAPPING = {**WELL_KNOWN_COLUMNS, "source": "service"}
 
 
 def parse(body: bytes, ctx: ParseContext) -> Parsed:
-    doc = load_json(body)
+    doc = json_body(body, ctx)
     if not isinstance(doc, dict) or not isinstance(doc.get("logs"), list):
         raise ParseError("the body must be a JSON object with a 'logs' array", code="invalid_shape")
     base = _request_columns(doc)

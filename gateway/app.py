@@ -146,8 +146,9 @@ def create_app(settings: Settings) -> web.Application:
             return metrics.counted(
                 TIMBERLOGS.name, TIMBERLOGS.error(Problem(exc.status, exc.code, exc.message))
             )
-        chosen = shared_logs_route.choose(request, body)
-        return metrics.counted(chosen.name, await ingestor.admitted(request, chosen, admitted, token, body))
+        chosen, document = shared_logs_route.choose(request, body)
+        answer = await ingestor.admitted(request, chosen, admitted, token, body, document)
+        return metrics.counted(chosen.name, answer)
 
     async def read_logs(request: web.Request) -> web.Response:
         return await request.app[READ_API].logs(request)

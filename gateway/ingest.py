@@ -13,6 +13,7 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 import structlog
@@ -111,8 +112,10 @@ class Ingestor:
         key: ApiKey,
         token: str | None,
         body: bytes | None = None,
+        document: Any = None,
     ) -> web.Response:
-        """Run an admitted request through; `body` is passed when routing already had to read it."""
+        """Run an admitted request through; `body` (and `document`, the body as JSON) are passed
+        when routing already had to read (and decode) it."""
         received_at_ns = time.time_ns()
         if body is None:
             try:
@@ -140,6 +143,7 @@ class Ingestor:
             },
             user_agent=user_agent,
             client_ip=client_ip(request, self.settings.trusted_proxies),
+            document=document,
         )
         parse = PARSERS.get(name)
         if parse is None:
@@ -147,7 +151,7 @@ class Ingestor:
         try:
             parsed = parse(body, ctx)
         except ParseError as exc:
-            return dialect.error(Problem(exc.status, exc.code, exc.message, details=exc.details))
+            return dialect.error(dialect.refusal(exc))
         if (limited := self.limits.after_parse(key, parsed)) is not None:
             return dialect.error(limited)
         if parsed.rows:

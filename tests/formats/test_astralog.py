@@ -9,6 +9,7 @@ import pytest
 
 from formats.astralog import REQUIRED, parse
 from formats.base import ParseError
+from gateway.dialects.astralog import ASTRALOG
 from tests.bodies import astralog_record
 from tests.formats.conftest import deep_arrays, make_ctx, utc_ns
 from tests.seeds import curl_examples
@@ -31,7 +32,7 @@ SEED_BODY = b"""{
 def refused(body: bytes) -> ParseError:
     with pytest.raises(ParseError) as err:
         parse(body, make_ctx())
-    assert err.value.status == 400
+    assert ASTRALOG.refusal(err.value).status == 400
     return err.value
 
 

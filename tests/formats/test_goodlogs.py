@@ -10,6 +10,7 @@ import pytest
 
 from formats.base import Parsed, ParseError, Rejection
 from formats.goodlogs import parse_events, parse_logs
+from gateway.dialects.goodlogs import GOODLOGS_LOGS
 from tests.formats.conftest import RECEIVED_AT_NS, deep_arrays, deep_object, make_ctx, utc_ns
 from tests.seeds import curl_examples
 
@@ -158,7 +159,7 @@ def test_seed_copies_match_the_document() -> None:
 def test_unusable_body_is_a_validation_error(parse: Any, body: bytes) -> None:
     with pytest.raises(ParseError) as err:
         parse(body, make_ctx())
-    assert (err.value.status, err.value.code) == (400, "VALIDATION_ERROR")
+    assert (GOODLOGS_LOGS.refusal(err.value).status, err.value.code) == (400, "VALIDATION_ERROR")
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_batch_limit_is_500_items(parse: Any, item: dict[str, Any]) -> None:
     assert len(parse(orjson.dumps({"batch": [item] * 500}), make_ctx()).rows) == 500
     with pytest.raises(ParseError) as err:
         parse(orjson.dumps({"batch": [item] * 501}), make_ctx())
-    assert (err.value.status, err.value.code) == (400, "VALIDATION_ERROR")
+    assert (GOODLOGS_LOGS.refusal(err.value).status, err.value.code) == (400, "VALIDATION_ERROR")
     assert "501" in err.value.message
 
 
@@ -177,7 +178,7 @@ def test_body_over_2_mb_is_413(parse: Any) -> None:
     body = b'{"batch": [], "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     with pytest.raises(ParseError) as err:
         parse(body, make_ctx())
-    assert err.value.status == 413
+    assert (err.value.code, GOODLOGS_LOGS.refusal(err.value).status) == ("PAYLOAD_TOO_LARGE", 413)
 
 
 def test_empty_batch_is_accepted_with_nothing_to_store() -> None:

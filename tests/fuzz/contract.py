@@ -58,8 +58,8 @@ def check(name: str, body: bytes, ctx: ParseContext) -> Parsed | ParseError:
 def check_error(exc: ParseError) -> None:
     if not (isinstance(exc.code, str) and exc.code):
         raise ContractViolation(f"ParseError without a code: {exc.code!r}")
-    if exc.status not in (400, 413):
-        raise ContractViolation(f"ParseError with status {exc.status}")
+    if exc.position is not None and not (isinstance(exc.position, int) and exc.position >= 0):
+        raise ContractViolation(f"ParseError with position {exc.position!r}")
     if not (isinstance(exc.message, str) and exc.message):
         raise ContractViolation("ParseError without a message")
     if exc.details is not None and not all(isinstance(d, dict) for d in exc.details):

@@ -59,10 +59,10 @@ import orjson
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
-    event_time,
     load_json,
     media_type,
     parse_bsd_timestamp,
+    parse_timestamp,
     put_attribute,
     to_text,
     utf8_exceeds,
@@ -295,7 +295,7 @@ def _row(i: int, event: dict[str, Any], ctx: ParseContext) -> dict[str, Any] | s
 
 
 def _timestamp(value: Any, received_at_ns: int) -> int | None:
-    ns = event_time(value)
+    ns = parse_timestamp(value)
     if ns is None and isinstance(value, str):
         ns = parse_bsd_timestamp(value.strip(), received_at_ns)
     return ns

@@ -57,6 +57,7 @@ from typing import Any
 
 import orjson
 
+from formats import framing
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
     load_json,
@@ -184,7 +185,7 @@ def _parse_json(body: bytes, ctx: ParseContext) -> Parsed:
 
 
 def _parse_lines(body: bytes, ctx: ParseContext) -> Parsed:
-    lines = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
+    lines = list(framing.lines(body))
     if not lines:
         raise ParseError("the body is empty; send one JSON object per line", code="empty_body")
     _check_count(len(lines))

@@ -220,3 +220,13 @@ def mutate(data: st.DataObject, value: Any) -> Any:
             out[i] = mutate(data, value[i])
         return out
     return data.draw(json_values)
+
+
+@pytest.mark.parametrize("data", [b"a\r\n\n  \nb\r\r\nc", "a\r\n\n  \nb\r\r\nc"])
+def test_framing_skips_blank_lines_drops_trailing_crs_and_keeps_line_numbers(data: bytes | str) -> None:
+    from formats import framing
+
+    got = list(framing.lines(data))
+    expect = [(1, "a"), (4, "b"), (5, "c")]
+    assert got == [(n, t.encode() if isinstance(data, bytes) else t) for n, t in expect]
+    assert len(list(framing.lines(data, limit=1))) == 2  # the cap plus one: enough to refuse

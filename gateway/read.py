@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.body import BodyError, read_body
 from gateway.dialects.base import bearer, json_response
 from gateway.limits import Limits
 from millrace import internal, store
@@ -103,6 +104,17 @@ class WorkerReader:
         await self._session.close()
 
 
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# The read API's names for the body reader's refusals (GoodLogs' error codes).
+_BODY_CODES = {
+    400: "VALIDATION_ERROR",
+    408: "REQUEST_TIMEOUT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "VALIDATION_ERROR",
+}
+
+
 def error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
     return json_response(status, {"error": {"code": code, "message": message}}, retry_after)
 
@@ -139,6 +151,9 @@ class ReadApi:
         self.keys = keys
         self.backend = backend
         self.limits = limits  # the ingest path's buckets: a key's requests/s covers its reads too
+        # A read body gets ingest's deadline: a trickled query must not hold a connection forever (F5).
+        self.body_timeout_s = limits.settings.body_timeout_s if limits else DEFAULT_BODY_TIMEOUT_S
+        self.max_body_bytes = limits.settings.max_body_bytes if limits else DEFAULT_MAX_BODY_BYTES
 
     def authorize(self, request: web.Request) -> ApiKey | web.Response:
         """The key with the read scope, or the GoodLogs-format refusal to send."""
@@ -171,7 +186,9 @@ class ReadApi:
         key = self.authorize(request)
         if isinstance(key, web.Response):
             return key
-        body = await _json_body(request)
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         q = body.get("q") if isinstance(body, dict) else None
         if not isinstance(q, str):
             return error(400, "VALIDATION_ERROR", 'the body must be a JSON object with the query in "q"')
@@ -198,7 +215,9 @@ class ReadApi:
         key = self.authorize(request)
         if isinstance(key, web.Response):
             return key
-        body = await _json_body(request)
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         queries = body.get("queries") if isinstance(body, dict) else None
         if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries) or not queries:
             return error(400, "VALIDATION_ERROR", 'the body must be a JSON object with "queries": [strings]')
@@ -272,9 +291,14 @@ class ReadApi:
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
 
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return None
+    async def _json_body(self, request: web.Request) -> Any:
+        """The body as JSON (None when it is not), or the refusal: 408 past the body deadline,
+        413 past the size cap, 400/415 for an encoding that does not decode."""
+        try:
+            raw = await read_body(request, self.max_body_bytes, self.max_body_bytes, self.body_timeout_s)
+        except BodyError as exc:
+            return error(exc.status, _BODY_CODES.get(exc.status, "VALIDATION_ERROR"), exc.message)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None

@@ -9,9 +9,7 @@ compile the query with `reads.query`, so they answer identically.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import aiohttp
@@ -26,6 +24,7 @@ from millrace.config import Settings
 from millrace.keys import SCOPE_READ, ApiKey, KeyRing
 from reads.gql.autocomplete import suggest
 from reads.query import MAX_BATCH, MAX_LIMIT, LogQuery, QueryError, parse_time, read_call, run_logs
+from reads.slots import ProjectPool, ReadsBusy
 from schemas.record import LEVELS
 
 
@@ -47,26 +46,25 @@ class StoreReader:
 
     def __init__(self, settings: Settings) -> None:
         self._client = store.connect(settings, create_database=False)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read")
+        self._pool = ProjectPool(threads=4)  # at most 2 of them per project
 
     async def logs(self, query: LogQuery) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self._run(run_logs, query)
+        rows: list[dict[str, Any]] = await self._run(query.project, run_logs, query)
         return rows
 
     async def call(self, op: str, payload: dict[str, Any]) -> Any:
-        return await self._run(read_call, op, payload)
+        return await self._run(str(payload.get("project")), read_call, op, payload)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
+    async def _run(self, project: str, fn: Any, *args: Any) -> Any:
         try:
-            return await loop.run_in_executor(self._pool, fn, self._client, *args)
-        except QueryError:
+            return await self._pool.run(project, fn, self._client, *args)
+        except (QueryError, ReadsBusy):
             raise
         except Exception as exc:
             raise ReadUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown()
         self._client.close()
 
 
@@ -96,6 +94,8 @@ class WorkerReader:
             raise ReadUnavailable(f"the worker's read port is unreachable: {exc}") from exc
         if resp.status == 400:
             raise QueryError(payload["error"]["message"])
+        if resp.status == 429:  # the worker's pool: this project has too many reads in flight
+            raise ReadsBusy(payload["error"]["message"])
         if resp.status != 200:
             raise ReadUnavailable(payload.get("error", {}).get("message", f"worker answered {resp.status}"))
         return payload
@@ -177,6 +177,8 @@ class ReadApi:
             rows = await self.backend.logs(query)
         except QueryError as exc:
             return error(400, "VALIDATION_ERROR", str(exc))
+        except ReadsBusy as exc:
+            return error(429, "RATE_LIMITED", str(exc), exc.retry_after)
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
         return json_response(200, {"logs": rows})
@@ -242,6 +244,8 @@ class ReadApi:
             outcomes: list[dict[str, Any]] = await self.backend.call("gql", payload)
         except QueryError as exc:
             return error(400, "VALIDATION_ERROR", str(exc))
+        except ReadsBusy as exc:
+            return error(429, "RATE_LIMITED", str(exc), exc.retry_after)
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
         return outcomes
@@ -288,6 +292,8 @@ class ReadApi:
             return await self.backend.call(op, {"project": project})
         except QueryError as exc:
             return error(400, "VALIDATION_ERROR", str(exc))
+        except ReadsBusy as exc:
+            return error(429, "RATE_LIMITED", str(exc), exc.retry_after)
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
 

@@ -616,7 +616,7 @@ async def _keys_at(settings: Settings, marks: dict[tuple[str, int], int]) -> dic
     """The request id (record key) of the message at each (partition, offset) the log still
     holds; a position it does not (retention, a control record) is left out: trusted."""
     reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings),
         group_id=None,
         enable_auto_commit=False,
         max_partition_fetch_bytes=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from millrace import keys
 from millrace.config import Settings
+from millrace.kafka.topics import client_options, local_credentials_file
 from ops import cli, runner
 from tests.conftest import Stack
 from tests.security.test_isolation import read
@@ -25,7 +26,7 @@ from tests.test_limits import WIRES, post
 
 
 async def _produce(stack: Stack, key: bytes, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.settings), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(stack.settings.keys_topic, value, key=key)
@@ -152,6 +153,8 @@ async def test_the_dev_key_file_is_private_without_a_later_chmod(
     """`millrace run` writes the dev key 0600 from its first byte: with every chmod a no-op, the
     file (an old one left 0644 with a stale key) still ends up private."""
     settings = replace(kafka, home=tmp_path)
+    if kafka.local_broker:  # this home has no broker of its own: use the session broker's credentials
+        keys.write_secret(local_credentials_file(settings), local_credentials_file(kafka).read_text())
     path = runner.dev_key_file(settings)
     path.write_text("mr_stale_key\n")
     path.chmod(0o644)

@@ -115,6 +115,10 @@ def kafka_produce(
     java = shutil.which("java") or "java"
     topic = "bench.produce-baseline"
     asyncio.run(_create_topic(settings, topic, partitions, max_bytes))
+    from millrace.keys import write_secret
+
+    security_file = log_file.with_name("producer-client.properties")
+    write_secret(security_file, "".join(f"{line}\n" for line in java_client_props(settings)))
     cmd = [
         java,
         "-Xmx512m",
@@ -129,8 +133,11 @@ def kafka_produce(
         str(bodies_file),
         "--throughput",
         "-1",
+        # Security settings go in a file: the tool's --producer-props cannot carry a value with
+        # '=' in it (a JAAS line has several), and the file keeps the password off the command line.
+        "--producer.config",
+        str(security_file),
         "--producer-props",
-        *java_client_props(settings),
         "acks=all",
         "enable.idempotence=true",
         f"linger.ms={linger_ms}",

@@ -77,7 +77,7 @@ def choose(request: web.Request, body: bytes) -> tuple[Dialect, Any]:
         has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
         if "logs" in doc and ("entity" in doc or "source" in doc) and not has_bearer:
             return TG2G, doc
-    return TIMBERLOGS, None
+    return TIMBERLOGS, doc
 
 
 async def choose_by_prefix(request: web.Request, settings: Settings) -> Dialect:

@@ -1,0 +1,205 @@
+"""The explorer in a real browser (Debian's Chromium) against the real stack: gateway, Kafka,
+worker and the ClickHouse engine. Each test opens a fresh tab, so session storage starts empty."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from playwright.async_api import expect
+
+from tests.conftest import Stack, Tenant
+from tests.explorer.conftest import LOGS, Tab, ingest
+
+pytestmark = pytest.mark.integration
+
+
+def only_own_origin(tab: Tab) -> None:
+    assert tab.requests, "the page made no request"
+    assert [u for u in tab.requests if not u.startswith(tab.base + "/")] == []
+
+
+def key_nowhere_but_the_header(tab: Tab, key: str) -> None:
+    assert key not in tab.page.url
+    assert [u for u in tab.requests if key in u] == []
+
+
+async def test_a_wrong_key_says_so_and_stores_nothing(tab: Tab) -> None:
+    await tab.sign_in("not-a-key-" + uuid.uuid4().hex)
+    await expect(tab.page.locator("#sign-in-error")).to_contain_text("Wrong key")
+    assert await tab.page.evaluate("sessionStorage.length") == 0
+    assert await tab.page.locator("#explorer").is_hidden()
+    only_own_origin(tab)
+
+
+async def test_a_key_without_the_read_scope_is_refused(tab: Tab, stack: Stack, explored: Tenant) -> None:
+    await tab.sign_in(explored.key)  # the all-scopes key reads too
+    await expect(tab.page.locator("#rows > li")).to_have_count(len(LOGS))
+    write_only = await stack.tenant(f"explorer-w-{uuid.uuid4().hex[:6]}", frozenset({"logs:write"}))
+    await tab.page.get_by_role("button", name="Sign out").click()
+    await tab.sign_in(write_only.key)
+    await expect(tab.page.locator("#sign-in-error")).to_contain_text("data:read")
+
+
+async def test_sign_in_shows_rows_histogram_and_facets_then_sign_out_clears(
+    tab: Tab, explored: Tenant
+) -> None:
+    page = tab.page
+    await tab.sign_in(explored.read_key)
+    await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
+    await expect(page.locator("#project")).to_contain_text(explored.project)
+    # Newest first: the last log of the batch leads (one request, so equal or later times first).
+    times = await page.locator("#rows time").evaluate_all("els => els.map(e => e.dateTime)")
+    assert times == sorted(times, reverse=True)
+    # The histogram: one bar segment per level present, stacked, six logs in all.
+    await expect(page.locator("#histogram-svg rect.f-error")).not_to_have_count(0)
+    assert await page.locator("#histogram-svg rect.f-info").count() >= 1
+    await expect(page.locator("#legend li")).to_have_text(["debug", "info", "warn", "error"])
+    # Facets from the current query.
+    services = page.get_by_role("region", name="Services")
+    await expect(services.locator("li .v")).to_have_text(["billing", "auth", "web"])
+    await expect(services.locator("li .n")).to_have_text(["3", "2", "1"])
+    assert await page.evaluate("sessionStorage.getItem('millrace.readKey')") == explored.read_key
+    assert await tab.context.cookies() == []
+    key_nowhere_but_the_header(tab, explored.read_key)
+    await tab.screenshot("explorer")
+
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.locator("#sign-in")).to_be_visible()
+    assert await page.evaluate("sessionStorage.length") == 0
+    await page.reload()
+    await expect(page.get_by_label("Read key", exact=True)).to_be_visible()
+    only_own_origin(tab)
+
+
+async def test_facet_and_field_clicks_filter_and_the_url_keeps_the_view(tab: Tab, explored: Tenant) -> None:
+    page = tab.page
+    await tab.sign_in(explored.read_key)
+    await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
+    await (
+        page.get_by_role("region", name="Services").get_by_role("button", name="billing", exact=True).click()
+    )
+    await expect(page.locator("#q")).to_have_value("service:billing")
+    await expect(page.locator("#rows > li")).to_have_count(3)
+    # Expand a row: every field, attributes too; a value's minus button excludes it.
+    row = page.locator("#rows > li", has_text="expired_card")
+    await row.locator("button.line").click()
+    await expect(row.locator(".fields")).to_contain_text("attributes.orderId")
+    await row.get_by_role("button", name="Exclude environment staging").click()
+    await expect(page.locator("#q")).to_have_value("service:billing -environment:staging")
+    await expect(page.locator("#rows > li")).to_have_count(2)
+    await page.locator("#rows > li", has_text="card_declined").locator("button.line").click()
+    await page.get_by_role("button", name="Filter by attributes.orderId ord_1").click()
+    await expect(page.locator("#rows > li")).to_have_count(1)
+
+    params = parse_qs(urlsplit(page.url).query)
+    assert params == {"q": ["service:billing -environment:staging orderId:ord_1"], "range": ["1h"]}
+    # A reload (same tab, key still in session storage) restores the view from the URL.
+    await page.reload()
+    await expect(page.locator("#q")).to_have_value("service:billing -environment:staging orderId:ord_1")
+    await expect(page.locator("#rows > li")).to_have_count(1)
+    key_nowhere_but_the_header(tab, explored.read_key)
+    only_own_origin(tab)
+
+
+async def test_a_bad_query_shows_the_error_at_its_position(tab: Tab, explored: Tenant) -> None:
+    page = tab.page
+    await tab.sign_in(explored.read_key)
+    await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
+    await page.locator("#q").fill("severity:error | count by")
+    await page.locator("#q").press("Enter")
+    error = page.locator("#query-error")
+    await expect(error).to_contain_text("expected a field name after 'by'")
+    await expect(error).to_contain_text("at position 25")
+    await expect(error.locator("pre")).to_have_text("severity:error | count by ")
+    assert await page.locator("#q").get_attribute("aria-invalid") == "true"
+    await page.locator("#q").fill("severity:loud")
+    await page.locator("#q").press("Enter")
+    await expect(error.locator("mark")).to_have_text("l")  # position 9, the value
+    only_own_origin(tab)
+
+
+async def test_autocomplete_suggests_from_the_schema(tab: Tab, explored: Tenant) -> None:
+    page = tab.page
+    await tab.sign_in(explored.read_key)
+    await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
+    await page.locator("#q").fill("")
+    await page.locator("#q").press_sequentially("severity:")
+    options = page.locator("#suggestions [role=option]")
+    await expect(options.first).to_be_visible()
+    texts = await options.locator(".mono").all_text_contents()
+    assert set(texts) == {"debug", "info", "warn", "error"}
+    await page.locator("#q").press("ArrowDown")
+    await page.locator("#q").press("Enter")
+    await expect(page.locator("#q")).to_have_value(f"severity:{texts[0]} ")
+    only_own_origin(tab)
+
+
+async def test_aggregates_render_as_a_table_and_bars(tab: Tab, explored: Tenant) -> None:
+    page = tab.page
+    await tab.sign_in(explored.read_key)
+    await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
+    await page.locator("#q").fill("count by service")
+    await page.locator("#q").press("Enter")
+    table = page.locator("#aggregate table")
+    await expect(table.locator("tbody tr")).to_have_count(3)
+    await expect(table.locator("tbody tr").first).to_contain_text("billing")
+    await expect(table.locator("tbody tr").first.locator("td.num")).to_have_text("3")
+    await expect(table.locator("rect")).to_have_count(3)
+    assert await page.locator("#rows > li").count() == 0
+    only_own_origin(tab)
+
+
+async def test_histogram_click_zooms_into_a_bucket(tab: Tab, explored: Tenant) -> None:
+    page = tab.page
+    await tab.sign_in(explored.read_key)
+    await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
+    bar = page.locator("#histogram-svg rect.f-error").first
+    await bar.click()
+    await expect(page.locator("#range")).to_have_value("custom")
+    await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
+    params = parse_qs(urlsplit(page.url).query)
+    assert set(params) == {"from", "to"}
+    # One 1-minute bucket of the last hour: the custom range spans exactly that.
+    span_ms = await page.evaluate(
+        "Date.parse(new URL(location).searchParams.get('to'))"
+        " - Date.parse(new URL(location).searchParams.get('from'))"
+    )
+    assert span_ms == 60_000
+    await page.get_by_role("button", name="Zoom out").click()
+    await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
+    only_own_origin(tab)
+
+
+async def test_live_tail_shows_a_new_log_after_an_ingest(tab: Tab, stack: Stack) -> None:
+    page = tab.page
+    tailed = await stack.tenant(f"explorer-tail-{uuid.uuid4().hex[:6]}")
+    await ingest(stack, tailed, LOGS[:2])
+    assert await stack.wait_rows(tailed.project, 2) == 2
+    await tab.sign_in(tailed.read_key)
+    await expect(page.locator("#rows > li")).to_have_count(2)
+    live = page.get_by_role("button", name="Live tail", exact=True)
+    await live.click()
+    await expect(live).to_have_attribute("aria-pressed", "true")
+    await expect(page.locator("#rate")).to_contain_text("logs/s")
+    fresh = f"live tail {uuid.uuid4().hex[:8]}"
+    await ingest(stack, tailed, [("warn", fresh, {"service": "tail"})])
+    await expect(page.locator("#rows > li").first).to_contain_text(fresh, timeout=20_000)
+    await expect(page.locator("#rows > li")).to_have_count(3)
+    await expect(page.locator("#rate")).not_to_have_text("0.0 logs/s")
+    await tab.screenshot("explorer-live")
+    await page.get_by_role("button", name="Pause", exact=True).click()
+    await expect(page.get_by_role("button", name="Resume", exact=True)).to_be_visible()
+    await live.click()
+    await expect(page.locator("#rate")).to_be_hidden()
+    only_own_origin(tab)
+
+
+async def test_a_narrow_window_still_works(tab: Tab, explored: Tenant) -> None:
+    await tab.page.set_viewport_size({"width": 400, "height": 800})
+    await tab.sign_in(explored.read_key)
+    await expect(tab.page.locator("#rows > li")).to_have_count(len(LOGS))
+    width = await tab.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400
+    await tab.screenshot("explorer-narrow")

@@ -509,7 +509,9 @@ function fieldRow(name, value, filterable, group) {
 async function copyJson(row, button) {
   const text = JSON.stringify(row, null, 2);
   try {
-    await navigator.clipboard.writeText(text);
+    // Some browsers leave the promise pending without a user-visible focus: give up after 1 s.
+    const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), 1000));
+    await Promise.race([navigator.clipboard.writeText(text), timeout]);
   } catch {
     const area = el("textarea", { class: "visually-hidden" });
     area.value = text;
@@ -523,11 +525,16 @@ async function copyJson(row, button) {
   setTimeout(() => { button.textContent = "Copy as JSON"; }, 1500);
 }
 
+// The next page: rows older than the oldest shown. Rows of one batch often share a timestamp,
+// so the page asks for the shown rows of the oldest microsecond again plus 100, and drops repeats.
 async function loadMore() {
   const oldest = state.rows[state.rows.length - 1];
   if (!oldest) return;
   const mine = generation;
-  const extra = `timestamp < ${nextMicro(oldest.timestamp)}`;
+  const micro = oldest.timestamp.slice(0, 26);
+  const ties = state.rows.filter((r) => r.timestamp.slice(0, 26) === micro).length;
+  const limit = Math.min(1000, ties + 100);
+  const extra = `timestamp < ${nextMicro(oldest.timestamp)} | limit ${limit}`;
   $("more").disabled = true;
   try {
     const [answer] = await batch([full(state.q, state.window, extra)]);
@@ -537,10 +544,10 @@ async function loadMore() {
       return;
     }
     const added = addRows(answer.data.results, "end");
-    state.exhausted = answer.data.count < 100 || added === 0;
+    state.exhausted = answer.data.count < limit || (added === 0 && limit === 1000);
     $("more").hidden = state.exhausted;
     $("summary").textContent = summaryText();
-    say(`${added} more rows`);
+    say(added ? `${added} more rows` : "No more rows");
   } catch (err) {
     showError(err.message, err.position);
   } finally {

@@ -60,6 +60,7 @@ class Tab:
     context: BrowserContext
     base: str
     requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # console errors (CSP violations among them)
 
     async def sign_in(self, key: str) -> None:
         await self.page.goto(self.base + "/")
@@ -82,6 +83,8 @@ async def tab(browser: Browser, stack: Stack) -> AsyncIterator[Tab]:
         opened.requests.append(request.url)
 
     page.on("request", record)
+    page.on("console", lambda m: opened.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: opened.errors.append(f"uncaught: {e}"))
     try:
         yield opened
     finally:

@@ -185,7 +185,7 @@ async function enter(info) {
   $("project").hidden = false;
   $("project").textContent = `project ${info.project.name} · ${info.usage.logs.toLocaleString()} logs`;
   readUrl();
-  api("/v1/schema").then((schema) => { state.schema = schema; }).catch(() => {});
+  state.schema = api("/v1/schema").catch(() => null); // facets wait for it
   $("q").focus();
   await search();
 }
@@ -734,7 +734,8 @@ const FACETS = {
 
 async function loadFacets(window, mine) {
   const fixed = FACETS[state.source];
-  const props = ((state.schema || {})[state.source === "logs" ? "log_properties" : "event_properties"] || [])
+  const schema = (await state.schema) || {};
+  const props = (schema[state.source === "logs" ? "log_properties" : "event_properties"] || [])
     .filter((p) => !fixed.some(([f]) => f === p.key))
     .slice(0, FACET_KEYS);
   const fields = [...fixed, ...props.map((p) => [p.key, p.key])];

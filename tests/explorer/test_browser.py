@@ -3,13 +3,17 @@ worker and the ClickHouse engine. Each test opens a fresh tab, so session storag
 
 from __future__ import annotations
 
+import time
 import uuid
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
 from playwright.async_api import expect
 
+from millrace import store
+from schemas.record import LOG_DEFAULTS
 from tests.conftest import Stack, Tenant
 from tests.explorer.conftest import LOGS, Tab, ingest
 
@@ -272,4 +276,47 @@ async def test_events_are_a_source_too(tab: Tab, stack: Stack) -> None:
     await expect(page.locator("#rows .msg")).to_have_text("signup")
     await expect(page.get_by_role("region", name="Events").locator("li .v")).to_have_text(["signup"])
     assert parse_qs(urlsplit(page.url).query)["source"] == ["events"]
+    only_own_origin(tab)
+
+
+async def test_the_histogram_spreads_an_hour_over_minute_buckets(tab: Tab, stack: Stack) -> None:
+    """Logs written at known times over the last hour: one bar per minute, stacked by level."""
+    page = tab.page
+    busy = await stack.tenant(f"explorer-hour-{uuid.uuid4().hex[:6]}")
+    now = time.time_ns()
+    columns: dict[str, list[Any]] = {name: [] for name in LOG_DEFAULTS}
+    services = ("checkout", "billing", "auth", "search")
+    messages = ("request served", "cache miss", "upstream timeout", "payment declined")
+    minutes = set()
+    for i in range(600):
+        # 2..56 minutes ago (inside the window whenever the page asks), busier towards the
+        # present, with a spike of errors 20 minutes ago.
+        minute = 20 if i % 10 == 0 else 2 + int(55 * (i / 600) ** 2)
+        minutes.add(minute)
+        level = "error" if i % 10 == 0 else ("info", "info", "info", "debug", "warn", "info")[i * 7 % 6]
+        row = {
+            **LOG_DEFAULTS,
+            "project": busy.project,
+            "level": level,
+            "severity_text": level,
+            "message": f"{messages[i % 4]} #{i}",
+            "service": services[i % 4],
+            "environment": "prod" if i % 5 else "staging",
+            "attributes": {"region": ("eu", "us", "ap")[i % 3], "duration_ms": str(i * 37 % 900)},
+        }
+        row["timestamp"], row["observed_timestamp"] = now - minute * 60 * 10**9, now
+        for name, value in row.items():
+            columns[name].append(value)
+    store.insert_columns(stack.client, "logs", columns, dedup_token=f"explorer-hour-{uuid.uuid4()}")
+    await tab.sign_in(busy.read_key)
+    await expect(page.locator("#rows > li")).to_have_count(100)
+    await expect(page.locator("#summary")).to_contain_text("100 of 600 logs shown")
+    starts = await page.locator("#histogram-svg rect[class^='f-']").evaluate_all(
+        "els => new Set(els.map(e => e.getAttribute('x'))).size"
+    )
+    assert starts == len(minutes)  # one bar per minute that has logs, of the hour's 60
+    await expect(page.locator("#legend li")).to_have_text(["debug", "info", "warn", "error"])
+    await expect(page.get_by_role("region", name="region").locator("li .v")).to_have_text(["ap", "eu", "us"])
+    await page.locator("#rows > li").nth(2).locator("button.line").click()
+    await tab.screenshot("explorer-hour")
     only_own_origin(tab)

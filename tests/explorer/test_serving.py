@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 
 import pytest
@@ -15,7 +16,7 @@ BUDGET_BYTES = 80_000
 
 @pytest.mark.integration
 async def test_the_page_is_served_at_the_base_url_with_a_same_origin_policy(stack: Stack) -> None:
-    async with stack.session.get(stack.url + "/") as resp:
+    async with stack.session.get(stack.url + "/", headers={"Accept-Encoding": "identity"}) as resp:
         assert resp.status == 200
         assert resp.content_type == "text/html"
         html = (await resp.read()).decode()
@@ -40,11 +41,18 @@ async def test_the_page_is_served_at_the_base_url_with_a_same_origin_policy(stac
 @pytest.mark.integration
 async def test_assets_are_cacheable_by_their_hash_and_unknown_ones_are_404(stack: Stack) -> None:
     for name, asset in explorer.ASSETS.items():
-        async with stack.session.get(f"{stack.url}/explorer/{name}?v={asset.version}") as resp:
+        async with stack.session.get(
+            f"{stack.url}/explorer/{name}?v={asset.version}", headers={"Accept-Encoding": "identity"}
+        ) as resp:
             assert resp.status == 200, name
             assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
             assert resp.headers["Content-Security-Policy"] == explorer.CSP
             assert await resp.read() == asset.body
+        async with stack.session.get(
+            f"{stack.url}/explorer/{name}", headers={"Accept-Encoding": "gzip, br"}
+        ) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(await resp.read()) == asset.body
         async with stack.session.get(f"{stack.url}/explorer/{name}?v=old") as resp:
             assert resp.headers["Cache-Control"] == "no-cache"  # an old page's URL is revalidated
         async with stack.session.get(
@@ -60,6 +68,8 @@ async def test_assets_are_cacheable_by_their_hash_and_unknown_ones_are_404(stack
 def test_the_assets_name_no_other_host_and_stay_small() -> None:
     total = len(explorer.PAGE.body) + sum(len(a.body) for a in explorer.ASSETS.values())
     assert total < BUDGET_BYTES, total
+    wire = len(explorer.PAGE.gzipped) + sum(len(a.gzipped) for a in explorer.ASSETS.values())
+    assert wire < BUDGET_BYTES // 3, wire
     for name, asset in [("index.html", explorer.PAGE), *explorer.ASSETS.items()]:
         text = asset.body.decode()
         # The SVG namespace is a name, not a request.

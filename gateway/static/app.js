@@ -344,7 +344,6 @@ async function search(event) {
   const queries = [full(state.q, window)];
   if (!aggregate) queries.push(histogramQuery(window));
   const started = performance.now();
-  const facets = aggregate ? null : loadFacets(window, mine);
   let answers;
   try {
     answers = await batch(queries);
@@ -373,8 +372,10 @@ async function search(event) {
   state.exhausted = main.data.count < 100; // a search answers at most 100 rows unless it says `limit`
   $("more").hidden = state.exhausted;
   if (hist && hist.status === "ok") renderHistogram(hist.data.results, window);
+  else $("histogram").hidden = true;
   $("summary").textContent = summaryText(ms);
-  await facets;
+  // After the rows, not beside them: on a small machine the facets' scans would delay them.
+  await loadFacets(window, mine);
 }
 
 function histogramWidth([from, to]) {

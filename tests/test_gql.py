@@ -176,7 +176,20 @@ def test_deep_nesting_is_a_parse_error_not_a_crash() -> None:
 
 
 _GQL_ALPHABET = st.sampled_from(
-    [*"abc019 :=<>!-()|,'\"*$._", "count", "by", "top", "last", "from", "OR", "NOT", "1h", "where"]
+    [
+        *"abc019 :=<>!-()|,'\"*$._",
+        "count",
+        "by",
+        "top",
+        "last",
+        "from",
+        "OR",
+        "NOT",
+        "1h",
+        "where",
+        "bin(",
+        "timestamp",
+    ]
 )
 
 

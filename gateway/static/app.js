@@ -294,8 +294,13 @@ function quoteValue(value) {
   return `"${text.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
 }
 
+// Words GQL reads as clauses or stages: a property of that name is quoted to stay a field.
+const RESERVED = new Set(["from", "last", "since", "until", "between", "not", "and", "or", "count",
+  "count_distinct", "top", "sort", "limit", "where", "by", "bin"]);
+
 function quoteField(name) {
-  return /^[$A-Za-z_][\w.$-]*$/.test(name) ? name : quoteValue(name);
+  const plain = /^[$A-Za-z_][\w.$-]*$/.test(name) && !RESERVED.has(name.toLowerCase());
+  return plain ? name : `"${name.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
 }
 
 // `field:value` (or its negation) added to the query's filters, before any stage.
@@ -321,6 +326,7 @@ async function search(event) {
   if (event) event.preventDefault();
   closeSuggestions();
   state.q = $("q").value.trim();
+  $("q").value = state.q; // error positions count from the first character
   state.source = $("source").value;
   state.range = $("range").value;
   if (state.range === "custom") {
@@ -733,11 +739,17 @@ const FACETS = {
   events: [["event", "Events"], ["$browser", "Browsers"], ["$os", "Systems"]],
 };
 
+// Property names GQL reads as the columns above (or as the message): not offered twice.
+const SHOWN = {
+  logs: new Set(["level", "severity", "service", "environment", "env", "message", "body"]),
+  events: new Set(["event", "event_name", "name", "$browser", "$os"]),
+};
+
 async function loadFacets(window, mine) {
   const fixed = FACETS[state.source];
   const schema = (await state.schema) || {};
   const props = (schema[state.source === "logs" ? "log_properties" : "event_properties"] || [])
-    .filter((p) => !fixed.some(([f]) => f === p.key))
+    .filter((p) => !SHOWN[state.source].has(p.key.toLowerCase()))
     .slice(0, FACET_KEYS);
   const fields = [...fixed, ...props.map((p) => [p.key, p.key])];
   const base = filtersOnly(state.q);

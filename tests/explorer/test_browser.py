@@ -3,6 +3,7 @@ worker and the ClickHouse engine. Each test opens a fresh tab, so session storag
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -252,9 +253,15 @@ async def test_copy_as_json_and_the_keyboard_alone(tab: Tab, explored: Tenant) -
         "error",
         "ord_1",
     )
-    # The histogram: focus, an arrow picks the last bar, Enter zooms into it.
+    # The histogram: focus, arrows pick a bar (announced), Enter zooms into it. The logs are
+    # in one of the last few minutes: step left from the newest bar to theirs.
     await page.locator("#histogram-svg").focus()
     await page.keyboard.press("ArrowRight")
+    for _ in range(10):
+        if not (await page.locator("#status").text_content() or "").endswith(": 0 logs"):
+            break
+        await page.keyboard.press("ArrowLeft")
+    await expect(page.locator("#status")).to_have_text(re.compile(r": 6 logs$"))
     await page.keyboard.press("Enter")
     await expect(page.locator("#range")).to_have_value("custom")
     await expect(page.locator("#rows > li")).to_have_count(len(LOGS))
@@ -319,4 +326,21 @@ async def test_the_histogram_spreads_an_hour_over_minute_buckets(tab: Tab, stack
     await expect(page.get_by_role("region", name="region").locator("li .v")).to_have_text(["ap", "eu", "us"])
     await page.locator("#rows > li").nth(2).locator("button.line").click()
     await tab.screenshot("explorer-hour")
+    # Drag across the middle third of the chart: the range becomes that part of the hour.
+    box = await page.locator("#histogram-svg").bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    await page.mouse.move(box["x"] + box["width"] / 3, y)
+    await page.mouse.down()
+    await page.mouse.move(box["x"] + box["width"] / 2, y, steps=5)
+    await page.mouse.move(box["x"] + 2 * box["width"] / 3, y, steps=5)
+    await page.mouse.up()
+    await expect(page.locator("#range")).to_have_value("custom")
+    await expect(page.locator("#zoom-out")).to_be_visible()
+    span_ms = await page.evaluate(
+        "Date.parse(new URL(location).searchParams.get('to'))"
+        " - Date.parse(new URL(location).searchParams.get('from'))"
+    )
+    assert 18 * 60_000 <= span_ms <= 22 * 60_000  # a third of the hour's 60 buckets
+    await expect(page.locator("#summary")).to_contain_text("logs shown")
     only_own_origin(tab)

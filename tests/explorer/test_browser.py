@@ -201,6 +201,24 @@ async def test_live_tail_shows_a_new_log_after_an_ingest(tab: Tab, stack: Stack)
     await expect(page.locator("#rows > li")).to_have_count(3)
     await expect(page.locator("#rate")).not_to_have_text("0.0 logs/s")
     await tab.screenshot("explorer-live")
+    # A hidden tab does not poll; shown again, it polls at once.
+    await page.evaluate(
+        "Object.defineProperty(document, 'hidden', {get: () => true, configurable: true});"
+        " document.dispatchEvent(new Event('visibilitychange'))"
+    )
+    await page.wait_for_timeout(2500)  # a poll in flight when the tab was hidden may finish
+    polls = sum(u.endswith("/v1/gql") for u in tab.requests)
+    await page.wait_for_timeout(5000)  # two and a half polling intervals
+    assert sum(u.endswith("/v1/gql") for u in tab.requests) == polls
+    await page.evaluate(
+        "Object.defineProperty(document, 'hidden', {get: () => false, configurable: true});"
+        " document.dispatchEvent(new Event('visibilitychange'))"
+    )
+    for _ in range(50):
+        if sum(u.endswith("/v1/gql") for u in tab.requests) > polls:
+            break
+        await page.wait_for_timeout(100)
+    assert sum(u.endswith("/v1/gql") for u in tab.requests) > polls
     await page.get_by_role("button", name="Pause", exact=True).click()
     await expect(page.get_by_role("button", name="Resume", exact=True)).to_be_visible()
     await live.click()

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run up down test lint fmt broker clean lock chromium
+.PHONY: install run up down status test test-reliability lint fmt broker clean lock chromium
 
 # Installs come from uv.lock, never from pyproject's ranges: `uv sync --locked` installs exactly
 # the locked versions (Millrace itself editable) and removes anything else from .venv. A lock
@@ -89,6 +89,9 @@ up: $(STAMP) ## the same in the background; returns when the gateway is ready
 down: $(STAMP) ## stop everything `make up` started
 	@$(BIN)/millrace down
 
+status: $(STAMP) ## each process (pid, uptime, restarts, ready), consumer lag, dead letters; exit 1 if not all ready
+	@$(BIN)/millrace status
+
 # The explorer's browser tests (tests/explorer) drive Debian's Chromium, never a downloaded one.
 # Installed with apt-get when missing (as root, or with password-less sudo); where that cannot
 # be done this stops with the reason instead of letting those tests be skipped.
@@ -106,6 +109,11 @@ chromium: ## install Debian's chromium for the explorer's browser tests when it 
 test: $(STAMP) chromium ## the whole suite against a real Kafka broker and the real ClickHouse engine
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
+
+# The chaos test alone, with its figures (requests sent, acknowledged, stored, lost, duplicated,
+# seconds until each killed process was ready again). `make test` runs it too.
+test-reliability: $(STAMP) ## SIGKILL worker, gateway and broker of a `make up` under load; print the figures
+	@$(BIN)/python -m pytest tests/test_cli_run.py -k heals_itself -q -s
 
 lint: $(STAMP) ## ruff and mypy
 	@$(BIN)/ruff check .

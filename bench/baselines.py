@@ -6,11 +6,12 @@
     gateway's producer settings (acks=all, idempotence, linger, compression). It runs until its
     5-second windows cover `seconds`, after a first window that is left out as JVM warm-up.
 (b) ClickHouse insert: a separate process opens a fresh chDB path, applies the project's
-    migrations, turns the same bodies into rows with the project's own parser and
-    column layout (PARSERS + TableBatch + enrich_step, exactly as the worker does), then
-    inserts batches of the worker's batch size through `store.insert_columns` for
-    `seconds`. It also times the parse + enrich step, the Python cost per log that the
-    worker (and, for parsing, the gateway) pays.
+    migrations, turns the same bodies into rows with the project's own parser (the
+    record's columns and defaults filled in Python), then inserts batches of the worker's
+    batch size through clickhouse-connect's columnar `store.insert_columns` for `seconds`.
+    It also times that parse + column build, and the worker's own way for comparison: the
+    same rows as envelopes carry them, read by the engine in one `INSERT ... SELECT`
+    (`schemas.rows`, `store.insert_select`).
 
 `python -m bench.baselines clickhouse ...` is (b)'s process; bench.run starts it.
 """
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,29 +163,43 @@ def kafka_produce(
 # -- (b) ClickHouse ----------------------------------------------------------------------------
 
 
-def _rows(bodies: list[bytes], dialect: Dialect, batch_rows: int) -> tuple[Any, float, int]:
-    """One worker-shaped columnar batch of `batch_rows` rows, and the parse+enrich CPU seconds it took."""
-    from aiokafka.structs import ConsumerRecord
+@dataclass
+class _Columns:
+    """One table's rows as clickhouse-connect's columnar insert takes them."""
 
+    table: str
+    columns: dict[str, list[Any]]
+    rows: int = 0
+
+
+def _rows(bodies: list[bytes], dialect: Dialect, batch_rows: int) -> tuple[_Columns, float, int]:
+    """A columnar batch of `batch_rows` rows (the record's defaults and the request facts
+    filled in), and the parse + build CPU seconds it took."""
     from formats import PARSERS, ParseContext
-    from workers.pipeline import TableBatch, enrich_step
+    from schemas.record import PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
 
     parse = PARSERS[dialect.parser]
-    batch: Any = None
+    batch: _Columns | None = None
     logs = 0
     started = time.process_time()
     offset = 0
     while batch is None or batch.rows < batch_rows:
         body = bodies[offset % len(bodies)]
         now = time.time_ns()
-        envelope = payloads.envelope(dialect, body, offset, "bench-baseline", now)
         parsed = parse(
             body, ParseContext(received_at_ns=now, path=dialect.path, content_type=dialect.content_type)
         )
-        record = ConsumerRecord("millrace.raw", offset % 4, offset, 0, 0, None, body, None, 0, len(body), [])
         if batch is None:
-            batch = TableBatch.empty(parsed.table)
-        enrich_step(envelope, parsed, record, batch)
+            batch = _Columns(parsed.table, {name: [] for name in TABLE_COLUMNS[parsed.table]})
+        facts = {"project": "bench-baseline", "observed_timestamp": now, "dialect": dialect.parser}
+        facts.update(kafka_topic="millrace.raw", kafka_partition=offset % 4, kafka_offset=offset)
+        defaults = TABLE_DEFAULTS[parsed.table]
+        for name, values in batch.columns.items():
+            if name in PIPELINE_COLUMNS:
+                values.extend([facts.get(name, defaults[name])] * len(parsed.rows))
+            else:
+                values.extend([row.get(name, defaults[name]) for row in parsed.rows])
+        batch.rows += len(parsed.rows)
         logs += len(parsed.rows)
         offset += 1
     return batch, time.process_time() - started, logs
@@ -208,7 +224,7 @@ def clickhouse_insert(bodies_file: Path, dialect: Dialect, batch_rows: int, seco
         inserts, rows, elapsed, cpu = _repeat_for(seconds, insert_once)
         (count,) = client.query(f"SELECT count() FROM {batch.table}").result_rows[0]
         stats_cost = _stats_cost(client)
-        engine_parsed = _engine_parsed(client, bodies, dialect, batch_rows, seconds)
+        engine_rows = _engine_rows(client, bodies, dialect, batch_rows, seconds)
         client.close()
     return {
         "engine": "chDB (embedded ClickHouse), clickhouse-connect, store.insert_columns",
@@ -223,41 +239,51 @@ def clickhouse_insert(bodies_file: Path, dialect: Dialect, batch_rows: int, seco
         "parse_enrich_logs_per_s_one_core": round(parsed_logs / parse_s) if parse_s else None,
         "parse_enrich_us_per_log": round(parse_s / parsed_logs * 1e6, 2),
         "stats_query": stats_cost,
-        "engine_parsed": engine_parsed,
+        "engine_rows": engine_rows,
     }
 
 
-def _engine_parsed(
+def _engine_rows(
     client: Any, bodies: list[bytes], dialect: Dialect, batch_rows: int, seconds: float
-) -> dict[str, Any] | None:
-    """The same bodies the way the worker stores bodies the gateway marked `store_parses`: one
-    `INSERT ... SELECT` per batch in which the engine parses them (batches of
-    `batch_rows * DEFERRED_SHARE` rows, as the worker sizes them). None for other dialects."""
-    from aiokafka.structs import ConsumerRecord
-
-    from workers.pipeline import DEFERRED_SHARE, TableBatch, insert_table
+) -> dict[str, Any]:
+    """The same bodies the way the worker stores them: the envelopes' rows, one
+    `INSERT ... SELECT` per batch in which the engine reads them (`schemas.rows`)."""
+    from millrace import store
+    from schemas import rows as row_codec
 
     now = time.time_ns()
     envelopes = [payloads.envelope(dialect, b, i, "bench-baseline", now) for i, b in enumerate(bodies)]
-    if not all(e.store_parses for e in envelopes):
-        return None
-    target = batch_rows * DEFERRED_SHARE
+    table = envelopes[0].table
     offset = 0
 
     def insert_once(i: int) -> int:
         nonlocal offset
-        table = TableBatch.empty("logs")
-        while table.rows < target:
+        lines: list[bytes] = []
+        count = 0
+        while count < batch_rows:
             envelope = envelopes[offset % len(envelopes)]
-            table.defer(envelope, ConsumerRecord("bench", 0, offset, 0, 0, None, b"", None, 0, 0, []))
+            facts = {"project": envelope.project, "observed_timestamp": now, "dialect": envelope.dialect}
+            facts.update(kafka_topic="bench", kafka_partition=0, kafka_offset=offset)
+            lines.extend(row_codec.line(facts, envelope.body))
+            count += envelope.rows
             offset += 1
-        insert_table(client, table, f"bench-baseline-parsed-{i}")
-        return table.rows
+        store.insert_select(
+            client,
+            table,
+            row_codec.COLUMNS[table],
+            lambda source: row_codec.select_sql(table, source),
+            row_codec.STRUCTURE[table],
+            lines,
+            f"bench-baseline-rows-{i}",
+            row_codec.INPUT_SETTINGS,
+            {},
+        )
+        return count
 
     inserts, rows, elapsed, cpu = _repeat_for(seconds, insert_once)
     return {
-        "engine": "chDB, INSERT ... SELECT over the raw bodies (workers.pipeline.insert_table)",
-        "batch_rows": target,
+        "engine": "chDB, INSERT ... SELECT over the envelopes' rows (schemas.rows), as the worker stores",
+        "batch_rows": batch_rows,
         "inserts": inserts,
         "rows_per_s": round(rows / elapsed),
         "cpu_us_per_row": round(cpu / rows * 1e6, 2),

@@ -4,22 +4,19 @@
 
 Stages, in the order a log meets them:
 
-- gateway `check`: what the gateway runs to answer (a dialect's validate-only fast path
-  from `VALIDATORS`, else its full parser), and `parse` (the full parser) beside it;
+- gateway `parse`: the dialect's parser (`formats.PARSERS`), the gateway's only parse;
+- gateway `rows`: encoding the rows for the envelope (`schemas.rows.encode`);
 - gateway `envelope`: `schemas.envelope.encode`;
-- worker `decode + parse + enrich`: the worker's `submit` work per message, appended
-  into one columnar batch of `--batch-rows` rows, as the worker does (the batch stays
-  alive, so the garbage collector's cost of a large batch is included);
-- worker `insert`: `store.insert_columns` of that batch into a fresh embedded ClickHouse
-  (chDB) directory, process CPU (all threads, background merges stopped), and the part of
-  it spent in Python serializing the batch (`client.insert` without the engine call);
-- worker `store parse`: for bodies the gateway marks `store_parses`, the whole worker side
-  instead: decode, defer, and the `INSERT ... SELECT` in which the engine parses the raw
-  bodies (`pipeline.insert_table`), process CPU (all threads).
+- worker `decode + lines`: decoding each envelope and writing its input line
+  (`schemas.rows.line`: the request facts, the rows as they came), per message;
+- worker `insert`: the engine reading those lines into a fresh embedded ClickHouse (chDB)
+  directory in one `INSERT ... SELECT` of `--batch-rows` rows (`store.insert_select`),
+  process CPU (all threads, background merges stopped).
 
 Each figure is the minimum over `--reps` repetitions of CPU time (`time.process_time`),
 the least disturbed by other processes on a shared machine. Wall-clock throughput is
-never used. Results print as a table and, with `--json`, as JSON.
+never used. Results print as a table and, with `--json`, as JSON. Only public entry
+points are driven (formats, schemas, the store client): no worker internals.
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ from bench import payloads
 def _best(fn: Callable[[], Any], reps: int) -> float:
     best = float("inf")
     for _ in range(reps):
-        gc.collect()
+        gc.collect()  # each repetition starts from the same heap
         started = time.process_time()
         fn()
         best = min(best, time.process_time() - started)
@@ -46,12 +43,10 @@ def _best(fn: Callable[[], Any], reps: int) -> float:
 
 
 def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict[str, float]:
-    from aiokafka.structs import ConsumerRecord
-
-    import formats
     from formats import PARSERS, ParseContext
-    from schemas.envelope import encode
-    from workers.pipeline import TableBatch, decode_step, enrich_step, parse_step
+    from millrace.gc_tuning import tune_gc
+    from schemas import rows
+    from schemas.envelope import decode, encode
 
     dialect = payloads.DIALECTS[dialect_name]
     per_body = payloads.batch_size(dialect, 500)
@@ -59,88 +54,66 @@ def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict
     logs = per_body * len(bodies)
     now = time.time_ns()
     ctx = ParseContext(received_at_ns=now, path=dialect.path, content_type=dialect.content_type)
-    validators: dict[str, Any] = getattr(formats, "VALIDATORS", {})  # absent before the fast path
-    check = validators.get(dialect.parser) or PARSERS[dialect.parser]
     parse = PARSERS[dialect.parser]
+    parsed = [parse(b, ctx) for b in bodies]
     envelopes = [payloads.envelope(dialect, body, i, "bench-micro", now) for i, body in enumerate(bodies)]
-    records = [
-        ConsumerRecord("millrace.raw", i % 4, i, 0, 0, None, encode(e), None, 0, len(e.body), [])
-        for i, e in enumerate(envelopes)
-    ]
-    batch: list[Any] = []
+    wire = [encode(e) for e in envelopes]
+    lines: list[bytes] = []
+    tune_gc()  # as the gateway and the worker run
 
     def worker() -> None:
-        table = None
-        for record in records:
-            envelope = decode_step(record)
-            parsed = parse_step(envelope)
-            if table is None:
-                table = TableBatch.empty(parsed.table)
-            enrich_step(envelope, parsed, record, table)
-        batch[:] = [table]
+        out: list[bytes] = []
+        for offset, value in enumerate(wire):
+            envelope = decode(value)
+            facts = {"project": envelope.project, "observed_timestamp": envelope.received_at_ns}
+            facts.update(kafka_topic="millrace.raw", kafka_partition=offset % 4, kafka_offset=offset)
+            out.extend(rows.line(facts, envelope.body))
+        lines[:] = out
 
     us = 1e6 / logs
     out = {
-        "gateway_check_us": _best(lambda: [check(b, ctx) for b in bodies], reps) * us,
-        "gateway_full_parse_us": _best(lambda: [parse(b, ctx) for b in bodies], reps) * us,
+        "gateway_parse_us": _best(lambda: [parse(b, ctx) for b in bodies], reps) * us,
+        "gateway_rows_us": _best(lambda: [rows.encode(p.rows) for p in parsed], reps) * us,
         "gateway_envelope_us": _best(lambda: [encode(e) for e in envelopes], reps) * us,
-        "worker_decode_parse_enrich_us": _best(worker, reps) * us,
+        "worker_decode_lines_us": _best(worker, reps) * us,
     }
     if insert:
-        out.update(_insert(batch[0], records, max(2, reps // 2)))
+        out["worker_insert_us"] = _insert(envelopes[0].table, lines, max(2, reps // 2)) * us
     out["logs_per_rep"] = logs
     return out
 
 
-def _insert(table: Any, records: list[Any], reps: int) -> dict[str, float]:
+def _insert(table: str, lines: list[bytes], reps: int) -> float:
+    """CPU seconds of the engine's insert of `lines` (best of `reps`)."""
     from millrace import store
     from millrace.config import Settings
-    from workers.pipeline import TableBatch, decode_step, insert_table
+    from schemas import rows
 
     with tempfile.TemporaryDirectory(prefix="millrace-micro-") as home:
         client = store.connect(Settings.from_env({"MILLRACE_HOME": home}))
         store.migrate(client)
-        # Background merges of earlier repetitions would land on later ones (and on the other
-        # path): stopped, so these are the inserts alone; `make bench` shows merges per log.
+        # Background merges of earlier repetitions would land on later ones: stopped, so these
+        # are the inserts alone; `make bench` shows merges per log.
         client.command("SYSTEM STOP MERGES")
-        store.insert_columns(client, table.table, table.columns, "warm-up")
         tokens = iter(range(10**6))
-        total = _best(
-            lambda: store.insert_columns(client, table.table, table.columns, f"m{next(tokens)}"), reps
-        )
-        # The same call with the engine step replaced: what clickhouse-connect spends in Python.
-        backend = client._backend  # the library's own split: measured, not changed
-        real = backend.execute_data_insert
 
-        def serialize_only(context: Any, runtime: Any, body: Any, retry_body: Any) -> dict[str, Any]:
-            for _chunk in body:
-                pass
-            return {}
+        def insert_once() -> None:
+            store.insert_select(
+                client,
+                table,
+                rows.COLUMNS[table],
+                lambda source: rows.select_sql(table, source),
+                rows.STRUCTURE[table],
+                lines,
+                f"m{next(tokens)}",
+                rows.INPUT_SETTINGS,
+                {},
+            )
 
-        backend.execute_data_insert = serialize_only
-        try:
-            python = _best(lambda: store.insert_columns(client, table.table, table.columns, "x"), reps)
-        finally:
-            backend.execute_data_insert = real
-        store_parse = None
-        if all(decode_step(r).store_parses for r in records):
-
-            def store_parsed() -> None:
-                deferred = TableBatch.empty(table.table)
-                for record in records:
-                    deferred.defer(decode_step(record), record)
-                insert_table(client, deferred, f"s{next(tokens)}")
-
-            store_parse = _best(store_parsed, reps)
+        insert_once()  # warm-up
+        best = _best(insert_once, reps)
         client.close()
-    out = {
-        "worker_insert_us": total * 1e6 / table.rows,
-        "worker_insert_python_us": python * 1e6 / table.rows,
-        "batch_rows": table.rows,
-    }
-    if store_parse is not None:
-        out["worker_store_parse_us"] = store_parse * 1e6 / table.rows
-    return out
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -323,10 +323,17 @@ def check(dialect: Dialect, body: bytes, logs_per_body: int) -> None:
 
 def envelope(dialect: Dialect, body: bytes, index: int, project: str, received_at_ns: int) -> Envelope:
     """The envelope the gateway would produce for `body`: what the worker-side benches consume."""
-    from formats import PARSERS, VALIDATORS, ParseContext
+    from formats import PARSERS, ParseContext
+    from schemas import rows
 
-    ctx = ParseContext(received_at_ns=received_at_ns, path=dialect.path, content_type=dialect.content_type)
-    checked = (VALIDATORS.get(dialect.parser) or PARSERS[dialect.parser])(body, ctx)
+    ctx = ParseContext(
+        received_at_ns=received_at_ns,
+        path=dialect.path,
+        content_type=dialect.content_type,
+        user_agent=USER_AGENT,
+        client_ip="127.0.0.1",
+    )
+    parsed = PARSERS[dialect.parser](body, ctx)
     return Envelope(
         request_id=f"{index:024x}",
         project=project,
@@ -337,7 +344,7 @@ def envelope(dialect: Dialect, body: bytes, index: int, project: str, received_a
         user_agent=USER_AGENT,
         client_ip="127.0.0.1",
         received_at_ns=received_at_ns,
-        body=body,
-        store_parses=checked.store_parses,
-        records=len(checked.rows) if checked.store_parses else 0,
+        body=rows.encode(parsed.rows),
+        table=parsed.table,
+        rows=len(parsed.rows),
     )

@@ -36,9 +36,9 @@ def compare(result: dict[str, Any]) -> dict[str, Any]:
     clickhouse = base.get("clickhouse_insert") or {}
     rates = {
         "kafka_produce": (base.get("kafka_produce") or {}).get("logs_per_s"),
-        # The faster of the engine's two ways in (columnar rows, or parsing the bodies itself).
+        # The faster of the engine's two ways in (columnar rows, or the envelopes' rows, as the worker does).
         "clickhouse_insert": max(
-            clickhouse.get("rows_per_s") or 0, (clickhouse.get("engine_parsed") or {}).get("rows_per_s") or 0
+            clickhouse.get("rows_per_s") or 0, (clickhouse.get("engine_rows") or {}).get("rows_per_s") or 0
         ),
     }
     known = {k: v for k, v in rates.items() if v}
@@ -155,15 +155,15 @@ def table(result: dict[str, Any]) -> str:
                 f"  ClickHouse insert (chDB)             {_n(ch.get('rows_per_s')):>10} rows/s   "
                 f"batches of {_n(ch.get('batch_rows'))} rows, {_n(ch.get('cpu_us_per_row'))} CPU us/row"
             )
-            parsed = ch.get("engine_parsed") or {}
+            parsed = ch.get("engine_rows") or {}
             if parsed:
                 lines.append(
-                    f"  ClickHouse parsing the bodies (chDB) {_n(parsed.get('rows_per_s')):>10} rows/s   "
+                    f"  ClickHouse reading the rows (chDB)   {_n(parsed.get('rows_per_s')):>10} rows/s   "
                     f"batches of {_n(parsed.get('batch_rows'))} rows, "
                     f"{_n(parsed.get('cpu_us_per_row'))} CPU us/row"
                 )
             lines.append(
-                f"  parse + enrich (Python, one core)    "
+                f"  parse + columns (Python, one core)   "
                 f"{_n(ch.get('parse_enrich_logs_per_s_one_core')):>10} logs/s"
                 f"   {_n(ch.get('parse_enrich_us_per_log'))} us/log"
             )

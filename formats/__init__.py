@@ -1,7 +1,8 @@
 """Dialect parsers: one module per hosted API, each exposing `parse(body, ctx) -> Parsed`.
 
 The registry is a plain dict from the dialect name carried in the envelope to its
-parser; the gateway and the worker both look parsers up here.
+parser; the gateway looks parsers up here (and the worker, for envelopes written
+before rows travelled in them).
 """
 
 from __future__ import annotations
@@ -22,10 +23,4 @@ PARSERS: dict[str, Parser] = {
     "timberlogs": timberlogs.parse,
 }
 
-# Validate-only fast paths for the gateway: the parser's exact answer (error or counts)
-# without building rows. A dialect missing here is validated by its full parser.
-VALIDATORS: dict[str, Parser] = {
-    "astralog": astralog.validate,
-}
-
-__all__ = ["PARSERS", "VALIDATORS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]
+__all__ = ["PARSERS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]

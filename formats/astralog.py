@@ -8,47 +8,19 @@ field are kept as attributes; the body's own `project_id` is kept as the attribu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
-from formats import astralog_store
 from formats.base import ParseContext, Parsed, ParseError
 from formats.common import flatten, load_json, parse_timestamp
-from formats.validate import accepted, flatten_plain, iso_time, plain_object, texts_set
 from schemas.record import normalize_level
 
 REQUIRED = ("project_id", "timestamp", "level", "service", "message")
-_KNOWN = astralog_store.KNOWN_FIELDS
-_TEXT_FIELDS = astralog_store.TEXT_FIELDS
+_KNOWN = frozenset((*REQUIRED, "metadata"))
 
 
 def parse(body: bytes, ctx: ParseContext) -> Parsed:
     logs = _logs(load_json(body))
-    return Parsed(rows=[_plain_row(item) if _plain(item) else _row(i, item) for i, item in enumerate(logs)])
-
-
-def validate(body: bytes, ctx: ParseContext) -> Parsed:
-    """`parse`'s answer (the same ParseError, or the same count) without building rows.
-
-    A body of the usual shape is checked whole (`body_ready`); otherwise records of the
-    usual shape are checked in place, and any other record goes through `_row`, which
-    raises exactly what `parse` raises for it (tests/test_fastpath.py).
-    """
-    count = astralog_store.body_ready(body)
-    if count is not None:  # the usual body, checked whole by typed decoding
-        parsed = accepted(count)
-        parsed.store_parses = True
-        return parsed
-    logs = _logs(load_json(body))
-    store_parses = True
-    for i, item in enumerate(logs):
-        if store_parses and astralog_store.ready(item):
-            continue  # plain, and of the shape the store parses itself
-        store_parses = False
-        if not _plain(item):
-            _row(i, item)
-    parsed = accepted(len(logs))
-    parsed.store_parses = store_parses
-    return parsed
+    return Parsed(rows=[_row(i, item) for i, item in enumerate(logs)])
 
 
 def _logs(doc: Any) -> list[Any]:
@@ -62,71 +34,64 @@ def _logs(doc: Any) -> list[Any]:
     return logs
 
 
-def _plain(item: Any) -> bool:
-    """True only if `_row(item)` surely succeeds: no extra fields, texts set, ISO time, flat metadata."""
-    if not texts_set(item, _KNOWN, _TEXT_FIELDS):
-        return False
-    if not iso_time(item.get("timestamp")):
-        return False
-    metadata = item.get("metadata")
-    return metadata is None or (type(metadata) is dict and plain_object(metadata))
-
-
-def _plain_row(item: dict[str, Any]) -> dict[str, Any]:
-    """`_row` for a record `_plain` accepted: the checks are done, the flattening is simpler."""
-    attributes: dict[str, str] = {}
-    metadata = item.get("metadata")
-    if metadata:
-        if "" in metadata:  # the general flatten's handling of an empty key, kept in one place
-            flatten(metadata, "", attributes)
-        else:
-            flatten_plain(metadata, attributes)
-    level = item["level"]
-    attributes["project_id"] = item["project_id"]
-    normalized, number = normalize_level(level)
-    return {
-        "timestamp": parse_timestamp(item["timestamp"]),
-        "level": normalized,
-        "severity_text": level,
-        "severity_number": number,
-        "service": item["service"],
-        "message": item["message"],
-        "attributes": attributes,
-    }
-
-
 def _row(i: int, item: Any) -> dict[str, Any]:
+    """One log as a row. The test below is `_refuse`'s checks, in one expression: a log
+    that passes it is one `_refuse` lets through, and any other log is refused there."""
+    if type(item) is dict:
+        project_id, level, service, message = (
+            item.get("project_id"),
+            item.get("level"),
+            item.get("service"),
+            item.get("message"),
+        )
+        ts = parse_timestamp(item.get("timestamp"))
+        metadata = item.get("metadata")
+        if (
+            type(project_id) is str
+            and type(level) is str
+            and type(service) is str
+            and type(message) is str
+            and project_id
+            and level
+            and service
+            and message
+            and ts is not None
+            and (metadata is None or type(metadata) is dict)
+        ):
+            attributes: dict[str, str] = {}
+            if metadata:  # flattening an empty object adds nothing
+                flatten(metadata, "", attributes)
+            if not item.keys() <= _KNOWN:
+                flatten({k: v for k, v in item.items() if k not in _KNOWN}, "", attributes)
+            attributes["project_id"] = project_id
+            normalized, number = normalize_level(level)
+            return {
+                "timestamp": ts,
+                "level": normalized,
+                "severity_text": level,
+                "severity_number": number,
+                "service": service,
+                "message": message,
+                "attributes": attributes,
+            }
+    _refuse(i, item)
+
+
+def _refuse(i: int, item: Any) -> NoReturn:
+    """Why log `i` cannot be stored: the first rule it breaks, in the order the API's errors name them."""
     if not isinstance(item, dict):
-        raise ParseError(f"logs[{i}] must be an object", code="invalid_shape")
+        raise ParseError(f"logs[{i}] must be an object", code="invalid_shape", position=i)
     missing = [f for f in REQUIRED if item.get(f) in (None, "")]
     if missing:
         names = ", ".join(missing)
-        raise ParseError(f"logs[{i}] is missing required field(s): {names}", code="missing_field")
+        raise ParseError(f"logs[{i}] is missing required field(s): {names}", code="missing_field", position=i)
     for f in ("project_id", "level", "service", "message"):
         if not isinstance(item[f], str):
-            raise ParseError(f"logs[{i}].{f} must be a string", code="invalid_type")
-    ts = parse_timestamp(item["timestamp"])
-    if ts is None:
+            raise ParseError(f"logs[{i}].{f} must be a string", code="invalid_type", position=i)
+    if parse_timestamp(item["timestamp"]) is None:
         raise ParseError(
             f"logs[{i}].timestamp {item['timestamp']!r} is not an RFC 3339, ISO 8601 or SQL timestamp",
             code="invalid_timestamp",
+            position=i,
         )
-    metadata = item.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ParseError(f"logs[{i}].metadata must be an object", code="invalid_type")
-    attributes: dict[str, str] = {}
-    if metadata:  # flattening an empty object adds nothing
-        flatten(metadata, "", attributes)
-    if not item.keys() <= _KNOWN:
-        flatten({k: v for k, v in item.items() if k not in _KNOWN}, "", attributes)
-    attributes["project_id"] = item["project_id"]
-    level, number = normalize_level(item["level"])
-    return {
-        "timestamp": ts,
-        "level": level,
-        "severity_text": item["level"],
-        "severity_number": number,
-        "service": item["service"],
-        "message": item["message"],
-        "attributes": attributes,
-    }
+    raise ParseError(f"logs[{i}].metadata must be an object", code="invalid_type", position=i)

@@ -3,11 +3,9 @@
 A parser is one pure function `parse(body, ctx) -> Parsed`: bytes in, rows out.
 It never does I/O and never raises anything but `ParseError`; rows are dicts whose
 keys are record columns a parser may fill (`schemas.record.PARSER_LOG_COLUMNS`).
-The gateway calls the same function to give a dialect's synchronous answer
-(counts, per-item rejections), the worker calls it again on the raw body from Kafka:
-one code path, so both sides always agree on what was accepted. A dialect may also
-register a `validate` (`VALIDATORS`) that gives the gateway the same answer without
-building rows; tests/test_fastpath.py proves the two agree.
+The gateway calls it once per request: the rows it returns are both the dialect's
+synchronous answer (counts, per-item rejections) and what goes to Kafka, encoded by
+`schemas.rows`; the worker hands them to the engine without parsing again.
 """
 
 from __future__ import annotations
@@ -26,14 +24,15 @@ class ParseError(ValueError):
         self,
         message: str,
         code: str = "invalid_body",
-        status: int = 400,
         details: list[dict[str, Any]] | None = None,
+        position: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.code = code
-        self.status = status  # 400 for bad input, 413 when a dialect's size/count limit is exceeded
+        self.code = code  # the gateway's dialect turns it into its own status and body
         self.details = details  # per-field issues, for dialects whose error body lists them
+        # Where: the index of the offending record, or the byte offset of a syntax error.
+        self.position = position
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +43,11 @@ class ParseContext:
     path: str = ""
     content_type: str = ""
     query: Mapping[str, str] = field(default_factory=dict)
+    user_agent: str = ""
+    client_ip: str = ""
+    # The body as JSON when the gateway's router already decoded it (`POST /v1/logs`), so it
+    # is decoded once; parsers read it through `common.json_body`. Not carried to Kafka.
+    document: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,3 @@ class Parsed:
     rows: list[dict[str, Any]]
     rejected: list[Rejection] = field(default_factory=list)
     table: str = LOGS_TABLE
-    # Set by a validator: every record has a shape the store can parse from the raw body
-    # itself, with the same result (formats/astralog_store.py).
-    store_parses: bool = False

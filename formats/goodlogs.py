@@ -30,7 +30,7 @@ Events (`parse_events`, table `events`):
     timestamp (ISO 8601)                          -> timestamp; absent = ingest time, unparseable = rejected
     any other top-level field                     -> properties under its own name
 
-The pipeline adds `$browser`, `$os`, `$device`, `$ip` to the map of every row.
+Every row's map gets `$browser`, `$os`, `$device` (from the User-Agent) and `$ip` (the client address).
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ from typing import Any
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
     copy_well_known,
-    event_time,
     flatten,
-    load_json,
+    json_body,
+    parse_timestamp,
     put_attribute,
     utf8_exceeds,
 )
+from formats.useragent import user_agent
 from schemas.record import EVENTS_TABLE, LEVELS
 
 MAX_BATCH = 500
@@ -63,24 +64,34 @@ Row = dict[str, Any]
 
 
 def parse_logs(body: bytes, ctx: ParseContext) -> Parsed:
-    rows, rejected = _each(_batch(body), ctx, _log_row)
+    rows, rejected = _each(_batch(body, ctx), ctx, _log_row)
+    _add_client_fields(rows, "attributes", ctx)
     return Parsed(rows=rows, rejected=rejected)
 
 
 def parse_events(body: bytes, ctx: ParseContext) -> Parsed:
-    rows, rejected = _each(_batch(body), ctx, _event_row)
+    rows, rejected = _each(_batch(body, ctx), ctx, _event_row)
+    _add_client_fields(rows, "properties", ctx)
     return Parsed(rows=rows, rejected=rejected, table=EVENTS_TABLE)
 
 
-def _batch(body: bytes) -> list[Any]:
+def _add_client_fields(rows: list[Row], column: str, ctx: ParseContext) -> None:
+    """GoodLogs promises server-injected `$browser`, `$os`, `$device` and `$ip` on every
+    item; they win over a client's own keys of those names."""
+    agent = user_agent(ctx.user_agent)
+    injected = {"$browser": agent.browser, "$os": agent.os, "$device": agent.device, "$ip": ctx.client_ip}
+    for row in rows:
+        row[column] = {**row.get(column, {}), **injected}
+
+
+def _batch(body: bytes, ctx: ParseContext) -> list[Any]:
     if len(body) > MAX_BODY_BYTES:
         raise ParseError(
             f"the request body is {len(body):,} bytes; the limit is 2 MB",
             code="PAYLOAD_TOO_LARGE",
-            status=413,
         )
     try:
-        doc = load_json(body)
+        doc = json_body(body, ctx)
     except ParseError as exc:
         raise ParseError(exc.message, code="VALIDATION_ERROR") from None
     batch = doc.get("batch") if isinstance(doc, dict) else None
@@ -117,7 +128,7 @@ def _time(item: dict[str, Any], ctx: ParseContext) -> int | str:
     raw = item.get("timestamp")
     if raw is None:
         return ctx.received_at_ns
-    ts = event_time(raw)
+    ts = parse_timestamp(raw)
     return f"timestamp {raw!r} is not an ISO 8601 time" if ts is None else ts
 
 

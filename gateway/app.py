@@ -68,7 +68,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-async def _kafka(app: web.Application) -> AsyncIterator[None]:
+# One cleanup context per resource, started in this order and stopped in the reverse one:
+# reads and ingest stop taking work, then the keys follower, then the producer flushes.
+async def _producer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     producer = envelope_producer(
         settings,
@@ -76,26 +78,31 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         request_timeout_ms=int(settings.produce_timeout_s * 1000),
     )
-    keys = KeyStore(settings)
     await producer.start()
-    try:
-        await keys.start()
-    except BaseException:
-        await producer.stop()
-        raise
     app[PRODUCER] = producer
-    app[KEYS] = keys
-    app[INGESTOR] = Ingestor(settings, keys.ring, producer)
-    reader: ReadBackend = WorkerReader(settings) if settings.embedded_store else StoreReader(settings)
-    app[READ_API] = ReadApi(keys.ring, reader, app[INGESTOR].limits)
     yield
     # Runs after the server stopped accepting and in-flight handlers finished:
     # flush what is still lingering in the producer, then let go of Kafka.
-    await reader.close()
-    await keys.stop()
     await producer.flush()
     await producer.stop()
     log.info("gateway_stopped")
+
+
+async def _keys(app: web.Application) -> AsyncIterator[None]:
+    keys = KeyStore(app[SETTINGS])
+    await keys.start()
+    app[KEYS] = keys
+    yield
+    await keys.stop()
+
+
+async def _handlers(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[INGESTOR] = Ingestor(settings, app[KEYS].ring, app[PRODUCER])
+    reader: ReadBackend = WorkerReader(settings) if settings.embedded_store else StoreReader(settings)
+    app[READ_API] = ReadApi(app[KEYS].ring, reader, app[INGESTOR].limits)
+    yield
+    await reader.close()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -122,7 +129,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(_kafka)
+    app.cleanup_ctx.extend([_producer, _keys, _handlers])
 
     def ingest(dialect: Dialect) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -147,8 +154,9 @@ def create_app(settings: Settings) -> web.Application:
             return metrics.counted(
                 TIMBERLOGS.name, TIMBERLOGS.error(Problem(exc.status, exc.code, exc.message))
             )
-        chosen = shared_logs_route.choose(request, body)
-        return metrics.counted(chosen.name, await ingestor.admitted(request, chosen, admitted, token, body))
+        chosen, document = shared_logs_route.choose(request, body)
+        answer = await ingestor.admitted(request, chosen, admitted, token, body, document)
+        return metrics.counted(chosen.name, answer)
 
     async def read_logs(request: web.Request) -> web.Response:
         return await request.app[READ_API].logs(request)

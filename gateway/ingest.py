@@ -1,8 +1,9 @@
 """The one ingest path every dialect's endpoint runs.
 
-authenticate -> read body (both size caps) -> parse (the dialect's synchronous
-answer needs it) -> wrap the raw body in an envelope -> produce, wait for Kafka's
-ack -> answer. Success is only ever sent after the ack (acks=all, idempotent producer).
+authenticate -> read body (both size caps) -> parse, once (the rows are both the
+dialect's synchronous answer and what is stored) -> wrap the rows in an envelope ->
+produce, wait for Kafka's ack -> answer. Success is only ever sent after the ack
+(acks=all, idempotent producer).
 """
 
 from __future__ import annotations
@@ -12,19 +13,22 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from formats import PARSERS, VALIDATORS, ParseContext, ParseError
+from formats import PARSERS, ParseContext, ParseError
 from gateway.body import BodyError, read_body
 from gateway.dialects.base import Dialect, Problem
 from gateway.limits import Limits
 from millrace import metrics
 from millrace.config import Settings
 from millrace.keys import ApiKey, KeyRing
+from schemas import rows as row_codec
 from schemas.envelope import Envelope, encode
 
 log = structlog.get_logger()
@@ -108,8 +112,10 @@ class Ingestor:
         key: ApiKey,
         token: str | None,
         body: bytes | None = None,
+        document: Any = None,
     ) -> web.Response:
-        """Run an admitted request through; `body` is passed when routing already had to read it."""
+        """Run an admitted request through; `body` (and `document`, the body as JSON) are passed
+        when routing already had to read (and decode) it."""
         received_at_ns = time.time_ns()
         if body is None:
             try:
@@ -125,6 +131,7 @@ class Ingestor:
                 )
             )
         name = dialect.name
+        user_agent = _text(request.headers.get("User-Agent", ""))
         ctx = ParseContext(
             received_at_ns=received_at_ns,
             path=request.path,
@@ -134,18 +141,26 @@ class Ingestor:
             query={
                 k: v for k, v in request.query.items() if v != token and k.lower() not in CREDENTIAL_PARAMS
             },
+            user_agent=user_agent,
+            client_ip=client_ip(request, self.settings.trusted_proxies),
+            document=document,
         )
-        # The answer needs only validity and counts: a dialect's fast path when it has one.
-        parse = VALIDATORS.get(name) or PARSERS.get(name)
+        parse = PARSERS.get(name)
         if parse is None:
             return dialect.error(Problem(501, "not_implemented", f"the {name} dialect is not available"))
         try:
             parsed = parse(body, ctx)
         except ParseError as exc:
-            return dialect.error(Problem(exc.status, exc.code, exc.message, details=exc.details))
+            return dialect.error(dialect.refusal(exc))
         if (limited := self.limits.after_parse(key, parsed)) is not None:
             return dialect.error(limited)
         if parsed.rows:
+            try:
+                rows = row_codec.encode(parsed.rows)
+            except orjson.JSONEncodeError as exc:  # a lone surrogate, say: nothing JSON can carry
+                return dialect.error(
+                    Problem(400, "invalid_body", f"the body holds a value that cannot be stored: {exc}")
+                )
             envelope = Envelope(
                 request_id=request[REQUEST_ID],
                 project=key.project,
@@ -153,13 +168,13 @@ class Ingestor:
                 dialect=name,
                 path=request.path,
                 content_type=ctx.content_type,
-                user_agent=_text(request.headers.get("User-Agent", "")),
-                client_ip=client_ip(request, self.settings.trusted_proxies),
+                user_agent=user_agent,
+                client_ip=ctx.client_ip,
                 received_at_ns=received_at_ns,
-                body=body,
+                body=rows,
                 query=dict(ctx.query),
-                store_parses=parsed.store_parses,
-                records=len(parsed.rows) if parsed.store_parses else 0,
+                table=parsed.table,
+                rows=len(parsed.rows),
             )
             try:
                 await self._produce(envelope)

@@ -113,7 +113,7 @@ class Settings:
     batch_rows: int = _setting(
         "MILLRACE_BATCH_ROWS",
         "100000",
-        "Worker flushes an insert at this many rows (rows the store parses count a quarter)",
+        "Worker flushes an insert at this many rows",
     )
     batch_age_ms: int = _setting(
         "MILLRACE_BATCH_AGE_MS", "2000", "...or when the oldest buffered row is this old"
@@ -160,6 +160,12 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
         "MILLRACE_TRUSTED_PROXIES", "", "CIDRs whose X-Forwarded-For is believed (comma separated)"
     )
+    restart_limit: int = _setting(
+        "MILLRACE_RESTART_LIMIT",
+        "5",
+        "Crashes of one process in the window that `millrace run` restarts; one more stops all (0: none)",
+    )
+    restart_window_s: int = _setting("MILLRACE_RESTART_WINDOW_S", "300", "...counted over this many seconds")
     log_level: str = _setting("MILLRACE_LOG_LEVEL", "info", "debug, info, warning or error")
     log_format: str = _setting("MILLRACE_LOG_FORMAT", "json", "json (one object per line) or console")
 
@@ -208,6 +214,8 @@ class Settings:
             "dlq_flood_threshold": lambda n, v: _int(n, v, 0, 1_000_000_000),
             "dlq_flood_ratio": _fraction,
             "dlq_flood_window_s": lambda n, v: _int(n, v, 1, 86_400),
+            "restart_limit": lambda n, v: _int(n, v, 0, 1000),
+            "restart_window_s": lambda n, v: _int(n, v, 1, 86_400),
             "max_body_bytes": lambda n, v: _int(n, v, 1024, 1 << 31),
             "max_decompressed_bytes": lambda n, v: _int(n, v, 1024, 1 << 32),
             "produce_timeout_s": _positive_float,

@@ -12,9 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 
 from millrace.config import Settings
-from schemas.record import EVENT_COLUMNS, EVENTS_TABLE, LOG_COLUMNS, LOGS_TABLE, TABLE_DEFAULTS
+from schemas.record import EVENT_COLUMNS, EVENTS_TABLE, LOG_COLUMNS, LOGS_TABLE
 
 # Column types of the tables the pipeline inserts into, from the record definition (which
 # tests/test_schema.py checks against the DDL): given these, the client skips the
@@ -167,36 +165,6 @@ def insert_columns(
 def embedded(client: Client) -> bool:
     """Whether `client` is the in-process engine (chDB) rather than a server."""
     return client.uri.startswith("chdb:")
-
-
-@contextmanager
-def staged(client: Client, table: str, columns: Mapping[str, Sequence[Any]]) -> Iterator[str]:
-    """`columns` (rows of `table`) in a Memory table of their own, for one `INSERT ... SELECT`
-    to read beside other input; dropped afterwards. Embedded engine only (same process)."""
-    types = _COLUMN_TYPES[table]
-    stage = f"millrace_stage_{uuid.uuid4().hex}"
-    definition = ", ".join(f"{_ident(name)} {types[name]}" for name in columns)
-    client.command(f"CREATE TABLE {stage} ({definition}) ENGINE = Memory")
-    try:
-        insert_columns(client, stage, columns, "", like=table)
-        yield stage
-    finally:
-        client.command(f"DROP TABLE IF EXISTS {stage}")
-
-
-def default_sql(table: str, column: str) -> str:
-    """A column's default value (schemas.record) as a typed SQL literal."""
-    kind = _COLUMN_TYPES[table][column]
-    value = TABLE_DEFAULTS[table][column]
-    if isinstance(value, str):
-        literal = _quote(value)
-    elif isinstance(value, int):
-        literal = str(value)
-    elif isinstance(value, dict):
-        literal = "map()"
-    else:
-        literal = "[]"
-    return f"CAST({literal} AS {kind})"
 
 
 def insert_select(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from millrace import keys, log
 from millrace.config import ConfigError, Settings, describe
@@ -50,6 +53,17 @@ def _down(settings: Settings, args: argparse.Namespace) -> int:
     from ops import runner
 
     return runner.down(settings)
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from ops import status
+
+    found = status.collect(settings)
+    if args.json:
+        sys.stdout.buffer.write(status.to_json(found) + b"\n")
+    else:
+        print(status.render(found, settings))
+    return found.exit_code
 
 
 def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -177,6 +191,55 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+class Console(io.TextIOBase):
+    """A stdout/stderr that survives its reader going away.
+
+    `millrace run | tee run.log` and Ctrl-C: tee dies first, and the runner's next write
+    (its shutdown log lines) would raise BrokenPipeError half-way through stopping the
+    children, leaving the broker behind. Once a write fails, output goes nowhere and the
+    shutdown carries on.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream: TextIO | None = stream
+
+    def write(self, text: str) -> int:
+        if self.stream is not None:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._lose()
+
+    def isatty(self) -> bool:
+        return self.stream is not None and self.stream.isatty()
+
+    def _lose(self) -> None:
+        stream, self.stream = self.stream, None
+        # The interpreter flushes the real stream at exit: point its fd at /dev/null so that
+        # last flush cannot fail (and print a traceback nobody reads) either.
+        try:
+            fd = stream.fileno() if stream is not None else -1
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if fd >= 0:
+                os.dup2(devnull, fd)
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    @property
+    def buffer(self) -> Any:  # structlog's BytesLogger wants one; the console never uses it
+        return getattr(self.stream, "buffer", None)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="millrace",
@@ -194,6 +257,13 @@ def parser() -> argparse.ArgumentParser:
     add("run", _run, "run broker, worker and gateway in the foreground (Ctrl-C stops all)")
     add("up", _up, "run everything in the background; returns when the gateway is ready")
     add("down", _down, "stop what `millrace up` started")
+    status_p = add(
+        "status",
+        _status,
+        "each process of `millrace run`/`up` (pid, uptime, restarts, ready), consumer lag, dead letters; "
+        "exit 1 when something is not ready, 3 when Millrace is not running",
+    )
+    status_p.add_argument("--json", action="store_true", help="print the same as one JSON object")
     add("gateway", _gateway, "run one gateway process")
     add("worker", _worker, "run one worker process (owns the embedded ClickHouse engine in chdb mode)")
     add("migrate", _migrate, "apply the ClickHouse migrations in schemas/migrations (idempotent)")
@@ -254,9 +324,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     fmt = settings.log_format
-    if args.command in ("run", "up", "down", "keys", "migrate", "topics", "config", "broker", "dlq"):
+    chores = ("run", "up", "down", "status", "keys", "migrate", "topics", "config", "broker", "dlq")
+    if args.command in chores:
         fmt = "console"  # chores talk to a person; the long-running services log JSON
+    if args.command in ("run", "up", "down"):
+        # They stop processes: a console that went away must not stop them half-way.
+        sys.stdout, sys.stderr = Console(sys.stdout), Console(sys.stderr)
     log.configure(settings.log_level, fmt, process=args.command)
+    if args.command in ("worker", "gateway"):
+        from ops.noise import quiet_kafka_startup
+
+        quiet_kafka_startup()
+    elif args.command == "run":
+        from ops.noise import quiet_runner_console
+
+        quiet_runner_console()
     result: int = args.fn(settings, args)
     return result
 

@@ -3,11 +3,13 @@
 Order matters both ways. Up: broker, topics, dev key, worker (owns the embedded
 engine, applies migrations), gateway. Down: gateway first (stops accepting, flushes
 its producer), then the worker (stores and commits what it consumed), then the broker.
+In between, the supervisor (ops/supervisor.py) restarts whichever exits by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,7 +24,8 @@ import structlog
 from millrace import keys
 from millrace.config import Settings
 from millrace.kafka.topics import ensure_topics, wait_for_kafka
-from ops.broker import LocalBroker
+from ops.broker import LocalBroker, process_exited
+from ops.supervisor import POLL_S, STATE_FILE, Command, GaveUp, Supervisor, describe_exit, read_state
 
 log = structlog.get_logger()
 
@@ -57,21 +60,66 @@ async def _prepare(settings: Settings) -> str:
     return token
 
 
-def _spawn(role: str, settings: Settings) -> subprocess.Popen[bytes]:
-    # Own session: a terminal's Ctrl-C reaches only the runner, which then stops
-    # the children in the right order.
-    return subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", role],
-        start_new_session=True,
-        env={**os.environ, "MILLRACE_HOME": str(settings.home)},
-    )
+def _child_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "MILLRACE_HOME": str(settings.home)}
 
 
-def _wait_ready(
-    settings: Settings, children: list[subprocess.Popen[bytes]], timeout_s: float, url: str | None = None
-) -> None:
+def _role(role: str, settings: Settings) -> Command:
+    """`millrace <role>` as a child; its output goes to the run log, not to the console."""
+    return Command([sys.executable, "-m", "ops.cli", role], _child_env(settings), log_file(settings))
+
+
+def log_file(settings: Settings) -> Path:
+    """Every process's log lines (the runner's own too under `up`): one file to read or tail."""
+    return settings.run_dir / "millrace.log"
+
+
+class BrokerHandle:
+    """The local broker under the supervisor: `start` returns once it serves metadata again."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        self.broker = broker
+
+    def start(self) -> int:
+        self.broker.start()
+        return self.broker.pid() or 0
+
+    def poll(self) -> int | None:
+        proc = self.broker._proc  # the exit status lives only on its Popen
+        if proc is not None:
+            return proc.poll()
+        return None if self.broker.is_running() else 1  # found running at start: no status to tell
+
+    def signal_stop(self) -> None:
+        """Nothing: the broker stops alone, last."""
+
+    def stop(self, timeout_s: float) -> None:
+        self.broker.stop(timeout_s)
+
+
+def _wait_ready(settings: Settings, supervisor: Supervisor, timeout_s: float, url: str | None = None) -> None:
     """Poll `url` (default: the gateway's /ready) until it answers 200, while the children live."""
-    wait_http_ok(url or f"http://127.0.0.1:{settings.port}/ready", timeout_s, children)
+    deadline = time.monotonic() + timeout_s
+    url = url or f"http://127.0.0.1:{settings.port}/ready"
+    while time.monotonic() < deadline:
+        for proc in supervisor.processes:
+            code = proc.handle.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"{proc.name} exited during start-up ({describe_exit(code)}); see {log_file(settings)}"
+                )
+        if http_ok(url):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"no 200 answer from {url} within {timeout_s:.0f}s; see {log_file(settings)}")
+
+
+def http_ok(url: str, timeout_s: float = 2) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def wait_http_ok(url: str, timeout_s: float, children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
@@ -81,12 +129,8 @@ def wait_http_ok(url: str, timeout_s: float, children: Sequence[subprocess.Popen
         for child in children:
             if child.poll() is not None:
                 raise RuntimeError(f"{' '.join(map(str, child.args))} exited with {child.returncode}")  # type: ignore[arg-type]
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
+        if http_ok(url):
+            return
         time.sleep(0.3)
     raise TimeoutError(f"no 200 answer from {url} within {timeout_s:.0f}s")
 
@@ -94,13 +138,10 @@ def wait_http_ok(url: str, timeout_s: float, children: Sequence[subprocess.Popen
 STOP_TIMEOUT_S = 40  # per stage (gateways, then the worker); `down` gives the runner 90 s in all
 
 
-def _terminate(
-    child: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S, *, signalled: bool = False
-) -> None:
-    """SIGTERM (once: a second one could cut a gateway's flush short), wait, then kill."""
+def _terminate(child: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, wait, then kill."""
     if child.poll() is None:
-        if not signalled:
-            child.send_signal(signal.SIGTERM)
+        child.send_signal(signal.SIGTERM)
         try:
             child.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -108,11 +149,14 @@ def _terminate(
             child.wait()
 
 
+def _gateway_names(settings: Settings) -> list[str]:
+    return ["gateway" if i == 0 else f"gateway-{i + 1}" for i in range(settings.gateway_processes)]
+
+
 def run(settings: Settings) -> int:
-    """Foreground: start everything, print how to use it, stop everything on Ctrl-C or SIGTERM."""
+    """Foreground: start everything, keep it running, stop everything on Ctrl-C or SIGTERM."""
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    broker = LocalBroker(settings) if settings.local_broker else None
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -121,55 +165,53 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    children: list[subprocess.Popen[bytes]] = []
+    supervisor = Supervisor(
+        settings.run_dir / STATE_FILE,
+        limit=settings.restart_limit,
+        window_s=settings.restart_window_s,
+        extra_state={"base_url": base_url(settings), "log_file": str(log_file(settings))},
+    )
+    gateways = _gateway_names(settings)
     code = 0
     try:
-        if broker:
+        if settings.local_broker:
+            broker = LocalBroker(settings)
             broker.fetch()
-            broker.start()
+            supervisor.start("broker", BrokerHandle(broker))
         token = asyncio.run(_prepare(settings))
-        worker = _spawn("worker", settings)
-        children.append(worker)
+        supervisor.start("worker", _role("worker", settings))
         # The worker owns the store (and in embedded mode answers reads): up before the gateway.
-        _wait_ready(settings, children, READY_TIMEOUT_S, f"{settings.worker_query_url}/internal/health")
+        _wait_ready(settings, supervisor, READY_TIMEOUT_S, f"{settings.worker_query_url}/internal/health")
         # Several gateways share the port (SO_REUSEPORT): the kernel spreads connections over
         # them, each answers only once it listens, so one /ready answer is enough to go on.
-        for _ in range(settings.gateway_processes):
-            children.append(_spawn("gateway", settings))  # one by one: a failed spawn stops those before it
-        _wait_ready(settings, children, READY_TIMEOUT_S)
+        for name in gateways:
+            supervisor.start(name, _role("gateway", settings))
+        _wait_ready(settings, supervisor, READY_TIMEOUT_S)
         (settings.run_dir / "runner.pid").write_text(str(os.getpid()))
         print(
             f"\nMillrace is running.\n  base URL: {base_url(settings)}\n"
             f"  API key (project 'dev', all scopes): {token}\n"
+            f"  process logs: {log_file(settings)}   state: millrace status\n"
             f"  try: curl -X POST {base_url(settings)}/v1/drain -H 'Authorization: {token}' "
             "-H 'Content-Type: application/json' -d @your-logs.json\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
         while not stopping:
-            for child in children:
-                if child.poll() is not None:
-                    log.error("process_exited", args=child.args, code=child.returncode)
-                    stopping, code = True, 1
-            time.sleep(0.2)
+            supervisor.check()
+            time.sleep(POLL_S)
+    except GaveUp as exc:
+        log.error("supervisor_gave_up", reason=str(exc), log_file=str(log_file(settings)))
+        print(f"Millrace is stopping: {exc}. See {log_file(settings)}", flush=True)
+        code = 1
     except Exception as exc:
         log.error("run_failed", error=str(exc))
         code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Gateways first, all at once (each stops accepting and flushes its producer), then the
-        # worker (stores and commits what it consumed).
-        gateways = children[1:]
-        for child in gateways:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S  # shared: they stop side by side
-        for child in gateways:
-            _terminate(child, max(1.0, deadline - time.monotonic()), signalled=True)
-        for child in children[:1]:
-            _terminate(child)
-        if broker:
-            broker.stop()
+        # worker (stores and commits what it consumed), then the broker.
+        supervisor.stop([gateways, ["worker"], ["broker"]], STOP_TIMEOUT_S)
         (settings.run_dir / "runner.pid").unlink(missing_ok=True)
         print("Millrace stopped.", flush=True)
     return code
@@ -193,7 +235,7 @@ def up(settings: Settings) -> int:
         )
     pid_file.write_text(str(child.pid))
     try:
-        _wait_ready(settings, [child], READY_TIMEOUT_S)
+        wait_http_ok(f"http://127.0.0.1:{settings.port}/ready", READY_TIMEOUT_S, [child])
     except (RuntimeError, TimeoutError) as exc:
         print(f"Millrace did not become ready: {exc}\nSee {log_path}", file=sys.stderr)
         _terminate(child)
@@ -218,11 +260,48 @@ def down(settings: Settings) -> int:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
-    # A runner killed hard leaves the broker behind; its pid file still finds it.
+    # A runner killed hard leaves its children behind: its state file still names them.
+    _stop_orphans(settings)
+    # ...and the broker, whose pid file still finds it.
     if settings.local_broker:
         LocalBroker(settings).stop()
     print("Millrace is down.")
     return 0
+
+
+def _stop_orphans(settings: Settings) -> None:
+    """SIGTERM the worker and gateways a dead runner's state file lists (gateways first), if
+    those pids are still `ops.cli` processes of this home, and wait for them."""
+    path = settings.run_dir / STATE_FILE
+    state = read_state(path)
+    if state is None:
+        return
+    names = {"worker": 1, "broker": 2}
+    listed = sorted(state.get("processes", []), key=lambda p: names.get(p["name"], 0))
+    for entry in listed:
+        pid = entry.get("pid")
+        if entry["name"] == "broker" or not isinstance(pid, int) or not _is_ours(pid, settings):
+            continue
+        log.warning("stopping_orphan", process=entry["name"], pid=pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while not process_exited(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not process_exited(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+
+
+def _is_ours(pid: int, settings: Settings) -> bool:
+    """An `ops.cli` process started for this MILLRACE_HOME (not a recycled pid)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"ops.cli" in args and f"MILLRACE_HOME={settings.home}".encode() in env
 
 
 def _alive(pid: int) -> bool:

@@ -1,9 +1,14 @@
 """The envelope: one Kafka message per accepted HTTP request.
 
-It carries the body exactly as received (after decompression) and the request facts
-the worker cannot recover later. Framing is binary so the body is never re-encoded:
+It carries the request's rows, normalized once by the gateway's parser and encoded by
+`schemas.rows` (a JSON array the engine reads as it is), and the request facts the
+worker cannot recover later. Framing is binary so the rows are never re-encoded:
 
     b"MR" | version (1 byte) | meta length (4 bytes, big endian) | meta (JSON) | body
+
+Version 1 envelopes carried the raw request body instead (parsed again by the worker);
+the worker still reads them, so a topic or a dead letter written before the upgrade
+is stored the same way.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from dataclasses import asdict, dataclass, field
 
 import orjson
 
+from schemas.record import LOGS_TABLE
+
 MAGIC = b"MR"
-VERSION = 1
+VERSION = 2
+RAW_BODY_VERSION = 1  # `body` is the request body as received; `table` and `rows` unset
 _HEADER = len(MAGIC) + 1 + 4
 
 
@@ -32,12 +40,10 @@ class Envelope:
     user_agent: str
     client_ip: str
     received_at_ns: int
-    body: bytes
+    body: bytes  # the rows (`schemas.rows.encode`); the raw request body in version 1
     query: dict[str, str] = field(default_factory=dict)
-    # The gateway found every record of the body in a shape the store parses itself
-    # (formats/astralog_store.py); `records` is then their count.
-    store_parses: bool = False
-    records: int = 0
+    table: str = LOGS_TABLE  # where the rows go
+    rows: int = 0  # how many the body holds
     version: int = VERSION
 
 
@@ -52,14 +58,19 @@ def decode(data: bytes) -> Envelope:
     if len(data) < _HEADER or data[:2] != MAGIC:
         raise EnvelopeError("not a Millrace envelope (bad magic)")
     version = data[2]
-    if version != VERSION:
-        raise EnvelopeError(f"envelope version {version} is not supported (this build reads {VERSION})")
+    if version not in (RAW_BODY_VERSION, VERSION):
+        raise EnvelopeError(
+            f"envelope version {version} is not supported (this build reads {RAW_BODY_VERSION} and {VERSION})"
+        )
     size = int.from_bytes(data[3:_HEADER], "big")
     end = _HEADER + size
     if end > len(data):
         raise EnvelopeError("envelope metadata is truncated")
     try:
         meta = orjson.loads(data[_HEADER:end])
-        return Envelope(body=data[end:], **meta)
+        if version == RAW_BODY_VERSION:  # its own flags of the store-parsed path are gone
+            meta.pop("store_parses", None)
+            meta.pop("records", None)
+        return Envelope(body=data[end:], **{**meta, "version": version})
     except (orjson.JSONDecodeError, TypeError) as exc:
         raise EnvelopeError(f"envelope metadata is unreadable: {exc}") from None

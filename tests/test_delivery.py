@@ -46,7 +46,8 @@ from tests import bodies
 from tests.conftest import Gateway, Stack, free_port, free_port_pair
 from tests.seeds import CurlExample, curl_examples, http_examples, with_key
 from workers import pipeline
-from workers.pipeline import Pipeline, TableBatch
+from workers.pipeline import Worker
+from workers.steps import TableBatch, insert_table
 
 pytestmark = pytest.mark.integration
 
@@ -633,10 +634,10 @@ class FlakyStore:
         if failing:
             self.fail_next = max(0, self.fail_next - 1)
             if self.landed:
-                pipeline.insert_table(client, table, token)
+                insert_table(client, table, token)
             self.attempts.append((time.monotonic(), token, rows, False))
             raise ConnectionError("injected: the store is unreachable")
-        pipeline.insert_table(client, table, token)
+        insert_table(client, table, token)
         self.attempts.append((time.monotonic(), token, rows, True))
         if self.crash_after_insert:
             self.crash_after_insert = False
@@ -649,11 +650,11 @@ class InProcessWorker:
     client: Client
     flaky: FlakyStore
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[Pipeline] | None = None
-    pipeline: Pipeline | None = None
+    task: asyncio.Task[Worker] | None = None
+    pipeline: Worker | None = None
 
     def start(self) -> None:
-        def seen(p: Pipeline) -> None:
+        def seen(p: Worker) -> None:
             self.pipeline = p
 
         self.stop = asyncio.Event()
@@ -662,7 +663,7 @@ class InProcessWorker:
             pipeline.run(self.settings, self.client, self.stop, insert=self.flaky, on_start=seen)
         )
 
-    async def assigned(self) -> Pipeline:
+    async def assigned(self) -> Worker:
         deadline = time.monotonic() + 30
         while self.pipeline is None or not self.pipeline.consumer.assignment():
             assert time.monotonic() < deadline, "the worker got no partitions"
@@ -708,7 +709,7 @@ async def flaky_worker(stack: Stack) -> AsyncIterator[tuple[InProcessWorker, str
         client.close()
 
 
-async def committed(p: Pipeline) -> dict[int, int | None]:
+async def committed(p: Worker) -> dict[int, int | None]:
     return {tp.partition: await p.consumer.committed(tp) for tp in sorted(p.consumer.assignment())}
 
 
@@ -775,9 +776,8 @@ async def test_store_outage_blocks_and_pauses_without_committing_then_resumes_ex
     assert p.consumer.paused() == p.consumer.assignment() == paused != set()
     assert await committed(p) == during, "committed while the store was failing"
     assert {tp.partition: await p.consumer.position(tp) for tp in p.consumer.assignment()} == positions
-    # The first failure stored its rows: a batch of rows is retried with the same token (the
-    # engine drops the repeat); a batch the engine parsed itself is found stored and committed,
-    # and the next batch is the one held. Either way one batch is held from then on.
+    # The first failure stored its rows: the batch is retried with the same token (the engine
+    # drops the repeat), so one batch is held from then on.
     failed = [a for a in flaky.attempts if not a[3]][1:]
     assert len({token for _, token, _, _ in failed}) == 1, "the failing batch changed between retries"
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(failed)]
@@ -836,8 +836,7 @@ async def test_an_insert_that_landed_but_answered_an_error_is_not_stored_twice(
     stack: Stack, flaky_worker: tuple[InProcessWorker, str, Load]
 ) -> None:
     """Inserts that store their rows and then fail (a view or the answer failing after the part
-    was written) are not retried into duplicates, also for bodies the engine parses itself
-    (whose retry as rows would not be deduplicated by the token): the worker asks the store."""
+    was written) are not retried into duplicates: the retry carries the same token."""
     worker, project, load = flaky_worker
     flaky = worker.flaky
     flaky.fail_next, flaky.landed = 3, True

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from dataclasses import replace as dc_replace
 
 import orjson
 import pytest
@@ -30,7 +31,7 @@ from millrace import store
 from millrace.config import Settings
 from millrace.kafka.topics import ensure_topics, envelope_producer
 from ops import dlq
-from schemas.envelope import Envelope, encode
+from schemas.envelope import RAW_BODY_VERSION, Envelope, decode, encode
 from tests.conftest import Stack
 from workers import flood, pipeline
 from workers.server import read_app
@@ -39,6 +40,8 @@ pytestmark = pytest.mark.integration
 
 
 def envelope(project: str, message: str, dialect: str = "astralog", body: bytes | None = None) -> bytes:
+    """A version 1 envelope (the raw body, which the worker parses): what a topic written
+    before rows travelled in envelopes holds, and the worker's only parse left."""
     if body is None:
         log = {"project_id": "x", "timestamp": "2024-05-31T15:30:45Z", "level": "info", "service": "dlq"}
         body = orjson.dumps({"logs": [{**log, "message": message}]})
@@ -54,6 +57,7 @@ def envelope(project: str, message: str, dialect: str = "astralog", body: bytes 
             client_ip="127.0.0.1",
             received_at_ns=time.time_ns(),
             body=body,
+            version=RAW_BODY_VERSION,
         )
     )
 
@@ -67,7 +71,7 @@ class Lane:
     producer: AIOKafkaProducer
     flood: flood.FloodGuard | None = None
     _stop: asyncio.Event | None = None
-    _task: asyncio.Task[pipeline.Pipeline] | None = None
+    _task: asyncio.Task[pipeline.Worker] | None = None
 
     @classmethod
     async def open(cls, stack: Stack, name: str, **overrides: object) -> Lane:
@@ -185,6 +189,11 @@ async def sent(lane: Lane, stack: Stack) -> Sent:
     await send_bad("bad_body", envelope(project, "", body=b'{"logs": 5}'))
     # Bigger than a producer's default 1 MB request: dead-lettering must not choke on it.
     await send_bad("big_garbage", b"\x00" * 2_000_000)
+    # Rows (a version 2 envelope) the engine cannot read: refused alone, the batch is stored.
+    refused = decode(envelope(project, "never"))
+    await send_bad(
+        "refused_rows", encode(dc_replace(refused, body=b'[{"timestamp": "soon"}]', rows=1, version=2))
+    )
     good.append(await lane.send(envelope(project, "good 3")))
 
     async def all_dead_lettered() -> bool:
@@ -212,6 +221,7 @@ async def test_bad_messages_are_dead_lettered_with_reason_and_position_while_goo
         "unknown_dialect": "unknown_dialect",
         "bad_body": "invalid_shape",
         "big_garbage": "bad_envelope",
+        "refused_rows": "store_refused",
     }
     assert len(sent.bad) == len(by_source)
     for name, (offset, value) in sent.bad.items():

@@ -37,9 +37,9 @@ from yarl import URL
 
 from formats import PARSERS, ParseContext, Parsed, ParseError
 from gateway.body import BodyError, decompress
-from millrace import store
-from schemas.envelope import Envelope, decode, encode
-from schemas.record import EVENTS_TABLE, LOGS_TABLE, TABLE_COLUMNS
+from schemas import rows as row_codec
+from schemas.envelope import Envelope, encode
+from schemas.record import EVENTS_TABLE, LOGS_TABLE
 from tests.conftest import Stack, Tenant
 from tests.fuzz.contract import ContractViolation, check
 from tests.fuzz.corpus import (
@@ -52,7 +52,8 @@ from tests.fuzz.corpus import (
     Template,
     dumps,
 )
-from workers.pipeline import TableBatch, enrich_step, parse_step
+from workers.steps import Decoded, TableBatch, decode_envelope, insert_table
+from workers.steps.enrich import line_of
 
 # -- profiles ------------------------------------------------------------------------------------
 
@@ -701,11 +702,11 @@ async def test_accepted_rows_go_through_the_worker_into_clickhouse(
         user_agent=data.draw(header_text),
         client_ip="203.0.113.7",
         received_at_ns=ctx.received_at_ns,
-        body=body,
+        body=row_codec.encode(gateway_side.rows),
         query=dict(ctx.query),
+        table=gateway_side.table,
+        rows=len(gateway_side.rows),
     )
-    worker_side = parse_step(decode(encode(envelope)))
-    assert worker_side.rows == gateway_side.rows
     record = ConsumerRecord(
         topic="fuzz",
         partition=0,
@@ -713,24 +714,24 @@ async def test_accepted_rows_go_through_the_worker_into_clickhouse(
         timestamp=0,
         timestamp_type=0,
         key=None,
-        value=None,
+        value=encode(envelope),
         checksum=None,
         serialized_key_size=0,
         serialized_value_size=0,
         headers=(),
     )
-    batch = TableBatch.empty(worker_side.table)
-    enrich_step(envelope, worker_side, record, batch)
+    worker_side = decode_envelope(record)
+    batch = TableBatch(worker_side.table)
+    batch.add(line_of(Decoded(worker_side, record)))
     table = fuzz_tables[worker_side.table]
-    await asyncio.to_thread(store.insert_columns, stack.client, table, batch.columns, request_id)
+    await asyncio.to_thread(insert_table, stack.client, batch, request_id, into=table)
     text = "message" if worker_side.table == LOGS_TABLE else "event"
     back = await asyncio.to_thread(
         stack.query,
         f"SELECT {text} FROM {table} WHERE ingest_id = {{id:String}} ORDER BY {text}",
         id=request_id,
     )
-    assert [r[0] for r in back] == sorted(row[text] for row in worker_side.rows)
-    assert set(TABLE_COLUMNS[worker_side.table]) == set(batch.columns)
+    assert [r[0] for r in back] == sorted(row[text] for row in gateway_side.rows)
 
 
 def test_contract_check_catches_a_bad_row() -> None:

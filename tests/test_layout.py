@@ -91,3 +91,24 @@ def test_pyproject_ships_and_type_checks_every_package() -> None:
     shipped = {p.rstrip("*") for p in config["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert set(ALLOWED) == shipped
     assert set(ALLOWED) == set(config["tool"]["mypy"]["packages"])
+
+
+def decisions(path: Path) -> list[str]:
+    """Loops, branches and handlers in a module: what wiring has no need of."""
+    kinds = (ast.For, ast.AsyncFor, ast.While, ast.If, ast.IfExp, ast.ExceptHandler, ast.Match)
+    return [
+        f"{path.name}:{node.lineno} {type(node).__name__}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, kinds)
+    ]
+
+
+def test_the_worker_pipeline_only_wires_its_steps() -> None:
+    """Every decision of the worker lives in a step, the consumer loop or the watermarks."""
+    assert decisions(ROOT / "workers" / "pipeline.py") == []
+
+
+def test_the_wiring_check_sees_a_decision(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f(x):\n    for y in x:\n        pass\n    return 1 if x else 2\n")
+    assert decisions(probe) == ["probe.py:2 For", "probe.py:4 IfExp"]

@@ -45,18 +45,18 @@ class Instance:
     settings: Settings
     client: Any
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[pipeline.Pipeline] | None = None
-    running: pipeline.Pipeline | None = None
+    task: asyncio.Task[pipeline.Worker] | None = None
+    running: pipeline.Worker | None = None
     # Every distinct set of partitions this instance held, in order.
     held: list[frozenset[int]] = field(default_factory=list)
 
     def start(self) -> None:
-        def seen(p: pipeline.Pipeline) -> None:
+        def seen(p: pipeline.Worker) -> None:
             self.running = p
 
         self.task = asyncio.create_task(pipeline.run(self.settings, self.client, self.stop, on_start=seen))
 
-    async def leave(self) -> pipeline.Pipeline:
+    async def leave(self) -> pipeline.Worker:
         """A graceful scale-down: store and commit what it holds, then leave the group."""
         assert self.task is not None
         self.stop.set()

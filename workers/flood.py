@@ -8,7 +8,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from millrace.config import Settings
+from workers.steps.base import Message, Step
+from workers.steps.batch import Batch
+
+log = structlog.get_logger()
 
 FLOOD_CODE = "DLQ_FLOOD"
 
@@ -64,3 +70,47 @@ class FloodGuard:
             }
             return True
         return False
+
+
+class HaltOnFlood:
+    """The flood guard as a step between batching and inserting. A batch that trips it is
+    dropped uncommitted, as is every batch after it: the worker started after the fix reads
+    them again from the last commit (Kafka keeps them meanwhile); `on_halt` stops the reading."""
+
+    def __init__(self, next_step: Step[Batch], guard: FloodGuard, on_halt: Callable[[], None]) -> None:
+        self.next = next_step
+        self.guard = guard
+        self.on_halt = on_halt
+        self._checked: Message[Batch] | None = None  # a batch is counted once, even if re-offered
+
+    def submit(self, message: Message[Batch]) -> None:
+        if self.guard.tripped is not None:
+            return  # halted: dropped uncommitted, like the batch that tripped it
+        if message is not self._checked:
+            self._checked = message
+            batch = message.payload
+            if self.guard.check(batch.messages, len(batch.dead)):
+                self._halt(batch)
+                return
+        self.next.submit(message)
+
+    def _halt(self, batch: Batch) -> None:
+        self.on_halt()
+        log.error(
+            "dlq_flood",
+            code=FLOOD_CODE,
+            held_messages=batch.messages,
+            held_dead_letters=len(batch.dead),
+            **{k: v for k, v in (self.guard.tripped or {}).items() if k != "code"},
+            action="consumption paused until restart; see docs/operations.md 'Dead letters'",
+            stage="processing",
+        )
+
+    async def poll(self) -> None:
+        await self.next.poll()
+
+    async def join(self) -> None:
+        await self.next.join()
+
+    def close(self) -> None:
+        self.next.close()

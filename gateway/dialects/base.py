@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from formats import Parsed
+from formats import Parsed, ParseError
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,12 @@ class Dialect:
     success: Callable[[Parsed, int], web.Response]  # (parsed, received_at_ns) -> answer
     error: Callable[[Problem], web.Response]
     max_body: int | None = None  # a dialect's own documented cap, below the global one
+    # The HTTP status of a ParseError code where it is not 400 (a dialect's size caps: 413).
+    statuses: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
+
+    def refusal(self, exc: ParseError) -> Problem:
+        """A parser's refusal as this dialect answers it."""
+        return Problem(self.statuses.get(exc.code, 400), exc.code, exc.message, details=exc.details)
 
 
 def json_response(status: int, body: Any, retry_after: int | None = None) -> web.Response:

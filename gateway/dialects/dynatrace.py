@@ -45,4 +45,11 @@ def _error(problem: Problem) -> web.Response:
     return json_response(problem.status, {"error": error}, problem.retry_after)
 
 
-DYNATRACE = Dialect(name="dynatrace", scope=SCOPE_LOGS, token=_token, success=_success, error=_error)
+DYNATRACE = Dialect(
+    name="dynatrace",
+    scope=SCOPE_LOGS,
+    token=_token,
+    success=_success,
+    error=_error,
+    statuses={"request_too_large": 413, "too_many_events": 413},
+)

@@ -40,7 +40,13 @@ def _error(problem: Problem) -> web.Response:
 
 
 GOODLOGS_LOGS = Dialect(
-    name="goodlogs_logs", scope=SCOPE_LOGS, token=bearer, success=_success, error=_error, max_body=MAX_BODY
+    name="goodlogs_logs",
+    scope=SCOPE_LOGS,
+    token=bearer,
+    success=_success,
+    error=_error,
+    max_body=MAX_BODY,
+    statuses={"PAYLOAD_TOO_LARGE": 413},
 )
 GOODLOGS_EVENTS = Dialect(
     name="goodlogs_events",
@@ -49,4 +55,5 @@ GOODLOGS_EVENTS = Dialect(
     success=_success,
     error=_error,
     max_body=MAX_BODY,
+    statuses={"PAYLOAD_TOO_LARGE": 413},
 )

@@ -19,6 +19,7 @@ else Timberlogs).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -59,22 +60,24 @@ def by_headers(request: web.Request) -> Dialect | None:
     return None
 
 
-def choose(request: web.Request, body: bytes) -> Dialect:
+def choose(request: web.Request, body: bytes) -> tuple[Dialect, Any]:
+    """The dialect, and the body as JSON when rule 4 had to decode it (parsed from it, once)."""
     dialect = by_headers(request)
     if dialect is not None:
-        return dialect
-    if body.lstrip()[:1] == b"{":
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return GOODLOGS_LOGS if _BATCH_OPENING.match(body) else TIMBERLOGS
-        if isinstance(doc, dict):
-            if "batch" in doc:
-                return GOODLOGS_LOGS
-            has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
-            if "logs" in doc and ("entity" in doc or "source" in doc) and not has_bearer:
-                return TG2G
-    return TIMBERLOGS
+        return dialect, None
+    if body.lstrip()[:1] != b"{":
+        return TIMBERLOGS, None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return (GOODLOGS_LOGS if _BATCH_OPENING.match(body) else TIMBERLOGS), None
+    if isinstance(doc, dict):
+        if "batch" in doc:
+            return GOODLOGS_LOGS, doc
+        has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
+        if "logs" in doc and ("entity" in doc or "source" in doc) and not has_bearer:
+            return TG2G, doc
+    return TIMBERLOGS, None
 
 
 async def choose_by_prefix(request: web.Request, settings: Settings) -> Dialect:
@@ -85,4 +88,4 @@ async def choose_by_prefix(request: web.Request, settings: Settings) -> Dialect:
         )
     except BodyError:
         return TIMBERLOGS
-    return choose(request, head)
+    return choose(request, head)[0]

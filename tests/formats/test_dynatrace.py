@@ -11,6 +11,7 @@ import pytest
 from formats import dynatrace
 from formats.base import Parsed, ParseError, Rejection
 from formats.dynatrace import parse
+from gateway.dialects.dynatrace import DYNATRACE
 from tests.formats.conftest import RECEIVED_AT_NS, deep_arrays, deep_object, make_ctx, utc_ns
 from tests.seeds import seed_text
 
@@ -106,7 +107,7 @@ def test_text_plain_looking_like_json_is_still_text() -> None:
 def test_empty_body_is_refused(content_type: str) -> None:
     with pytest.raises(ParseError) as err:
         parse(b" \n", make_ctx(content_type))
-    assert (err.value.code, err.value.status) == ("empty_body", 400)
+    assert (err.value.code, DYNATRACE.refusal(err.value).status) == ("empty_body", 400)
 
 
 def test_json_single_object_is_one_event() -> None:
@@ -132,7 +133,7 @@ def test_empty_json_array_stores_nothing() -> None:
 def test_unusable_json_is_refused(body: bytes) -> None:
     with pytest.raises(ParseError) as err:
         parse(body, make_ctx(JSON))
-    assert err.value.status == 400
+    assert DYNATRACE.refusal(err.value).status == 400
 
 
 def test_json_lines_bad_lines_are_rejected_and_the_rest_kept() -> None:
@@ -330,7 +331,7 @@ def test_more_than_50000_events_is_413() -> None:
     body = b"[" + b'{"content":"c"},' * 50_000 + b'{"content":"c"}]'
     with pytest.raises(ParseError) as err:
         parse(body, make_ctx(JSON))
-    assert (err.value.status, err.value.code) == (413, "too_many_events")
+    assert (DYNATRACE.refusal(err.value).status, err.value.code) == (413, "too_many_events")
     assert (
         len(parse(b"[" + b'{"content":"c"},' * 49_999 + b'{"content":"c"}]', make_ctx(JSON)).rows) == 50_000
     )
@@ -339,10 +340,10 @@ def test_more_than_50000_events_is_413() -> None:
 def test_more_than_50000_json_lines_is_413() -> None:
     with pytest.raises(ParseError) as err:
         parse(b'{"content":"c"}\n' * 50_001, make_ctx("application/x-ndjson"))
-    assert err.value.status == 413
+    assert (err.value.code, DYNATRACE.refusal(err.value).status) == ("too_many_events", 413)
 
 
 def test_body_over_10_mib_is_413() -> None:
     with pytest.raises(ParseError) as err:
         parse(b" " * (dynatrace.MAX_REQUEST_BYTES + 1), make_ctx("text/plain"))
-    assert (err.value.status, err.value.code) == (413, "request_too_large")
+    assert (DYNATRACE.refusal(err.value).status, err.value.code) == (413, "request_too_large")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -9,6 +10,7 @@ import pytest
 
 from formats.base import Parsed, ParseError, Rejection
 from formats.goodlogs import parse_events, parse_logs
+from gateway.dialects.goodlogs import GOODLOGS_LOGS
 from tests.formats.conftest import RECEIVED_AT_NS, deep_arrays, deep_object, make_ctx, utc_ns
 from tests.seeds import curl_examples
 
@@ -58,6 +60,10 @@ LOGS_BODY = b"""{
 }"""
 
 
+# What GoodLogs injects into every item's map; empty here (no User-Agent, no address).
+CLIENT = {"$browser": "", "$os": "", "$device": "", "$ip": ""}
+
+
 def logs(*items: Any) -> Parsed:
     return parse_logs(orjson.dumps({"batch": list(items)}), make_ctx())
 
@@ -79,7 +85,13 @@ def test_seed_logs_request() -> None:
             "message": "Payment failed: card_declined",
             "service": "billing",
             "environment": "prod",
-            "attributes": {"orderId": "ord_123", "amount": "29", "service": "billing", "env": "prod"},
+            "attributes": {
+                "orderId": "ord_123",
+                "amount": "29",
+                "service": "billing",
+                "env": "prod",
+                **CLIENT,
+            },
         },
         {
             "timestamp": RECEIVED_AT_NS,
@@ -88,7 +100,7 @@ def test_seed_logs_request() -> None:
             "severity_number": 9,
             "message": "User signed up",
             "user_id": "u_456",
-            "attributes": {"userId": "u_456", "method": "google"},
+            "attributes": {"userId": "u_456", "method": "google", **CLIENT},
         },
     ]
 
@@ -102,12 +114,18 @@ def test_seed_events_request() -> None:
             "timestamp": RECEIVED_AT_NS,
             "event": "signup",
             "distinct_id": "user_123",
-            "properties": {"plan": "pro", "source": "google", "amount": "29.99", "distinct_id": "user_123"},
+            "properties": {
+                "plan": "pro",
+                "source": "google",
+                "amount": "29.99",
+                "distinct_id": "user_123",
+                **CLIENT,
+            },
         },
         {
             "timestamp": RECEIVED_AT_NS,
             "event": "page_view",
-            "properties": {"path": "/pricing", "referrer": "https://google.com"},
+            "properties": {"path": "/pricing", "referrer": "https://google.com", **CLIENT},
         },
     ]
 
@@ -141,7 +159,7 @@ def test_seed_copies_match_the_document() -> None:
 def test_unusable_body_is_a_validation_error(parse: Any, body: bytes) -> None:
     with pytest.raises(ParseError) as err:
         parse(body, make_ctx())
-    assert (err.value.status, err.value.code) == (400, "VALIDATION_ERROR")
+    assert (GOODLOGS_LOGS.refusal(err.value).status, err.value.code) == (400, "VALIDATION_ERROR")
 
 
 @pytest.mark.parametrize(
@@ -151,7 +169,7 @@ def test_batch_limit_is_500_items(parse: Any, item: dict[str, Any]) -> None:
     assert len(parse(orjson.dumps({"batch": [item] * 500}), make_ctx()).rows) == 500
     with pytest.raises(ParseError) as err:
         parse(orjson.dumps({"batch": [item] * 501}), make_ctx())
-    assert (err.value.status, err.value.code) == (400, "VALIDATION_ERROR")
+    assert (GOODLOGS_LOGS.refusal(err.value).status, err.value.code) == (400, "VALIDATION_ERROR")
     assert "501" in err.value.message
 
 
@@ -160,7 +178,7 @@ def test_body_over_2_mb_is_413(parse: Any) -> None:
     body = b'{"batch": [], "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     with pytest.raises(ParseError) as err:
         parse(body, make_ctx())
-    assert err.value.status == 413
+    assert (err.value.code, GOODLOGS_LOGS.refusal(err.value).status) == ("PAYLOAD_TOO_LARGE", 413)
 
 
 def test_empty_batch_is_accepted_with_nothing_to_store() -> None:
@@ -242,13 +260,14 @@ def test_properties_nested_are_dotted_and_legacy_fields_merge_in() -> None:
         "line": "42",
         "order.id": "o1",
         "order.lines": "[1,2]",
+        **CLIENT,
     }
     assert (row["user_id"], row["request_id"]) == ("u1", "r1")
 
 
 def test_legacy_field_that_is_not_an_object_is_kept_under_its_name() -> None:
     (row,) = logs({"severity": "info", "message": "m", "context": "checkout"}).rows
-    assert row["attributes"] == {"context": "checkout"}
+    assert row["attributes"] == {"context": "checkout", **CLIENT}
 
 
 def test_well_known_properties_fill_columns_and_stay_in_attributes() -> None:
@@ -313,5 +332,26 @@ def test_event_fields() -> None:
         "timestamp": utc_ns(2024, 6, 1, 10),
         "event": "purchase",
         "distinct_id": "42",
-        "properties": {"$lib": "web", "cart.total": "9.5", "cart.items": '["a"]', "distinct_id": "42"},
+        "properties": {
+            "$lib": "web",
+            "cart.total": "9.5",
+            "cart.items": '["a"]',
+            "distinct_id": "42",
+            **CLIENT,
+        },
+    }
+
+
+def test_client_fields_come_from_the_request_and_win_over_the_items_own() -> None:
+    """`$browser`, `$os`, `$device` from the User-Agent and `$ip` from the client address."""
+    agent = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 Chrome/125.0 Safari/537.36"
+    ctx = replace(make_ctx(), user_agent=agent, client_ip="203.0.113.9")
+    body = orjson.dumps({"batch": [{"event": "e", "properties": {"$ip": "forged", "plan": "pro"}}]})
+    (row,) = parse_events(body, ctx).rows
+    assert row["properties"] == {
+        "$ip": "203.0.113.9",
+        "plan": "pro",
+        "$browser": "Chrome 125",
+        "$os": "macOS 10",
+        "$device": "Desktop",
     }

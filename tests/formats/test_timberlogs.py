@@ -10,6 +10,7 @@ import pytest
 
 from formats.base import ParseContext, ParseError
 from formats.timberlogs import parse, resolve_format
+from gateway.dialects.timberlogs import TIMBERLOGS
 from tests.formats.conftest import RECEIVED_AT_NS, deep_arrays, deep_object, make_ctx, utc_ns
 from tests.seeds import curl_examples
 
@@ -192,7 +193,7 @@ def run(body: bytes, content_type: str = "application/json", **query: str) -> li
 def refused(body: bytes, content_type: str = "application/json", **query: str) -> ParseError:
     with pytest.raises(ParseError) as err:
         parse(body, make_ctx(content_type, query))
-    assert (err.value.status, err.value.code) == (400, "PARSE_ERROR")
+    assert (TIMBERLOGS.refusal(err.value).status, err.value.code) == (400, "PARSE_ERROR")
     return err.value
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiokafka.structs import ConsumerRecord
 
-from tests.test_store_parse import envelope_for, record
-from workers.pipeline import TableBatch
+from tests.workers.rows_helpers import envelope_for, record
+from workers.steps import Decoded, TableBatch
+from workers.steps.enrich import line_of
 
 BODY = (
     b'{"logs":[{"project_id":"p","timestamp":"2024-05-31T15:30:45Z","level":"info",'
@@ -18,9 +19,10 @@ def keyed(offset: int, key: bytes, partition: int = 3) -> ConsumerRecord:
 
 
 def token(records: list[ConsumerRecord]) -> str:
-    batch = TableBatch.empty("logs")
+    batch = TableBatch("logs")
+    envelope = envelope_for(BODY)
     for r in records:
-        batch.defer(envelope_for(BODY), r)
+        batch.add(line_of(Decoded(envelope, r)))
     return batch.token("raw")
 
 
@@ -39,16 +41,6 @@ def test_a_redelivery_builds_the_same_token_whatever_the_partition_interleaving(
 def test_one_request_split_over_messages_does_not_cancel_out() -> None:
     same = [keyed(o, b"one-request") for o in range(2)]
     assert token(same) != token([keyed(o, b"other") for o in range(2)])
-
-
-def test_materializing_deferred_bodies_keeps_the_token() -> None:
-    batch = TableBatch.empty("logs")
-    for o in range(3):
-        batch.defer(envelope_for(BODY), keyed(o, f"r-{o}".encode()))
-    before = batch.token("raw")
-    assert batch.materialize() == []
-    assert batch.rows == 3 and not batch.deferred
-    assert batch.token("raw") == before
 
 
 def test_an_unkeyed_record_still_tokens() -> None:

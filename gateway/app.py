@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from gateway import explorer
 from gateway.body import BodyError
 from gateway.dialects import shared_logs as shared_logs_route
 from gateway.dialects.astralog import ASTRALOG
@@ -181,4 +182,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/gql/autocomplete", read("autocomplete"))
     app.router.add_get("/v1/schema", read("schema"))
     app.router.add_get("/v1/info", read("info"))
+    explorer.add_routes(app)
     return app

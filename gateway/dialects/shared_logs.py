@@ -1,6 +1,6 @@
 """`POST /v1/logs` is claimed by three APIs; this decides whose request it is.
 
-The rule, in order (README "Which API is `POST /v1/logs`?"):
+The rule, in order (docs/dialects.md "Which API is `POST /v1/logs`?"):
 1. an `X-TG2G-Api-Key` header: TG2G;
 2. an `X-API-Key` header or a `?format=` parameter: Timberlogs (only it has either);
 3. a Content-Type only Timberlogs accepts (NDJSON, syslog, text, CSV, OBL): Timberlogs;

@@ -114,7 +114,7 @@ class Settings:
     )
     batch_rows: int = _setting(
         "MILLRACE_BATCH_ROWS",
-        "100000",
+        "400000",
         "Worker flushes an insert at this many rows",
     )
     batch_age_ms: int = _setting(

@@ -112,3 +112,14 @@ def test_the_wiring_check_sees_a_decision(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("def f(x):\n    for y in x:\n        pass\n    return 1 if x else 2\n")
     assert decisions(probe) == ["probe.py:2 For", "probe.py:4 IfExp"]
+
+
+def test_the_bench_drives_public_entry_points_only() -> None:
+    """The bench starts processes and reads HTTP; in-process stages use formats, schemas and
+    the store client, never worker internals (which would pin the bench to their shape)."""
+    crossing = {
+        f"{path.relative_to(ROOT)} imports workers"
+        for path in sources("bench")
+        if "workers" in imported_roots(path)
+    }
+    assert crossing == set()

@@ -16,6 +16,7 @@ from gateway.dialects.astralog import ASTRALOG
 from gateway.dialects.base import Dialect, Problem, bearer
 from gateway.dialects.dynatrace import DYNATRACE
 from gateway.dialects.goodlogs import GOODLOGS_EVENTS
+from gateway.dialects.loki import LOKI
 from gateway.dialects.timberlogs import TIMBERLOGS
 from gateway.ingest import REQUEST_ID, Handler, Ingestor, new_request_id
 from gateway.read import ReadApi, ReadBackend, StoreReader, WorkerReader
@@ -165,6 +166,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/logs", shared_logs)
     app.router.add_post("/v1/events", ingest(GOODLOGS_EVENTS))
     app.router.add_post("/api/v2/logs/ingest", ingest(DYNATRACE))
+    app.router.add_post("/loki/api/v1/push", ingest(LOKI))
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics.handle)

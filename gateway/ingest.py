@@ -144,6 +144,7 @@ class Ingestor:
             user_agent=user_agent,
             client_ip=client_ip(request, self.settings.trusted_proxies),
             document=document,
+            headers={h: _text(request.headers[h]) for h in dialect.headers if h in request.headers},
         )
         parse = PARSERS.get(name)
         if parse is None:

@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 # Declared dependencies (pyproject) by import name, for `formats/` and `schemas/`.
-FORMAT_DEPENDENCIES = {"orjson", "msgspec", "ua_parser"}
+FORMAT_DEPENDENCIES = {"orjson", "msgspec", "ua_parser", "google", "cramjam"}  # google: protobuf
 
 
 def imported_roots(path: Path) -> set[str]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import cramjam
 import orjson
 
 from formats.base import ParseContext
+from formats.loki import PushRequest
 
 RECEIVED_AT_NS = 1_705_320_000 * 10**9  # 2024-01-15T12:00:00Z, near the templates' own times
 
@@ -63,6 +65,16 @@ def dumps(doc: Any) -> bytes:
     for n, data in enumerate(planted):
         text = text.replace(orjson.dumps(f"\u2063raw{n}\u2063"), data, 1)
     return text
+
+
+def loki_push_body(*entries: tuple[str, int, str]) -> bytes:
+    """A snappy-compressed Loki PushRequest of one entry per stream: (labels, ns, line)."""
+    request = PushRequest()
+    for labels, ns, line in entries:
+        entry = request.streams.add(labels=labels).entries.add(line=line)
+        entry.timestamp.seconds, entry.timestamp.nanos = divmod(ns, 10**9)
+        entry.structuredMetadata.add(name="trace_id", value="4bf92f35")
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
 
 
 JSON = "application/json"
@@ -261,6 +273,40 @@ TEMPLATES: tuple[Template, ...] = (
         b'"a,b","{""k"": 1}"\ninfo,Request completed,api,1705312201000,,\n',
         query=PROD,
         path="/v1/logs",
+    ),
+    Template(
+        "loki",
+        JSON,
+        {
+            "streams": [
+                {
+                    "stream": {"service_name": "api", "level": "error", "env": "prod", "pod": "api-7"},
+                    "values": [
+                        ["1705312200000000000", "Connection refused"],
+                        ["1705312201000000001", "retrying", {"trace_id": "abc", "attempt": "2"}],
+                    ],
+                },
+                {
+                    "labels": '{application="shop", severity="warning"}',
+                    "entries": [{"ts": "2024-01-15T10:30:00.123456Z", "line": "legacy shape"}],
+                },
+            ]
+        },
+        path="/loki/api/v1/push",
+    ),
+    Template(
+        "loki",
+        "application/x-protobuf",
+        None,
+        loki_push_body(
+            (
+                '{job="varlogs", detected_level="warn", filename="/var/log/app.log"}',
+                1705312200 * 10**9,
+                "disk 91% full",
+            ),
+            ('{app="api"}', 1705312201 * 10**9 + 7, "ok"),
+        ),
+        path="/loki/api/v1/push",
     ),
 )
 

@@ -1,0 +1,251 @@
+"""The protocols real shippers speak, sent by their published clients through the real pipeline.
+
+Each test drives a client library exactly as its users do (only the URL and the key are
+Millrace's), then reads the rows back from ClickHouse. The synchronous clients (requests)
+run in a thread: the gateway under test runs on this test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from typing import Any
+
+import cramjam
+import orjson
+import pytest
+
+from formats.loki import MAX_DECOMPRESSED, PushRequest
+from millrace.keys import SCOPE_READ
+from tests.conftest import Stack, Tenant
+
+pytestmark = pytest.mark.integration
+
+LOKI_PATH = "/loki/api/v1/push"
+
+
+async def fresh(stack: Stack, name: str, scopes: frozenset[str] | None = None) -> Tenant:
+    return await stack.tenant(f"{name}-{uuid.uuid4().hex[:8]}", scopes)
+
+
+def stored(stack: Stack, project: str, columns: str) -> list[tuple[Any, ...]]:
+    return stack.query(
+        f"SELECT {columns} FROM logs WHERE project = {{p:String}} ORDER BY timestamp, message", p=project
+    )
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def post(stack: Stack, path: str, body: bytes, **headers: str) -> tuple[int, str, dict[str, str]]:
+    async with stack.session.post(stack.url + path, data=body, headers=headers) as resp:
+        return resp.status, (await resp.read()).decode(), dict(resp.headers)
+
+
+def logger_with(handler: logging.Handler) -> tuple[logging.Logger, list[BaseException]]:
+    """A logger of its own sending through `handler`; the handler's failures are collected, not printed."""
+    errors: list[BaseException] = []
+
+    def collect(record: logging.LogRecord) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            errors.append(exc)
+
+    handler.handleError = collect  # type: ignore[method-assign]
+    logger = logging.getLogger(f"shipper-{uuid.uuid4().hex[:8]}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    return logger, errors
+
+
+def push_request(*streams: tuple[str, list[tuple[int, str, dict[str, str]]]]) -> bytes:
+    """A Loki PushRequest, protobuf then snappy (block format), as Promtail and Alloy send it."""
+    request = PushRequest()
+    for labels, entries in streams:
+        stream = request.streams.add(labels=labels)
+        for ns, line, metadata in entries:
+            entry = stream.entries.add(line=line)
+            entry.timestamp.seconds, entry.timestamp.nanos = divmod(ns, 10**9)
+            for name, value in metadata.items():
+                entry.structuredMetadata.add(name=name, value=value)
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+
+# -- Loki push -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1", "0"])
+async def test_python_logging_loki_handler_lands_with_labels_mapped(stack: Stack, version: str) -> None:
+    """python-logging-loki's LokiHandler in both its push shapes (v0, its default, and v1);
+    the key as Basic password."""
+    import logging_loki
+
+    tenant = await fresh(stack, "loki-pll")
+    handler = logging_loki.LokiHandler(
+        url=stack.url + LOKI_PATH,
+        tags={"application": "shop", "env": "prod"},
+        auth=("millrace", tenant.key),
+        version=version,
+    )
+    logger, errors = logger_with(handler)
+    before = time.time_ns()
+
+    def send() -> None:
+        logger.error("payment failed", extra={"tags": {"region": "eu-west-1"}})
+        logger.info("payment retried")
+
+    await asyncio.to_thread(send)
+    await asyncio.to_thread(handler.emitter.close)
+
+    assert errors == []  # every push got exactly the 204 the handler insists on
+    assert await stack.wait_rows(tenant.project, 2) == 2
+    rows = stored(
+        stack,
+        tenant.project,
+        "message, level, severity_text, service, environment, attributes, dialect,"
+        " toUnixTimestamp64Nano(timestamp)",
+    )
+    assert [r[:5] for r in rows] == [
+        ("payment failed", "error", "error", "shop", "prod"),
+        ("payment retried", "info", "info", "shop", "prod"),
+    ]
+    attributes = rows[0][5]
+    assert attributes["application"] == "shop"
+    assert attributes["region"] == "eu-west-1"
+    assert attributes["logger"] == logger.name
+    assert attributes["severity"] == "error"
+    assert {r[6] for r in rows} == {"loki"}
+    # v1 sends ns; v0 RFC 3339 with microseconds: either way the client's own time, not ours
+    assert all(before - 10**9 < r[7] <= time.time_ns() for r in rows)
+
+
+async def test_loki_logger_handler_gzip_json_lines_and_structured_metadata(stack: Stack) -> None:
+    """loki-logger-handler: gzip-compressed JSON, label keys lifted from the record, structured metadata."""
+    from loki_logger_handler.loki_logger_handler import LokiLoggerHandler
+
+    tenant = await fresh(stack, "loki-llh")
+    handler = LokiLoggerHandler(
+        url=stack.url + LOKI_PATH,
+        labels={"service_name": "billing", "host": "node-7"},
+        label_keys={"level"},
+        auth=("tenant-1", tenant.key),
+        additional_headers={"X-Scope-OrgID": "team-a"},
+        timeout=0.3,
+        compressed=True,
+        enable_structured_loki_metadata=True,
+        loki_metadata_keys=["trace_id"],
+    )
+    logger, errors = logger_with(handler)
+    logger.warning("disk almost full", extra={"trace_id": "4bf92f3577b34da6"})
+
+    assert await stack.wait_rows(tenant.project, 1) == 1
+    assert errors == [] and handler.error is False
+    ((message, level, service, host, trace_id, attributes),) = stored(
+        stack, tenant.project, "message, level, service, host, trace_id, attributes"
+    )
+    line = orjson.loads(message)  # the handler's JSON line is the message, verbatim
+    assert line["message"] == "disk almost full" and line["level"] == "WARNING"
+    assert (level, service, host, trace_id) == ("warn", "billing", "node-7", "4bf92f3577b34da6")
+    assert attributes["scope_org_id"] == "team-a"  # kept, never the tenant: the key's project is
+    assert attributes["level"] == "WARNING" and attributes["trace_id"] == "4bf92f3577b34da6"
+
+
+async def test_loki_protobuf_snappy_push_with_bearer_key(stack: Stack) -> None:
+    """The PushRequest protobuf + snappy body Promtail and Alloy send, encoded by the protobuf runtime."""
+    tenant = await fresh(stack, "loki-proto")
+    now = time.time_ns()
+    body = push_request(
+        ('{job="varlogs", detected_level="error", filename="/var/log/app.log"}', [(now, "boom", {})]),
+        ('{app="api"}', [(now + 1, "ok", {"trace_id": "abc", "span_id": "def"})]),
+    )
+
+    status, text, _ = await post(
+        stack,
+        LOKI_PATH,
+        body,
+        Authorization=f"Bearer {tenant.key}",
+        **{"Content-Type": "application/x-protobuf", "X-Scope-OrgID": "fake"},
+    )
+
+    assert (status, text) == (204, "")
+    assert await stack.wait_rows(tenant.project, 2) == 2
+    rows = stored(
+        stack,
+        tenant.project,
+        "message, level, service, trace_id, span_id, attributes['filename'],"
+        " toUnixTimestamp64Nano(timestamp)",
+    )
+    assert rows == [
+        ("boom", "error", "varlogs", "", "", "/var/log/app.log", now),
+        ("ok", "info", "api", "abc", "def", "", now + 1),
+    ]
+
+
+async def test_loki_refusals_are_plain_text_in_lokis_manner(stack: Stack) -> None:
+    tenant = await fresh(stack, "loki-bad")
+    auth = {"Authorization": basic("u", tenant.key)}
+    json_type = {"Content-Type": "application/json"}
+    proto_type = {"Content-Type": "application/x-protobuf"}
+    good = orjson.dumps({"streams": [{"stream": {"app": "a"}, "values": [[str(time.time_ns()), "x"]]}]})
+    bomb = b"\xff\xff\xff\xff\x0f" + b"\x00" * 16  # snappy header claiming 4 GiB
+    truncated = push_request(('{app="a"}', [(time.time_ns(), "x" * 100, {})]))[:-20]
+
+    cases = [
+        ({}, good, 401),
+        ({"Authorization": basic("u", "mr_wrong")}, good, 401),
+        ({"Authorization": "Basic !!notbase64"}, good, 401),
+        (auth, b'{"streams": [', 400),
+        (auth, b'{"streams": {}}', 400),
+        (auth, b'{"streams": [{"stream": {"app": 1}, "values": []}]}', 400),
+        ({**auth, **proto_type}, b"not snappy at all", 400),
+        ({**auth, **proto_type}, truncated, 400),
+        ({**auth, **proto_type}, bomb, 413),
+        ({**auth, **proto_type}, push_request(('{app="a", broken', [(1, "x", {})])), 400),
+        ({**auth, "Content-Type": "text/plain"}, b"hello world", 400),
+        ({**auth, **json_type}, b'{"streams": [{"labels": "{a=\\"\xff\\"}", "entries": []}]}', 400),
+    ]
+    for headers, body, expected in cases:
+        status, text, response_headers = await post(stack, LOKI_PATH, body, **{**json_type, **headers})
+        assert (status, response_headers["Content-Type"].split(";")[0]) == (expected, "text/plain"), (
+            body,
+            text,
+        )
+        assert text.endswith("\n") and len(text) > 1
+    assert await stack.wait_rows(tenant.project, 0, timeout_s=1) == 0
+
+    read_only = await fresh(stack, "loki-scope", frozenset({SCOPE_READ}))
+    status, text, _ = await post(stack, LOKI_PATH, good, Authorization=f"Bearer {read_only.key}", **json_type)
+    assert (status, text) == (403, "this key lacks the 'logs:write' scope\n")
+    assert MAX_DECOMPRESSED < 2**32
+
+
+async def test_loki_bad_entries_are_named_and_the_rest_stored(stack: Stack) -> None:
+    tenant = await fresh(stack, "loki-partial")
+    now = str(time.time_ns())
+    body = orjson.dumps(
+        {
+            "streams": [
+                {
+                    "stream": {"service_name": "api"},
+                    "values": [[now, "kept"], ["yesterday", "no time"], [now, {"not": "a line"}]],
+                    "extra": "ignored",
+                }
+            ]
+        }
+    )
+    status, text, _ = await post(
+        stack, LOKI_PATH, body, Authorization=f"Bearer {tenant.key}", **{"Content-Type": "application/json"}
+    )
+
+    assert status == 400
+    assert "1 entries stored, 2 refused" in text
+    assert "streams[0].values[1]" in text and "streams[0].values[2]" in text
+    assert await stack.wait_rows(tenant.project, 1) == 1
+    assert stored(stack, tenant.project, "message, service") == [("kept", "api")]

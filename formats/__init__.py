@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from formats import astralog, dynatrace, goodlogs, loki, tg2g, timberlogs
+from formats import astralog, dynatrace, es_bulk, goodlogs, loki, tg2g, timberlogs
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 
 Parser = Callable[[bytes, ParseContext], Parsed]
@@ -22,6 +22,7 @@ PARSERS: dict[str, Parser] = {
     "goodlogs_events": goodlogs.parse_events,
     "timberlogs": timberlogs.parse,
     "loki": loki.parse,
+    "es_bulk": es_bulk.parse,
 }
 
 __all__ = ["PARSERS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]

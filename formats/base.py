@@ -65,3 +65,6 @@ class Parsed:
     rows: list[dict[str, Any]]
     rejected: list[Rejection] = field(default_factory=list)
     table: str = LOGS_TABLE
+    # What the dialect's answer needs beyond counts and rejections (Elasticsearch's item per
+    # action, in order); never stored, never sent to Kafka.
+    answer: Any = None

@@ -11,10 +11,12 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from gateway.body import BodyError
+from gateway.dialects import es_bulk as es_bulk_route
 from gateway.dialects import shared_logs as shared_logs_route
 from gateway.dialects.astralog import ASTRALOG
 from gateway.dialects.base import Dialect, Problem, bearer
 from gateway.dialects.dynatrace import DYNATRACE
+from gateway.dialects.es_bulk import ES_BULK
 from gateway.dialects.goodlogs import GOODLOGS_EVENTS
 from gateway.dialects.loki import LOKI
 from gateway.dialects.timberlogs import TIMBERLOGS
@@ -151,6 +153,10 @@ def create_app(settings: Settings) -> web.Application:
         answer = await ingestor.admitted(request, chosen, admitted, token, body, document)
         return metrics.counted(chosen.name, answer)
 
+    async def es_probe(request: web.Request) -> web.Response:
+        admitted = request.app[INGESTOR].admit(ES_BULK.token(request), SCOPE_LOGS)
+        return ES_BULK.error(admitted) if isinstance(admitted, Problem) else es_bulk_route.probe(request)
+
     async def read_logs(request: web.Request) -> web.Response:
         return await request.app[READ_API].logs(request)
 
@@ -167,6 +173,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/events", ingest(GOODLOGS_EVENTS))
     app.router.add_post("/api/v2/logs/ingest", ingest(DYNATRACE))
     app.router.add_post("/loki/api/v1/push", ingest(LOKI))
+    for path in ("/_bulk", "/{index}/_bulk"):
+        app.router.add_post(path, ingest(ES_BULK))
+        app.router.add_put(path, ingest(ES_BULK))
+    for path in ("/", "/_license", "/_cluster/health"):
+        app.router.add_get(path, es_probe)  # GET also answers HEAD
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics.handle)

@@ -431,6 +431,7 @@ ENDPOINTS = (
     Endpoint("/v1/events", ("goodlogs_events",), ("bearer",)),
     Endpoint("/api/v2/logs/ingest", ("dynatrace",), ("api-token", "bearer", "query")),
     Endpoint("/loki/api/v1/push", ("loki",), ("basic", "bearer")),
+    Endpoint("/logs-app/_bulk", ("es_bulk",), ("apikey", "basic", "bearer")),
 )
 AUTH_OF = {
     "astralog": "raw",
@@ -440,6 +441,7 @@ AUTH_OF = {
     "timberlogs": "x-api-key",
     "dynatrace": "api-token",
     "loki": "basic",
+    "es_bulk": "apikey",
 }
 SUCCESS = {
     "/v1/drain": {200},
@@ -447,6 +449,7 @@ SUCCESS = {
     "/v1/events": {202},
     "/api/v2/logs/ingest": {200, 204},
     "/loki/api/v1/push": {204},
+    "/logs-app/_bulk": {200},
 }
 # Where the parser of an endpoint's 2xx cannot be told from the answer: (parser, its Content-Type).
 PARSER_OF_PATH = {"/v1/drain": "astralog", "/api/v2/logs/ingest": "dynatrace", "/loki/api/v1/push": "loki"}
@@ -463,6 +466,9 @@ def error_shape(path: str, status: int, body: Any) -> str:
     if path == "/api/v2/logs/ingest":
         ok = isinstance(error, dict) and error.get("code") == status and isinstance(error.get("message"), str)
         return "dynatrace" if ok else ""
+    if path.endswith("/_bulk"):
+        ok = body.get("status") == status and isinstance(error, dict) and isinstance(error.get("reason"), str)
+        return "es_bulk" if ok and isinstance(error.get("root_cause"), list) else ""
     if (
         isinstance(error, dict)
         and isinstance(error.get("code"), str)
@@ -533,6 +539,7 @@ def auth_headers(request: Request, key: str) -> tuple[dict[str, str], str]:
         "api-token": ({"Authorization": f"Api-Token {key}"}, ""),
         "query": ({}, f"api-token={key}"),
         "basic": ({"Authorization": "Basic " + base64.b64encode(f"loki:{key}".encode()).decode()}, ""),
+        "apikey": ({"Authorization": "ApiKey " + base64.b64encode(f"id:{key}".encode()).decode()}, ""),
     }[request.auth]
 
 
@@ -543,6 +550,8 @@ async def fuzz_tenant(stack: Stack) -> Tenant:
 
 def expected_rows(request: Request, status: int, body: Any) -> int | None:
     """How many rows the worker should store for an accepted request (None: the answer cannot say)."""
+    if isinstance(body, dict) and isinstance(body.get("items"), list):  # Elasticsearch: 201 per stored item
+        return sum(1 for item in body["items"] for answer in item.values() if answer.get("status") == 201)
     if isinstance(body, dict):
         for field in ("accepted", "count"):  # TG2G and GoodLogs, Timberlogs
             if isinstance(body.get(field), int):

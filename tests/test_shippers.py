@@ -249,3 +249,153 @@ async def test_loki_bad_entries_are_named_and_the_rest_stored(stack: Stack) -> N
     assert "streams[0].values[1]" in text and "streams[0].values[2]" in text
     assert await stack.wait_rows(tenant.project, 1) == 1
     assert stored(stack, tenant.project, "message, service") == [("kept", "api")]
+
+
+# -- Elasticsearch _bulk -------------------------------------------------------------------------
+
+
+def es_client(stack: Stack, **auth: Any) -> Any:
+    from elasticsearch import Elasticsearch
+
+    return Elasticsearch(stack.url, request_timeout=30, **auth)
+
+
+async def test_elasticsearch_helpers_bulk_stores_ecs_documents_with_the_index_as_dataset(
+    stack: Stack,
+) -> None:
+    from elasticsearch import helpers
+
+    tenant = await fresh(stack, "es-bulk")
+    client = es_client(stack, api_key=("millrace", tenant.key), http_compress=True)  # gzip bodies
+    actions = [
+        {
+            "_index": "shop-logs",
+            "_id": "a1",
+            "@timestamp": "2024-05-31T15:30:45.250Z",
+            "message": "Payment failed",
+            "log": {"level": "ERROR", "logger": "payments"},
+            "service": {"name": "checkout", "environment": "prod"},
+            "host": {"name": "web-1"},
+            "trace": {"id": "4bf92f3577b34da6"},
+            "order": {"id": 42, "items": ["a", "b"]},
+        },
+        {
+            "_index": "audit",
+            "_op_type": "create",
+            "@timestamp": 1717169446000,
+            "message": "login",
+            "level": "info",
+        },
+    ]
+
+    ok, errors = await asyncio.to_thread(helpers.bulk, client, actions)
+
+    assert (ok, errors) == (2, [])
+    assert await stack.wait_rows(tenant.project, 2) == 2
+    rows = stored(
+        stack,
+        tenant.project,
+        "message, level, severity_text, service, environment, host, trace_id, dataset, attributes,"
+        " toUnixTimestamp64Milli(timestamp), dialect",
+    )
+    assert [r[:8] for r in rows] == [
+        ("Payment failed", "error", "ERROR", "checkout", "prod", "web-1", "4bf92f3577b34da6", "shop-logs"),
+        ("login", "info", "info", "", "", "", "", "audit"),
+    ]
+    assert rows[0][8] == {"_id": "a1", "log.logger": "payments", "order.id": "42", "order.items": '["a","b"]'}
+    assert [r[9] for r in rows] == [1717169445250, 1717169446000]
+    assert {r[10] for r in rows} == {"es_bulk"}
+
+
+async def test_elasticsearch_streaming_bulk_retries_429s_until_every_document_is_stored(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key limited to one request per second: the client's retries (max_retries) get every chunk in."""
+    from elasticsearch import helpers
+
+    from millrace import keys
+
+    project = f"es-retry-{uuid.uuid4().hex[:8]}"
+    _, key = await keys.create(
+        stack.settings, project, frozenset({keys.SCOPE_LOGS}), limits={"requests_per_s": 1, "burst_s": 1}
+    )
+    await stack.wait_for_key(key)
+    client = es_client(stack, basic_auth=("elastic", key))
+    docs = [{"_index": "retry", "message": f"doc {i}", "n": i} for i in range(6)]
+
+    def send() -> list[tuple[bool, Any]]:
+        return list(
+            helpers.streaming_bulk(
+                client, docs, chunk_size=2, max_retries=5, initial_backoff=1, max_backoff=2
+            )
+        )
+
+    with caplog.at_level(logging.INFO, logger="elastic_transport.transport"):
+        results = await asyncio.to_thread(send)
+
+    assert any("[status:429" in r.getMessage() for r in caplog.records)  # the limit did bite
+    assert [ok for ok, _ in results] == [True] * 6
+    assert await stack.wait_rows(project, 6) == 6
+    assert sorted(r[0] for r in stored(stack, project, "message")) == [f"doc {i}" for i in range(6)]
+
+
+async def test_elasticsearch_unsupported_and_broken_items_are_answered_per_item(stack: Stack) -> None:
+    from elasticsearch import helpers
+
+    tenant = await fresh(stack, "es-items")
+    client = es_client(stack, bearer_auth=tenant.key)
+    actions = [
+        {"_index": "a", "message": "kept"},
+        {"_op_type": "delete", "_index": "a", "_id": "1"},
+        {"_op_type": "update", "_index": "a", "_id": "2", "doc": {"x": 1}},
+        {"_index": "a", "@timestamp": "not a time", "message": "bad time"},
+        {"_index": "a", "message": "kept too"},
+    ]
+
+    ok, errors = await asyncio.to_thread(helpers.bulk, client, actions, raise_on_error=False)
+
+    assert ok == 2
+    assert [(op, item["status"], item["error"]["type"]) for e in errors for op, item in e.items()] == [
+        ("delete", 400, "illegal_argument_exception"),
+        ("update", 400, "illegal_argument_exception"),
+        ("index", 400, "document_parsing_exception"),
+    ]
+    assert await stack.wait_rows(tenant.project, 2) == 2
+    assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == ["kept", "kept too"]
+
+
+async def test_elasticsearch_probes_and_refusals_answer_as_elasticsearch(stack: Stack) -> None:
+    from elasticsearch import ApiError, AuthenticationException
+
+    tenant = await fresh(stack, "es-probe")
+    client = es_client(stack, api_key=tenant.key)  # an unencoded key is taken as it is
+
+    info = await asyncio.to_thread(client.info)
+    assert info["version"]["number"].startswith("8.") and info["tagline"] == "You Know, for Search"
+    assert await asyncio.to_thread(client.ping) is True
+    assert (await asyncio.to_thread(client.license.get))["license"]["status"] == "active"
+    assert (await asyncio.to_thread(client.cluster.health))["status"] == "green"
+
+    with pytest.raises(AuthenticationException):
+        await asyncio.to_thread(es_client(stack, basic_auth=("elastic", "mr_wrong")).info)
+    with pytest.raises(ApiError) as err:
+        await asyncio.to_thread(
+            client.bulk, operations=b'{"index": {"_index": "a"}}\n[1, 2]\n{"oops": {}}\n{}\n'
+        )
+    assert err.value.status_code == 400
+    assert err.value.body["error"]["type"] == "illegal_argument_exception"
+    assert "[3]" in err.value.body["error"]["reason"]
+
+    for headers, body, status in [
+        ({}, b'{"index": {"_index": "a"}}\n{"message": "m"}\n', 401),
+        ({"Authorization": f"Bearer {tenant.key}"}, b"", 400),
+        ({"Authorization": f"Bearer {tenant.key}"}, b'{"index": {}}\n{"message": "m"}\n', 400),  # no index
+        ({"Authorization": f"Bearer {tenant.key}"}, b'{"index": {"_index": "a"}}\n', 400),  # no document
+    ]:
+        async with stack.session.post(
+            stack.url + "/_bulk", data=body, headers={"Content-Type": "application/x-ndjson", **headers}
+        ) as resp:
+            answer = orjson.loads(await resp.read())
+            assert (resp.status, resp.headers["X-Elastic-Product"]) == (status, "Elasticsearch"), answer
+            assert answer["status"] == status and answer["error"]["root_cause"][0]["reason"]
+    assert await stack.wait_rows(tenant.project, 0, timeout_s=1) == 0

@@ -17,7 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from formats import PARSERS, ParseContext, Parsed
-from tests.formats import test_astralog, test_dynatrace, test_goodlogs, test_loki, test_tg2g, test_timberlogs
+from tests.formats import (
+    test_astralog,
+    test_dynatrace,
+    test_es_bulk,
+    test_goodlogs,
+    test_loki,
+    test_tg2g,
+    test_timberlogs,
+)
 from tests.formats.conftest import deep_arrays, make_ctx
 from tests.fuzz import contract
 from tests.fuzz.corpus import loki_push_body
@@ -128,6 +136,7 @@ SEEDS: list[bytes] = [
     test_timberlogs.BODY_RFC3164,
     *(body for _, _, body in test_timberlogs.CURL_EXAMPLES),
     test_loki.SEED_BODY,
+    test_es_bulk.SEED_BODY,
     loki_push_body(('{job="varlogs", level="warn"}', 1_705_312_200 * 10**9, "disk full")),
 ]
 HOSTILE = [

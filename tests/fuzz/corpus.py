@@ -308,6 +308,18 @@ TEMPLATES: tuple[Template, ...] = (
         ),
         path="/loki/api/v1/push",
     ),
+    Template(
+        "es_bulk",
+        "application/x-ndjson",
+        None,
+        b'{"index": {"_index": "logs-app", "_id": "1"}}\n'
+        b'{"@timestamp": "2024-01-15T10:30:00.123Z", "message": "Connection refused",'
+        b' "log": {"level": "error", "logger": "db"}, "service": {"name": "api"},'
+        b' "host": {"name": "h1"}, "user": {"id": 7}}\n'
+        b'{"create": {}}\n'
+        b'{"@timestamp": 1705312200000, "msg": "retrying", "level": "warn", "tags": ["a"]}\n',
+        path="/logs-app/_bulk",
+    ),
 )
 
 # Values that have broken (or could break) a parser somewhere: wrong types, extremes, odd times.

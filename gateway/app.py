@@ -12,12 +12,14 @@ from aiokafka import AIOKafkaProducer
 
 from gateway.body import BodyError
 from gateway.dialects import es_bulk as es_bulk_route
+from gateway.dialects import hec as hec_route
 from gateway.dialects import shared_logs as shared_logs_route
 from gateway.dialects.astralog import ASTRALOG
 from gateway.dialects.base import Dialect, Problem, bearer
 from gateway.dialects.dynatrace import DYNATRACE
 from gateway.dialects.es_bulk import ES_BULK
 from gateway.dialects.goodlogs import GOODLOGS_EVENTS
+from gateway.dialects.hec import HEC_EVENT, HEC_RAW
 from gateway.dialects.loki import LOKI
 from gateway.dialects.timberlogs import TIMBERLOGS
 from gateway.ingest import REQUEST_ID, Handler, Ingestor, new_request_id
@@ -153,6 +155,14 @@ def create_app(settings: Settings) -> web.Application:
         answer = await ingestor.admitted(request, chosen, admitted, token, body, document)
         return metrics.counted(chosen.name, answer)
 
+    def hec(dialect: Dialect) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            early = hec_route.precheck(request)  # HEC tells a missing token from a malformed header
+            answer = early if early is not None else await request.app[INGESTOR].ingest(request, dialect)
+            return metrics.counted(dialect.name, answer)
+
+        return handle
+
     async def es_probe(request: web.Request) -> web.Response:
         admitted = request.app[INGESTOR].admit(ES_BULK.token(request), SCOPE_LOGS)
         return ES_BULK.error(admitted) if isinstance(admitted, Problem) else es_bulk_route.probe(request)
@@ -176,6 +186,12 @@ def create_app(settings: Settings) -> web.Application:
     for path in ("/_bulk", "/{index}/_bulk"):
         app.router.add_post(path, ingest(ES_BULK))
         app.router.add_put(path, ingest(ES_BULK))
+    for path in ("/services/collector", "/services/collector/event", "/services/collector/event/1.0"):
+        app.router.add_post(path, hec(HEC_EVENT))
+    for path in ("/services/collector/raw", "/services/collector/raw/1.0"):
+        app.router.add_post(path, hec(HEC_RAW))
+    for path in ("/services/collector/health", "/services/collector/health/1.0"):
+        app.router.add_get(path, hec_route.health)
     for path in ("/", "/_license", "/_cluster/health"):
         app.router.add_get(path, es_probe)  # GET also answers HEAD
     app.router.add_get("/health", health)

@@ -35,7 +35,7 @@ log = structlog.get_logger()
 
 REQUEST_ID = web.RequestKey("request_id", str)
 RETRY_AFTER_UNAVAILABLE = 5
-CREDENTIAL_PARAMS = frozenset({"api-token"})  # query parameters that carry a key (lower case)
+CREDENTIAL_PARAMS = frozenset({"api-token", "token"})  # query parameters that carry a key (lower case)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

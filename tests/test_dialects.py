@@ -1046,12 +1046,13 @@ def test_readme_has_a_curl_example_per_dialect() -> None:
     assert paths == [
         "/api/v2/logs/ingest",
         "/loki/api/v1/push",
+        "/services/collector/event",
         "/shop-logs/_bulk",
         "/v1/drain",
         "/v1/events",
         "/v1/logs",
     ]
-    assert len(readme_sending_examples()) == 7
+    assert len(readme_sending_examples()) == 8
 
 
 async def test_readme_curl_examples_work(stack: Stack) -> None:
@@ -1068,5 +1069,5 @@ async def test_readme_curl_examples_work(stack: Stack) -> None:
         if "took" in shown:  # so does Elasticsearch's time taken
             shown["took"] = body.get("took")
         assert (example.path, 200 <= status < 300, body) == (example.path, True, shown)
-    assert await stack.wait_rows(tenant.project, 6) == 6
+    assert await stack.wait_rows(tenant.project, 7) == 7
     assert await stack.wait_rows(tenant.project, 1, table="events") == 1

@@ -432,6 +432,8 @@ ENDPOINTS = (
     Endpoint("/api/v2/logs/ingest", ("dynatrace",), ("api-token", "bearer", "query")),
     Endpoint("/loki/api/v1/push", ("loki",), ("basic", "bearer")),
     Endpoint("/logs-app/_bulk", ("es_bulk",), ("apikey", "basic", "bearer")),
+    Endpoint("/services/collector/event", ("hec_event",), ("splunk", "basic")),
+    Endpoint("/services/collector/raw", ("hec_raw",), ("splunk", "basic")),
 )
 AUTH_OF = {
     "astralog": "raw",
@@ -442,6 +444,8 @@ AUTH_OF = {
     "dynatrace": "api-token",
     "loki": "basic",
     "es_bulk": "apikey",
+    "hec_event": "splunk",
+    "hec_raw": "splunk",
 }
 SUCCESS = {
     "/v1/drain": {200},
@@ -450,9 +454,17 @@ SUCCESS = {
     "/api/v2/logs/ingest": {200, 204},
     "/loki/api/v1/push": {204},
     "/logs-app/_bulk": {200},
+    "/services/collector/event": {200},
+    "/services/collector/raw": {200},
 }
 # Where the parser of an endpoint's 2xx cannot be told from the answer: (parser, its Content-Type).
-PARSER_OF_PATH = {"/v1/drain": "astralog", "/api/v2/logs/ingest": "dynatrace", "/loki/api/v1/push": "loki"}
+PARSER_OF_PATH = {
+    "/v1/drain": "astralog",
+    "/api/v2/logs/ingest": "dynatrace",
+    "/loki/api/v1/push": "loki",
+    "/services/collector/event": "hec_event",
+    "/services/collector/raw": "hec_raw",
+}
 
 
 def error_shape(path: str, status: int, body: Any) -> str:
@@ -466,6 +478,9 @@ def error_shape(path: str, status: int, body: Any) -> str:
     if path == "/api/v2/logs/ingest":
         ok = isinstance(error, dict) and error.get("code") == status and isinstance(error.get("message"), str)
         return "dynatrace" if ok else ""
+    if path.startswith("/services/collector/"):
+        ok = isinstance(body.get("text"), str) and isinstance(body.get("code"), int) and body["code"] != 0
+        return "hec" if ok else ""
     if path.endswith("/_bulk"):
         ok = body.get("status") == status and isinstance(error, dict) and isinstance(error.get("reason"), str)
         return "es_bulk" if ok and isinstance(error.get("root_cause"), list) else ""
@@ -540,6 +555,7 @@ def auth_headers(request: Request, key: str) -> tuple[dict[str, str], str]:
         "query": ({}, f"api-token={key}"),
         "basic": ({"Authorization": "Basic " + base64.b64encode(f"loki:{key}".encode()).decode()}, ""),
         "apikey": ({"Authorization": "ApiKey " + base64.b64encode(f"id:{key}".encode()).decode()}, ""),
+        "splunk": ({"Authorization": f"Splunk {key}"}, ""),
     }[request.auth]
 
 

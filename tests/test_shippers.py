@@ -399,3 +399,144 @@ async def test_elasticsearch_probes_and_refusals_answer_as_elasticsearch(stack: 
             assert (resp.status, resp.headers["X-Elastic-Product"]) == (status, "Elasticsearch"), answer
             assert answer["status"] == status and answer["error"]["root_cause"][0]["reason"]
     assert await stack.wait_rows(tenant.project, 0, timeout_s=1) == 0
+
+
+# -- Splunk HEC ----------------------------------------------------------------------------------
+
+
+def hostport(stack: Stack) -> tuple[str, int]:
+    host, port = stack.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+async def test_splunk_handler_concatenated_events_without_content_type(stack: Stack) -> None:
+    """splunk-handler queues records and sends them as one body of concatenated JSON events."""
+    from splunk_handler import SplunkHandler
+
+    tenant = await fresh(stack, "hec-sh")
+    host, port = hostport(stack)
+    handler = SplunkHandler(
+        host=host,
+        port=port,
+        token=tenant.key,
+        index="main",
+        protocol="http",
+        verify=False,
+        flush_interval=3600,  # only the explicit flush below sends
+        hostname="web-3",
+        source="billing.py",
+        sourcetype="json",
+    )
+    logger, errors = logger_with(handler)
+    try:
+        logger.warning("card declined")
+        logger.error("charge failed")
+        logger.info("retry scheduled")
+        await asyncio.to_thread(handler.force_flush)
+    finally:
+        handler.timer.cancel()
+
+    assert errors == []
+    assert await stack.wait_rows(tenant.project, 3) == 3
+    rows = stored(
+        stack, tenant.project, "message, host, dataset, attributes['source'], attributes['sourcetype']"
+    )
+    assert sorted(rows) == [
+        (m, "web-3", "main", "billing.py", "json")
+        for m in ("card declined", "charge failed", "retry scheduled")
+    ]
+
+
+@pytest.mark.parametrize("endpoint", ["event", "raw"])
+async def test_splunk_hec_handler_event_and_raw_endpoints(stack: Stack, endpoint: str) -> None:
+    """splunk-hec-handler: an event object (log_level, fields) to /event; the same JSON as a line to /raw."""
+    from splunk_hec_handler import SplunkHecHandler
+
+    tenant = await fresh(stack, f"hec-{endpoint}")
+    host, port = hostport(stack)
+    handler = await asyncio.to_thread(
+        SplunkHecHandler,
+        host,
+        tenant.key,
+        port=port,
+        proto="http",
+        ssl_verify=False,
+        endpoint=endpoint,
+        index="app",
+        sourcetype="_json",
+        hostname="node-1",
+    )
+    logger, errors = logger_with(handler)
+    record = {"message": "order placed", "order": {"id": 7}, "fields": {"service": "shop", "region": "eu"}}
+
+    await asyncio.to_thread(logger.error, record)
+
+    assert errors == []
+    assert await stack.wait_rows(tenant.project, 1) == 1
+    ((message, level, service, host_column, dataset, attributes),) = stored(
+        stack, tenant.project, "message, level, service, host, dataset, attributes"
+    )
+    if endpoint == "event":
+        assert (message, level, service, host_column, dataset) == (
+            "order placed",
+            "error",
+            "shop",
+            "node-1",
+            "app",
+        )
+        assert attributes == {"order.id": "7", "region": "eu", "sourcetype": "_json"}
+    else:  # raw: the body is one line, stored as it came; the query's metadata is not sent by this client
+        assert orjson.loads(message)["event"]["message"] == "order placed"
+        assert level == "info"
+
+
+async def test_hec_answers_and_error_codes(stack: Stack) -> None:
+    tenant = await fresh(stack, "hec-codes")
+    splunk = {"Authorization": f"Splunk {tenant.key}"}
+
+    async def call(path: str, body: bytes, **headers: str) -> tuple[int, Any, dict[str, str]]:
+        async with stack.session.post(stack.url + path, data=body, headers=headers) as resp:
+            return resp.status, orjson.loads(await resp.read()), dict(resp.headers)
+
+    async with stack.session.get(stack.url + "/services/collector/health") as resp:
+        assert (resp.status, await resp.json()) == (200, {"text": "HEC is healthy", "code": 17})
+
+    ok = b'{"event": "one", "time": "1717169445.5"}{"event": {"message": "two"}}'
+    assert (await call("/services/collector", ok, **splunk))[:2] == (200, {"text": "Success", "code": 0})
+    # ?token= works, and never reaches the envelope
+    assert (await call(f"/services/collector/raw?token={tenant.key}&sourcetype=syslog", b"raw line\n"))[
+        0
+    ] == 200
+
+    cases = [
+        ("/services/collector/event", b"", splunk, 400, 5),
+        ("/services/collector/event", b"{not json", splunk, 400, 6),
+        ("/services/collector/event", b'{"event": "a", "time": NaN}', splunk, 400, 6),
+        ("/services/collector/event", b'{"time": 1}', splunk, 400, 12),
+        ("/services/collector/event", b'{"event": ""}', splunk, 400, 13),
+        ("/services/collector/event", b'{"event": "x"}', {}, 401, 2),
+        ("/services/collector/event", b'{"event": "x"}', {"Authorization": "Token abc"}, 401, 3),
+        ("/services/collector/event", b'{"event": "x"}', {"Authorization": "Splunk mr_nope"}, 403, 4),
+        ("/services/collector/raw", b"  \n", splunk, 400, 5),
+    ]
+    for path, body, headers, status, code in cases:
+        got_status, got, _ = await call(path, body, **headers)
+        assert (got_status, got["code"]) == (status, code), (body, got)
+
+    # HEC stores the events before a bad one and names the bad one
+    status, body, _ = await call(
+        "/services/collector/event",
+        b'{"event": "kept"} {"event": "also kept"} {"nope": 1} {"event": "lost"}',
+        **splunk,
+    )
+    assert (status, body) == (400, {"text": "Event field is required", "code": 12, "invalid-event-number": 2})
+
+    assert await stack.wait_rows(tenant.project, 5) == 5
+    rows = stored(stack, tenant.project, "message, attributes")
+    assert sorted(r[0] for r in rows) == ["also kept", "kept", "one", "raw line", "two"]
+    assert all("token" not in r[1] for r in rows)
+    (raw_query,) = stack.query(
+        "SELECT attributes['sourcetype'] FROM logs WHERE project = {p:String} AND message = 'raw line'",
+        p=tenant.project,
+    )
+    assert raw_query == ("syslog",)

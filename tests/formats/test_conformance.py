@@ -137,6 +137,7 @@ SEEDS: list[bytes] = [
     *(body for _, _, body in test_timberlogs.CURL_EXAMPLES),
     test_loki.SEED_BODY,
     test_es_bulk.SEED_BODY,
+    b'{"time": 1705312200.25, "event": "one"}{"event": {"message": "two", "level": "warn"}, "fields": {}}',
     loki_push_body(('{job="varlogs", level="warn"}', 1_705_312_200 * 10**9, "disk full")),
 ]
 HOSTILE = [

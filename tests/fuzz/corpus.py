@@ -320,6 +320,24 @@ TEMPLATES: tuple[Template, ...] = (
         b'{"@timestamp": 1705312200000, "msg": "retrying", "level": "warn", "tags": ["a"]}\n',
         path="/logs-app/_bulk",
     ),
+    Template(
+        "hec_event",
+        "",
+        None,
+        b'{"time": 1705312200.25, "host": "web-3", "source": "app.py", "sourcetype": "_json",'
+        b' "index": "main", "event": "Connection refused"}'
+        b'{"event": {"message": "retrying", "log_level": "WARNING", "try": 2},'
+        b' "fields": {"service": "api", "region": "eu"}}\n{"time": "1705312201", "event": {"k": [1, 2]}}',
+        path="/services/collector/event",
+    ),
+    Template(
+        "hec_raw",
+        "text/plain",
+        None,
+        b"2024-01-15 10:30:00 ERROR Connection refused\r\nsecond line\n",
+        query={"sourcetype": "syslog", "host": "h1", "index": "main"},
+        path="/services/collector/raw",
+    ),
 )
 
 # Values that have broken (or could break) a parser somewhere: wrong types, extremes, odd times.

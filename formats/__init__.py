@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from formats import astralog, dynatrace, es_bulk, goodlogs, hec, loki, tg2g, timberlogs
+from formats import astralog, dynatrace, es_bulk, goodlogs, hec, loki, otlp, tg2g, timberlogs
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 
 Parser = Callable[[bytes, ParseContext], Parsed]
@@ -25,6 +25,7 @@ PARSERS: dict[str, Parser] = {
     "es_bulk": es_bulk.parse,
     "hec_event": hec.parse_event,
     "hec_raw": hec.parse_raw,
+    "otlp": otlp.parse,
 }
 
 __all__ = ["PARSERS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]

@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> web.Application:
         ingestor = request.app[INGESTOR]
         if (dialect := shared_logs_route.by_headers(request)) is not None:
             return metrics.counted(dialect.name, await ingestor.ingest(request, dialect))
-        # Rule 4 needs the body, but every dialect left takes the key as Bearer with the same
+        # Rule 5 needs the body, but every dialect left takes the key as Bearer with the same
         # scope: the key is checked and the bucket charged before the body is read (F1).
         token = bearer(request)
         admitted = ingestor.admit(token, SCOPE_LOGS)

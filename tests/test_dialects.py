@@ -1052,7 +1052,7 @@ def test_readme_has_a_curl_example_per_dialect() -> None:
         "/v1/events",
         "/v1/logs",
     ]
-    assert len(readme_sending_examples()) == 8
+    assert len(readme_sending_examples()) == 9
 
 
 async def test_readme_curl_examples_work(stack: Stack) -> None:
@@ -1069,5 +1069,5 @@ async def test_readme_curl_examples_work(stack: Stack) -> None:
         if "took" in shown:  # so does Elasticsearch's time taken
             shown["took"] = body.get("took")
         assert (example.path, 200 <= status < 300, body) == (example.path, True, shown)
-    assert await stack.wait_rows(tenant.project, 7) == 7
+    assert await stack.wait_rows(tenant.project, 8) == 8
     assert await stack.wait_rows(tenant.project, 1, table="events") == 1

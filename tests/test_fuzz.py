@@ -34,10 +34,12 @@ import zstandard
 from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from yarl import URL
 
 from formats import PARSERS, ParseContext, Parsed, ParseError
 from gateway.body import BodyError, decompress
+from gateway.dialects.otlp import Status
 from schemas import rows as row_codec
 from schemas.envelope import Envelope, encode
 from schemas.record import EVENTS_TABLE, LOGS_TABLE
@@ -427,7 +429,7 @@ class Endpoint:
 
 ENDPOINTS = (
     Endpoint("/v1/drain", ("astralog",), ("raw", "bearer")),
-    Endpoint("/v1/logs", ("tg2g", "goodlogs_logs", "timberlogs"), ("tg2g", "bearer", "x-api-key")),
+    Endpoint("/v1/logs", ("tg2g", "goodlogs_logs", "timberlogs", "otlp"), ("tg2g", "bearer", "x-api-key")),
     Endpoint("/v1/events", ("goodlogs_events",), ("bearer",)),
     Endpoint("/api/v2/logs/ingest", ("dynatrace",), ("api-token", "bearer", "query")),
     Endpoint("/loki/api/v1/push", ("loki",), ("basic", "bearer")),
@@ -446,6 +448,7 @@ AUTH_OF = {
     "es_bulk": "apikey",
     "hec_event": "splunk",
     "hec_raw": "splunk",
+    "otlp": "bearer",
 }
 SUCCESS = {
     "/v1/drain": {200},
@@ -464,6 +467,7 @@ PARSER_OF_PATH = {
     "/loki/api/v1/push": "loki",
     "/services/collector/event": "hec_event",
     "/services/collector/raw": "hec_raw",
+    "/v1/logs": "otlp",  # the other /v1/logs APIs answer with their counts
 }
 
 
@@ -478,6 +482,8 @@ def error_shape(path: str, status: int, body: Any) -> str:
     if path == "/api/v2/logs/ingest":
         ok = isinstance(error, dict) and error.get("code") == status and isinstance(error.get("message"), str)
         return "dynatrace" if ok else ""
+    if path == "/v1/logs" and isinstance(body.get("code"), int) and isinstance(body.get("message"), str):
+        return "otlp"  # google.rpc.Status, JSON
     if path.startswith("/services/collector/"):
         ok = isinstance(body.get("text"), str) and isinstance(body.get("code"), int) and body["code"] != 0
         return "hec" if ok else ""
@@ -619,7 +625,15 @@ async def test_http_layer_answers_in_dialect_and_stores_what_it_accepts(
             assert raw.endswith(b"\n") and len(raw) > 1, raw
             return
         assert (status, raw) == (204, b"")
-    body = None if path == "/loki/api/v1/push" or not raw else orjson.loads(raw)
+    if resp_headers.get("Content-Type", "").startswith("application/x-protobuf"):  # OTLP, protobuf
+        assert path == "/v1/logs"
+        if status >= 400:
+            assert Status.FromString(raw).message, raw
+            return
+        ExportLogsServiceResponse.FromString(raw)
+        body = None
+    else:
+        body = None if path == "/loki/api/v1/push" or not raw else orjson.loads(raw)
     if status >= 400:
         assert resp_headers.get("Content-Type", "").startswith("application/json"), resp_headers
         assert error_shape(path, status, body), (status, body)

@@ -540,3 +540,202 @@ async def test_hec_answers_and_error_codes(stack: Stack) -> None:
         p=tenant.project,
     )
     assert raw_query == ("syslog",)
+
+
+# -- OTLP/HTTP logs ------------------------------------------------------------------------------
+
+
+def otel_logger(exporter: Any, resource: dict[str, str]) -> tuple[logging.Logger, Any, list[Any]]:
+    """The SDK's LoggerProvider and LoggingHandler exporting through `exporter`; results recorded."""
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+
+    results: list[Any] = []
+    export = exporter.export
+
+    def recording(batch: Any) -> Any:
+        result = export(batch)
+        results.append(result)
+        return result
+
+    exporter.export = recording
+    provider = LoggerProvider(resource=Resource.create(resource))
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    logger = logging.getLogger(f"otel-{uuid.uuid4().hex[:8]}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(LoggingHandler(logger_provider=provider))
+    return logger, provider, results
+
+
+@pytest.mark.parametrize("encoding", ["protobuf-gzip", "json"])
+async def test_opentelemetry_sdk_exporter_lands_with_resource_scope_and_trace(
+    stack: Stack, encoding: str
+) -> None:
+    from opentelemetry.sdk._logs.export import LogRecordExportResult
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tenant = await fresh(stack, f"otlp-{encoding}")
+    headers = {"Authorization": f"Bearer {tenant.key}"}
+    if encoding == "json":
+        from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter as JsonExporter
+
+        exporter: Any = JsonExporter(endpoint=stack.url + "/v1/logs", headers=headers)
+    else:
+        from opentelemetry.exporter.otlp.proto.http import Compression
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+        exporter = OTLPLogExporter(
+            endpoint=stack.url + "/v1/logs", headers=headers, compression=Compression.Gzip
+        )
+    logger, provider, results = otel_logger(
+        exporter,
+        {
+            "service.name": "checkout",
+            "deployment.environment.name": "prod",
+            "host.name": "web-9",
+            "team": "pay",
+        },
+    )
+    tracer = TracerProvider().get_tracer("tests")
+    with tracer.start_as_current_span("charge") as span:
+        logger.error("charge failed", extra={"order.id": 42, "retry": True})
+        context = span.get_span_context()
+    logger.info("charge retried")
+
+    assert await asyncio.to_thread(provider.force_flush)
+    await asyncio.to_thread(provider.shutdown)
+
+    assert results and all(r == LogRecordExportResult.SUCCESS for r in results)
+    assert await stack.wait_rows(tenant.project, 2) == 2
+    rows = stored(
+        stack,
+        tenant.project,
+        "message, level, severity_number, severity_text, service, environment, host, trace_id, span_id,"
+        " attributes, dialect",
+    )
+    first, second = rows
+    assert first[:9] == (
+        "charge failed",
+        "error",
+        17,
+        "ERROR",
+        "checkout",
+        "prod",
+        "web-9",
+        f"{context.trace_id:032x}",
+        f"{context.span_id:016x}",
+    )
+    assert first[9]["order.id"] == "42" and first[9]["retry"] == "true"
+    assert first[9]["resource.team"] == "pay" and first[9]["scope.name"] == logger.name
+    assert second[:5] == ("charge retried", "info", 9, "INFO", "checkout")
+    assert {r[10] for r in rows} == {"otlp"}
+
+
+async def test_otlp_answers_partial_success_and_status_in_the_request_encoding(stack: Stack) -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+        ExportLogsServiceRequest,
+        ExportLogsServiceResponse,
+    )
+
+    from gateway.dialects.otlp import Status
+
+    tenant = await fresh(stack, "otlp-answers")
+    bearer = {"Authorization": f"Bearer {tenant.key}"}
+    now = time.time_ns()
+
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    records.add(time_unix_nano=now, severity_number=13).body.string_value = "kept"
+    records.add(time_unix_nano=2**64 - 1).body.string_value = "year 2554"
+    async with stack.session.post(
+        stack.url + "/v1/logs",
+        data=request.SerializeToString(),
+        headers={**bearer, "Content-Type": "application/x-protobuf"},
+    ) as resp:
+        status, content_type = resp.status, resp.content_type
+        answer = ExportLogsServiceResponse.FromString(await resp.read())
+    assert (status, content_type) == (200, "application/x-protobuf")
+    assert answer.partial_success.rejected_log_records == 1
+    assert "log record 1" in answer.partial_success.error_message
+
+    kept = {"timeUnixNano": str(now), "body": {"stringValue": "j"}}
+    doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": [kept, {"timeUnixNano": "soon"}]}]}]}
+    async with stack.session.post(stack.url + "/v1/logs", data=orjson.dumps(doc), headers=bearer) as resp:
+        assert resp.status == 200
+        assert orjson.loads(await resp.read())["partialSuccess"]["rejectedLogRecords"] == "1"
+
+    # errors: google.rpc.Status, protobuf or JSON like the request
+    for data, content_type, expected, code in [
+        (b"\x0a\xff\xff\xff", "application/x-protobuf", 400, 3),
+        (b'{"resourceLogs": [', "application/json", 400, 3),
+    ]:
+        async with stack.session.post(
+            stack.url + "/v1/logs", data=data, headers={**bearer, "Content-Type": content_type}
+        ) as resp:
+            raw = await resp.read()
+            assert (resp.status, resp.content_type) == (expected, content_type)
+            got = (
+                Status.FromString(raw).code
+                if content_type != "application/json"
+                else orjson.loads(raw)["code"]
+            )
+            assert got == code
+    async with stack.session.post(
+        stack.url + "/v1/logs",
+        data=request.SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+    ) as resp:
+        assert (resp.status, Status.FromString(await resp.read()).code) == (401, 16)
+
+    assert await stack.wait_rows(tenant.project, 2) == 2
+    assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == ["j", "kept"]
+
+
+async def test_v1_logs_routing_between_otlp_and_the_seed_apis(stack: Stack) -> None:
+    """The ambiguous cases of the shared path: each lands with the dialect the rule names."""
+    tenant = await fresh(stack, "otlp-route")
+    bearer = {"Authorization": f"Bearer {tenant.key}", "Content-Type": "application/json"}
+    now = str(time.time_ns())
+    otlp_doc = {
+        "resourceLogs": [
+            {"scopeLogs": [{"logRecords": [{"timeUnixNano": now, "body": {"stringValue": "o"}}]}]}
+        ]
+    }
+    cases = [
+        (bearer, orjson.dumps(otlp_doc), "otlp"),
+        # resourceLogs beside batch: OTLP's key comes first in the rule
+        (bearer, orjson.dumps({**otlp_doc, "batch": []}), "otlp"),
+        (bearer, orjson.dumps({"batch": [{"severity": "info", "message": "g"}]}), "goodlogs_logs"),
+        # a TG2G header wins over an OTLP body
+        ({"X-TG2G-Api-Key": tenant.key, "Content-Type": "application/json"},
+         orjson.dumps({**otlp_doc, "logs": [{"message": "t"}]}), "tg2g"),
+    ]  # fmt: skip
+    for headers, body, dialect in cases:
+        async with stack.session.post(stack.url + "/v1/logs", data=body, headers=headers) as resp:
+            assert 200 <= resp.status < 300, (dialect, await resp.read())
+    assert await stack.wait_rows(tenant.project, 4) == 4
+    dialects = sorted(r[0] for r in stored(stack, tenant.project, "dialect"))
+    assert dialects == sorted(d for _, _, d in cases)
+
+    # a Timberlogs-only type wins over an OTLP body: Timberlogs refuses it in its own format
+    async with stack.session.post(
+        stack.url + "/v1/logs",
+        data=orjson.dumps(otlp_doc),
+        headers={**bearer, "Content-Type": "application/x-ndjson"},
+    ) as resp:
+        refused = orjson.loads(await resp.read())
+        assert (resp.status, refused["code"]) == (400, "PARSE_ERROR")
+
+    # broken JSON that opens like OTLP gets OTLP's error body; protobuf never reaches another API
+    async with stack.session.post(
+        stack.url + "/v1/logs", data=b'{"resourceLogs": [}', headers=bearer
+    ) as resp:
+        assert (resp.status, set(orjson.loads(await resp.read()))) == (400, {"code", "message"})
+    async with stack.session.post(
+        stack.url + "/v1/logs",
+        data=b"\x00",
+        headers={"X-API-Key": tenant.key, "Content-Type": "application/x-protobuf"},
+    ) as resp:
+        assert (resp.status, resp.content_type) == (401, "application/x-protobuf")

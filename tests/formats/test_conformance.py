@@ -28,7 +28,7 @@ from tests.formats import (
 )
 from tests.formats.conftest import deep_arrays, make_ctx
 from tests.fuzz import contract
-from tests.fuzz.corpus import loki_push_body
+from tests.fuzz.corpus import loki_push_body, otlp_protobuf_body
 
 NAMES = sorted(PARSERS)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -137,6 +137,9 @@ SEEDS: list[bytes] = [
     *(body for _, _, body in test_timberlogs.CURL_EXAMPLES),
     test_loki.SEED_BODY,
     test_es_bulk.SEED_BODY,
+    otlp_protobuf_body(),
+    b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "1705312200000000000",'
+    b' "body": {"stringValue": "m"}, "attributes": [{"key": "a", "value": {"intValue": "1"}}]}]}]}]}',
     b'{"time": 1705312200.25, "event": "one"}{"event": {"message": "two", "level": "warn"}, "fields": {}}',
     loki_push_body(('{job="varlogs", level="warn"}', 1_705_312_200 * 10**9, "disk full")),
 ]

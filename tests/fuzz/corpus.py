@@ -13,6 +13,7 @@ from typing import Any
 
 import cramjam
 import orjson
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from formats.base import ParseContext
 from formats.loki import PushRequest
@@ -77,7 +78,25 @@ def loki_push_body(*entries: tuple[str, int, str]) -> bytes:
     return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
 
 
+def otlp_protobuf_body() -> bytes:
+    """An ExportLogsServiceRequest of two records, as the SDK's protobuf exporter sends it."""
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.add(key="service.name").value.string_value = "api"
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.name = "app"
+    first = scope_logs.log_records.add(time_unix_nano=1_705_312_200 * 10**9, severity_number=13)
+    first.body.string_value = "disk 91% full"
+    first.trace_id, first.span_id = bytes(range(16)), bytes(range(8))
+    first.attributes.add(key="disk").value.kvlist_value.values.add(key="free").value.int_value = 9
+    second = scope_logs.log_records.add(observed_time_unix_nano=1_705_312_201 * 10**9, severity_text="info")
+    second.body.array_value.values.add().bytes_value = b"\x00\xff"
+    return request.SerializeToString()
+
+
 JSON = "application/json"
+IDS = {"doubleValue": 1.5}
+KV = {"key": "k", "value": {"stringValue": "v"}}
 PROD = {"environment": "production"}
 
 TEMPLATES: tuple[Template, ...] = (
@@ -338,6 +357,64 @@ TEMPLATES: tuple[Template, ...] = (
         query={"sourcetype": "syslog", "host": "h1", "index": "main"},
         path="/services/collector/raw",
     ),
+    Template(
+        "otlp",
+        JSON,
+        {
+            "resourceLogs": [
+                {
+                    "resource": {
+                        "attributes": [
+                            {"key": "service.name", "value": {"stringValue": "api"}},
+                            {"key": "host.name", "value": {"stringValue": "h1"}},
+                            {
+                                "key": "k8s",
+                                "value": {
+                                    "kvlistValue": {
+                                        "values": [{"key": "pod", "value": {"stringValue": "api-7"}}]
+                                    }
+                                },
+                            },
+                        ]
+                    },
+                    "scopeLogs": [
+                        {
+                            "scope": {"name": "app.db", "version": "1.2"},
+                            "logRecords": [
+                                {
+                                    "timeUnixNano": "1705312200000000000",
+                                    "severityNumber": 17,
+                                    "severityText": "ERROR",
+                                    "body": {"stringValue": "Connection refused"},
+                                    "traceId": "5b8efff798038103d269b633813fc60c",
+                                    "spanId": "eee19b7ec3c1b174",
+                                    "attributes": [
+                                        {"key": "attempt", "value": {"intValue": "2"}},
+                                        {"key": "ok", "value": {"boolValue": False}},
+                                        {
+                                            "key": "ids",
+                                            "value": {"arrayValue": {"values": [{"doubleValue": 1.5}]}},
+                                        },
+                                    ],
+                                },
+                                {
+                                    "observedTimeUnixNano": 1705312201000000000,
+                                    "severityText": "warn",
+                                    "body": {
+                                        "kvlistValue": {
+                                            "values": [{"key": "k", "value": {"stringValue": "v"}}]
+                                        }
+                                    },
+                                },
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+        path="/v1/logs",
+    ),
+    Template("otlp", "application/x-protobuf", None, otlp_protobuf_body(), path="/v1/logs"),
 )
 
 # Values that have broken (or could break) a parser somewhere: wrong types, extremes, odd times.

@@ -21,6 +21,7 @@ from gateway.dialects.es_bulk import ES_BULK
 from gateway.dialects.goodlogs import GOODLOGS_EVENTS
 from gateway.dialects.hec import HEC_EVENT, HEC_RAW
 from gateway.dialects.loki import LOKI
+from gateway.dialects.otlp import KEY_HEADER as OTLP_KEY_HEADER
 from gateway.dialects.timberlogs import TIMBERLOGS
 from gateway.ingest import REQUEST_ID, Handler, Ingestor, new_request_id
 from gateway.read import ReadApi, ReadBackend, StoreReader, WorkerReader
@@ -126,6 +127,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[OTLP_KEY_HEADER] = settings.otlp_key_header
     app.cleanup_ctx.append(_kafka)
 
     def ingest(dialect: Dialect) -> Handler:

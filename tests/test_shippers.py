@@ -12,6 +12,7 @@ import base64
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cramjam
@@ -20,7 +21,7 @@ import pytest
 
 from formats.loki import MAX_DECOMPRESSED, PushRequest
 from millrace.keys import SCOPE_READ
-from tests.conftest import Stack, Tenant
+from tests.conftest import Gateway, Stack, Tenant
 
 pytestmark = pytest.mark.integration
 
@@ -739,3 +740,38 @@ async def test_v1_logs_routing_between_otlp_and_the_seed_apis(stack: Stack) -> N
         headers={"X-API-Key": tenant.key, "Content-Type": "application/x-protobuf"},
     ) as resp:
         assert (resp.status, resp.content_type) == (401, "application/x-protobuf")
+
+
+async def test_otlp_key_in_the_header_the_operator_names(
+    stack: Stack, gateway_factory: Callable[..., Awaitable[Gateway]]
+) -> None:
+    """MILLRACE_OTLP_KEY_HEADER=x-api-key: a collector's x-api-key carries the key, protobuf or JSON."""
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+    gateway = await gateway_factory(otlp_key_header="x-api-key")
+    tenant = await fresh(stack, "otlp-header")
+    await gateway.wait_for_key(tenant.key)
+    exporter = OTLPLogExporter(endpoint=gateway.url + "/v1/logs", headers={"x-api-key": tenant.key})
+    logger, provider, results = otel_logger(exporter, {"service.name": "collector"})
+    logger.warning("via x-api-key")
+    assert await asyncio.to_thread(provider.force_flush)
+    await asyncio.to_thread(provider.shutdown)
+    assert results == [LogRecordExportResult.SUCCESS]
+
+    # OTLP JSON with that header is OTLP too (on this gateway the header is OTLP's, not Timberlogs')
+    doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "json via header"}}]}]}]}
+    async with stack.session.post(
+        gateway.url + "/v1/logs", data=orjson.dumps(doc), headers={"x-api-key": tenant.key}
+    ) as resp:
+        assert (resp.status, orjson.loads(await resp.read())) == (200, {})
+    async with stack.session.post(
+        gateway.url + "/v1/logs", data=orjson.dumps(doc), headers={"x-api-key": "mr_wrong"}
+    ) as resp:
+        assert (resp.status, orjson.loads(await resp.read())["code"]) == (401, 16)
+
+    assert await stack.wait_rows(tenant.project, 2) == 2
+    assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == [
+        "json via header",
+        "via x-api-key",
+    ]

@@ -1,4 +1,5 @@
-"""OTLP/HTTP logs on the shared `POST /v1/logs`: the key as `Authorization: Bearer <key>`.
+"""OTLP/HTTP logs on the shared `POST /v1/logs`: the key as `Authorization: Bearer <key>`,
+or in the header an operator names (`MILLRACE_OTLP_KEY_HEADER`, kept in the app as KEY_HEADER).
 
 The answer is an `ExportLogsServiceResponse` in the request's encoding (protobuf or OTLP
 JSON), with `partial_success.rejected_log_records` and `error_message` when records were
@@ -21,6 +22,7 @@ from formats.otlp import PROTOBUF
 from gateway.dialects.base import Dialect, Problem, bearer
 from millrace.keys import SCOPE_LOGS
 
+KEY_HEADER: Final = web.AppKey("otlp_key_header", str)
 _SHOWN: Final = 20
 _GRPC_CODES: Final = {400: 3, 401: 16, 403: 7, 408: 4, 413: 8, 415: 3, 429: 8, 503: 14}
 
@@ -89,7 +91,19 @@ def _error_json(problem: Problem) -> web.Response:
     )
 
 
+def configured_header(request: web.Request) -> str:
+    """The operator's OTLP key header ('' when none is set)."""
+    return request.config_dict.get(KEY_HEADER, "")
+
+
+def token(request: web.Request) -> str | None:
+    header = configured_header(request)
+    if header and (value := request.headers.get(header, "").strip()):
+        return value
+    return bearer(request)
+
+
 OTLP_PROTOBUF = Dialect(
-    name="otlp", scope=SCOPE_LOGS, token=bearer, success=_success_protobuf, error=_error_protobuf
+    name="otlp", scope=SCOPE_LOGS, token=token, success=_success_protobuf, error=_error_protobuf
 )
-OTLP_JSON = Dialect(name="otlp", scope=SCOPE_LOGS, token=bearer, success=_success_json, error=_error_json)
+OTLP_JSON = Dialect(name="otlp", scope=SCOPE_LOGS, token=token, success=_success_json, error=_error_json)

@@ -1,7 +1,8 @@
 """`POST /v1/logs` is claimed by four APIs; this decides whose request it is.
 
 The rule, in order (README "Which API is `POST /v1/logs`?"):
-1. `Content-Type: application/x-protobuf`: OTLP (no other API takes protobuf);
+1. `Content-Type: application/x-protobuf`, or the header `MILLRACE_OTLP_KEY_HEADER` names
+   (when set): OTLP (no other API takes protobuf; the operator gave that header to OTLP);
 2. an `X-TG2G-Api-Key` header: TG2G;
 3. an `X-API-Key` header or a `?format=` parameter: Timberlogs (only it has either);
 4. a Content-Type only Timberlogs accepts (NDJSON, syslog, text, CSV, OBL): Timberlogs;
@@ -32,7 +33,7 @@ from aiohttp import web
 from gateway.body import BodyError, read_body
 from gateway.dialects.base import Dialect
 from gateway.dialects.goodlogs import GOODLOGS_LOGS
-from gateway.dialects.otlp import OTLP_JSON, OTLP_PROTOBUF
+from gateway.dialects.otlp import OTLP_JSON, OTLP_PROTOBUF, configured_header
 from gateway.dialects.tg2g import HEADER as TG2G_HEADER
 from gateway.dialects.tg2g import TG2G
 from gateway.dialects.timberlogs import TIMBERLOGS
@@ -61,6 +62,8 @@ def by_headers(request: web.Request) -> Dialect | None:
     """The dialect when headers and query alone decide it (rules 1-4), else None."""
     if request.content_type == PROTOBUF:
         return OTLP_PROTOBUF
+    if (header := configured_header(request)) and header in request.headers:
+        return OTLP_JSON
     if TG2G_HEADER in request.headers:
         return TG2G
     if "X-API-Key" in request.headers or "format" in request.query:

@@ -146,6 +146,19 @@ def _resource_base(pairs: list[tuple[str, Any]], scope_name: str, scope_version:
     return base
 
 
+def _once(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """The resource's columns, worked out for the first record of a scope and shared by the rest
+    (a resource that cannot be read refuses each of its records: a failure is not kept)."""
+    kept: list[dict[str, Any]] = []
+
+    def base() -> dict[str, Any]:
+        if not kept:
+            kept.append(build())
+        return kept[0]
+
+    return base
+
+
 def _put(out: dict[str, str], key: str, value: Any, depth: int = 0) -> None:
     """An attribute value (already plain Python) into `out`: kvlists (dicts) dotted, the rest as text."""
     if depth > MAX_DEPTH:
@@ -192,8 +205,9 @@ def _proto_records(request: Any) -> Iterator[_Builder]:
                 plain = [(k, _proto_value(v)) for k, v in pairs]
                 return _resource_base(plain, scope.name, scope.version)
 
+            shared = _once(base_of)
             for record in scope_logs.log_records:
-                yield _proto_builder(record, base_of)
+                yield _proto_builder(record, shared)
 
 
 def _proto_builder(record: Any, base_of: Callable[[], dict[str, Any]]) -> _Builder:
@@ -316,8 +330,9 @@ def _json_records(resource_logs: list[Any]) -> Iterator[_Builder]:
                 plain = [(k, _json_value(v)) for k, v in pairs]
                 return _resource_base(plain, _message(scope.get("name")), _message(scope.get("version")))
 
+            shared = _once(base_of)
             for record in _safe_list(sl.get("logRecords")):
-                yield _json_builder(record, base_of)
+                yield _json_builder(record, shared)
 
 
 def _safe_list(value: Any) -> list[Any]:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run up down status test test-reliability lint fmt broker clean lock
+.PHONY: install run up down status test test-reliability lint fmt broker clean lock chromium
 
 # Installs come from uv.lock, never from pyproject's ranges: `uv sync --locked` installs exactly
 # the locked versions (Millrace itself editable) and removes anything else from .venv. A lock
@@ -92,7 +92,21 @@ down: $(STAMP) ## stop everything `make up` started
 status: $(STAMP) ## each process (pid, uptime, restarts, ready), consumer lag, dead letters; exit 1 if not all ready
 	@$(BIN)/millrace status
 
-test: $(STAMP) ## the whole suite against a real Kafka broker and the real ClickHouse engine
+# The explorer's browser tests (tests/explorer) drive Debian's Chromium, never a downloaded one.
+# Installed with apt-get when missing (as root, or with password-less sudo); where that cannot
+# be done this stops with the reason instead of letting those tests be skipped.
+CHROMIUM := /usr/bin/chromium
+chromium: ## install Debian's chromium for the explorer's browser tests when it is missing
+	@test -x $(CHROMIUM) || { \
+	command -v apt-get >/dev/null || { echo "the explorer's browser tests need Chromium at $(CHROMIUM) and there is no apt-get here: install Chromium there" >&2; exit 1; }; \
+	sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+	echo "installing Debian's chromium (apt-get) for the explorer's browser tests"; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+	|| { $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	|| { echo "could not install chromium with apt-get (see above): the explorer's browser tests need $(CHROMIUM)" >&2; exit 1; }; \
+	test -x $(CHROMIUM) || { echo "apt-get installed chromium but $(CHROMIUM) is missing" >&2; exit 1; }; }
+
+test: $(STAMP) chromium ## the whole suite against a real Kafka broker and the real ClickHouse engine
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
 

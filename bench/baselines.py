@@ -33,10 +33,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import payloads
 from bench.payloads import DIALECTS, Dialect
+
+if TYPE_CHECKING:
+    from millrace.config import Settings
 
 PERF_CLASS = "org.apache.kafka.tools.ProducerPerformance"
 _WINDOW = re.compile(
@@ -47,11 +50,35 @@ _WINDOW = re.compile(
 # -- (a) Kafka ---------------------------------------------------------------------------------
 
 
-async def _create_topic(bootstrap: str, topic: str, partitions: int, max_bytes: int) -> None:
+def java_client_props(settings: Settings) -> list[str]:
+    """Java client properties for Millrace's own connection settings (the local broker's SASL
+    credentials included), from the same `client_options` every Python client uses."""
+    from millrace.kafka.topics import client_options
+
+    options = client_options(settings)
+    props = [
+        f"bootstrap.servers={options['bootstrap_servers']}",
+        f"security.protocol={options['security_protocol']}",
+    ]
+    if "sasl_mechanism" in options:
+        module = (
+            "plain.PlainLoginModule" if options["sasl_mechanism"] == "PLAIN" else "scram.ScramLoginModule"
+        )
+        props += [
+            f"sasl.mechanism={options['sasl_mechanism']}",
+            f"sasl.jaas.config=org.apache.kafka.common.security.{module} required "
+            f'username="{options["sasl_plain_username"]}" password="{options["sasl_plain_password"]}";',
+        ]
+    return props
+
+
+async def _create_topic(settings: Settings, topic: str, partitions: int, max_bytes: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="millrace-bench")
+    from millrace.kafka.topics import client_options
+
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id="millrace-bench")
     await admin.start()
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
@@ -75,7 +102,7 @@ async def _create_topic(bootstrap: str, topic: str, partitions: int, max_bytes: 
 def kafka_produce(
     *,
     lib_dir: Path,
-    bootstrap: str,
+    settings: Settings,
     bodies_file: Path,
     logs_per_body: int,
     seconds: float,
@@ -89,7 +116,11 @@ def kafka_produce(
         return {"error": f"kafka-tools jar missing from {lib_dir} (deploy/kafka/pom.xml fetches it)"}
     java = shutil.which("java") or "java"
     topic = "bench.produce-baseline"
-    asyncio.run(_create_topic(bootstrap, topic, partitions, max_bytes))
+    asyncio.run(_create_topic(settings, topic, partitions, max_bytes))
+    from millrace.keys import write_secret
+
+    security_file = log_file.with_name("producer-client.properties")
+    write_secret(security_file, "".join(f"{line}\n" for line in java_client_props(settings)))
     cmd = [
         java,
         "-Xmx512m",
@@ -104,8 +135,11 @@ def kafka_produce(
         str(bodies_file),
         "--throughput",
         "-1",
+        # Security settings go in a file: the tool's --producer-props cannot carry a value with
+        # '=' in it (a JAAS line has several), and the file keeps the password off the command line.
+        "--producer.config",
+        str(security_file),
         "--producer-props",
-        f"bootstrap.servers={bootstrap}",
         "acks=all",
         "enable.idempotence=true",
         f"linger.ms={linger_ms}",

@@ -615,7 +615,7 @@ def baselines(
         try:
             out["kafka_produce"] = kafka_produce(
                 lib_dir=settings.home / "kafka" / "lib",
-                bootstrap=pipeline.bootstrap,
+                settings=settings,
                 bodies_file=bodies_file,
                 logs_per_body=per_body,
                 seconds=args.baseline_seconds,

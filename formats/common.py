@@ -40,25 +40,35 @@ def json_body(body: bytes, ctx: ParseContext, what: str = "body") -> Any:
 
 
 def parse_timestamp(value: Any) -> int | None:
-    """Event time in ns since the epoch, from RFC 3339 / ISO 8601 / SQL text or Unix s/ms/us/ns numbers.
+    """The one time rule: an event time in ns since the epoch, from RFC 3339 / ISO 8601 / SQL
+    text or a Unix time in s, ms, us or ns (the unit guessed by magnitude, as most shippers do).
 
-    Text without a zone is taken as UTC. Returns None when the value is not a time,
-    so the caller decides between rejecting the item and using the ingest time.
+    Integers (and digit strings) are scaled in integer arithmetic: through a float, a time in
+    ms such as 1704110400123 comes out 64 ns off. Text without a zone is UTC. The epoch
+    itself is a placeholder, not an event time. Returns None when the value is not a time
+    in 1970..2100, so the caller decides between refusing the item and the ingest time.
     """
+    if isinstance(value, str):
+        text = value.strip()
+        if ascii_digits(text) and len(text) <= 19:
+            value = int(text)
+        elif ascii_digits(text.replace(".", "", 1)):
+            value = float(text)
+        else:
+            return _text_time(text)
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        return _from_number(float(value))
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    if text[0].isdigit() and text.replace(".", "", 1).isdigit():
-        try:
-            return _from_number(float(text))
-        except ValueError:  # isdigit() also admits digits float() refuses, such as '²'
+    if isinstance(value, int):
+        return _from_int(value, 0.0)
+    if isinstance(value, float):
+        if not math.isfinite(value) or value <= 0:
             return None
+        whole = int(value)
+        return _from_int(whole, value - whole)
+    return None
+
+
+def _text_time(text: str) -> int | None:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
@@ -70,22 +80,7 @@ def parse_timestamp(value: Any) -> int | None:
         ns = ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
     else:  # a UTC offset with a fraction of a second: whole seconds via timestamp(), as always
         ns = (int(dt.replace(microsecond=0).timestamp()) * 1_000_000 + dt.microsecond) * 1000
-    return ns if _EPOCH_NS_BOUNDS[0] <= ns <= _EPOCH_NS_BOUNDS[1] else None
-
-
-def _from_number(number: float) -> int | None:
-    """Guess the unit of a Unix time by magnitude, as most log shippers do."""
-    if not math.isfinite(number) or number < 0:
-        return None
-    if number < 1e11:  # seconds (until the year 5138)
-        ns = int(number * 1e9)
-    elif number < 1e14:  # milliseconds
-        ns = int(number * 1e6)
-    elif number < 1e17:  # microseconds
-        ns = int(number * 1e3)
-    else:
-        ns = int(number)
-    return ns if _EPOCH_NS_BOUNDS[0] <= ns <= _EPOCH_NS_BOUNDS[1] else None
+    return ns if _EPOCH_NS_BOUNDS[0] < ns <= _EPOCH_NS_BOUNDS[1] else None
 
 
 def to_text(value: Any) -> str:
@@ -211,30 +206,8 @@ def utf8_exceeds(text: str, limit: int) -> bool:
     return not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit
 
 
-def event_time(value: Any) -> int | None:
-    """`parse_timestamp`, but exact for integer Unix times, and the epoch itself counts as no time.
-
-    Integers (and digit strings) are scaled in integer arithmetic: through a float, a time
-    in ms such as 1704110400123 comes out 64 ns off. 0 is a placeholder, not an event time.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if ascii_digits(text) and len(text) <= 19:
-            value = int(text)
-        elif ascii_digits(text.replace(".", "", 1)):
-            value = float(text)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _from_int(value, 0.0)
-    if isinstance(value, float):
-        if not math.isfinite(value) or value <= 0:
-            return None
-        whole = int(value)
-        return _from_int(whole, value - whole)
-    return parse_timestamp(value) or None
-
-
 def _from_int(number: int, fraction: float) -> int | None:
-    """`_from_number`'s unit guess by magnitude, whole units in integers.
+    """The unit guess by magnitude, whole units in integers.
 
     The fraction of a unit is kept to the microsecond, as much as a double holds at these magnitudes.
     """

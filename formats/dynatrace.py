@@ -57,12 +57,13 @@ from typing import Any
 
 import orjson
 
+from formats import framing
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
-    event_time,
     load_json,
     media_type,
     parse_bsd_timestamp,
+    parse_timestamp,
     put_attribute,
     to_text,
     utf8_exceeds,
@@ -184,7 +185,7 @@ def _parse_json(body: bytes, ctx: ParseContext) -> Parsed:
 
 
 def _parse_lines(body: bytes, ctx: ParseContext) -> Parsed:
-    lines = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
+    lines = list(framing.lines(body))
     if not lines:
         raise ParseError("the body is empty; send one JSON object per line", code="empty_body")
     _check_count(len(lines))
@@ -295,7 +296,7 @@ def _row(i: int, event: dict[str, Any], ctx: ParseContext) -> dict[str, Any] | s
 
 
 def _timestamp(value: Any, received_at_ns: int) -> int | None:
-    ns = event_time(value)
+    ns = parse_timestamp(value)
     if ns is None and isinstance(value, str):
         ns = parse_bsd_timestamp(value.strip(), received_at_ns)
     return ns

@@ -29,7 +29,7 @@ from typing import Any, Final
 import orjson
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
-from formats.common import MAX_DEPTH, event_time, flatten, level_fields, to_text
+from formats.common import MAX_DEPTH, flatten, level_fields, parse_timestamp, to_text
 
 SUPPORTED: Final = frozenset({"index", "create"})
 UNSUPPORTED: Final = frozenset({"update", "delete"})
@@ -152,7 +152,7 @@ def _row(source: bytes, index: str, doc_id: str | None, ctx: ParseContext) -> di
     if stamp is None:
         ns = ctx.received_at_ns
     else:
-        parsed_ns = event_time(stamp)
+        parsed_ns = parse_timestamp(stamp)
         if parsed_ns is None:
             return f"failed to parse field [@timestamp] of type [date]: {to_text(stamp)[:100]}"
         ns = parsed_ns

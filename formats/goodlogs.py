@@ -41,9 +41,9 @@ from typing import Any
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
     copy_well_known,
-    event_time,
     flatten,
     json_body,
+    parse_timestamp,
     put_attribute,
     utf8_exceeds,
 )
@@ -128,7 +128,7 @@ def _time(item: dict[str, Any], ctx: ParseContext) -> int | str:
     raw = item.get("timestamp")
     if raw is None:
         return ctx.received_at_ns
-    ts = event_time(raw)
+    ts = parse_timestamp(raw)
     return f"timestamp {raw!r} is not an ISO 8601 time" if ts is None else ts
 
 

@@ -31,7 +31,14 @@ import json
 from typing import Any, Final
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
-from formats.common import WELL_KNOWN_COLUMNS, event_time, level_fields, put_attribute, split_fields, to_text
+from formats.common import (
+    WELL_KNOWN_COLUMNS,
+    level_fields,
+    parse_timestamp,
+    put_attribute,
+    split_fields,
+    to_text,
+)
 
 NO_DATA: Final = "No data"
 INVALID_FORMAT: Final = "Invalid data format"
@@ -132,7 +139,7 @@ def _event_row(event: Any, defaults: dict[str, str], ctx: ParseContext) -> dict[
     if raw_time is None:
         ts = ctx.received_at_ns
     else:
-        parsed = event_time(raw_time)
+        parsed = parse_timestamp(raw_time)
         if parsed is None:
             return INVALID_FORMAT
         ts = parsed

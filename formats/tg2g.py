@@ -34,10 +34,10 @@ from typing import Any
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
     WELL_KNOWN_COLUMNS,
-    event_time,
     flatten,
     json_body,
     level_fields,
+    parse_timestamp,
     split_fields,
     str_list,
 )
@@ -113,7 +113,7 @@ def _row(i: int, item: dict[str, Any], base: dict[str, Any], ctx: ParseContext) 
     if raw_ts is None:
         ts = ctx.received_at_ns
     else:
-        parsed_ts = event_time(raw_ts)
+        parsed_ts = parse_timestamp(raw_ts)
         if parsed_ts is None:
             return f"logs[{i}].timestamp {raw_ts!r} is not an ISO 8601 time"
         ts = parsed_ts

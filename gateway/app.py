@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from gateway import explorer
 from gateway.body import BodyError
 from gateway.dialects import es_bulk as es_bulk_route
 from gateway.dialects import hec as hec_route
@@ -73,7 +74,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-async def _kafka(app: web.Application) -> AsyncIterator[None]:
+# One cleanup context per resource, started in this order and stopped in the reverse one:
+# reads and ingest stop taking work, then the keys follower, then the producer flushes.
+async def _producer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     producer = envelope_producer(
         settings,
@@ -81,26 +84,31 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         request_timeout_ms=int(settings.produce_timeout_s * 1000),
     )
-    keys = KeyStore(settings)
     await producer.start()
-    try:
-        await keys.start()
-    except BaseException:
-        await producer.stop()
-        raise
     app[PRODUCER] = producer
-    app[KEYS] = keys
-    app[INGESTOR] = Ingestor(settings, keys.ring, producer)
-    reader: ReadBackend = WorkerReader(settings) if settings.embedded_store else StoreReader(settings)
-    app[READ_API] = ReadApi(keys.ring, reader, app[INGESTOR].limits)
     yield
     # Runs after the server stopped accepting and in-flight handlers finished:
     # flush what is still lingering in the producer, then let go of Kafka.
-    await reader.close()
-    await keys.stop()
     await producer.flush()
     await producer.stop()
     log.info("gateway_stopped")
+
+
+async def _keys(app: web.Application) -> AsyncIterator[None]:
+    keys = KeyStore(app[SETTINGS])
+    await keys.start()
+    app[KEYS] = keys
+    yield
+    await keys.stop()
+
+
+async def _handlers(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[INGESTOR] = Ingestor(settings, app[KEYS].ring, app[PRODUCER])
+    reader: ReadBackend = WorkerReader(settings) if settings.embedded_store else StoreReader(settings)
+    app[READ_API] = ReadApi(app[KEYS].ring, reader, app[INGESTOR].limits)
+    yield
+    await reader.close()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -128,7 +136,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[OTLP_KEY_HEADER] = settings.otlp_key_header
-    app.cleanup_ctx.append(_kafka)
+    app.cleanup_ctx.extend([_producer, _keys, _handlers])
 
     def ingest(dialect: Dialect) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -169,6 +177,9 @@ def create_app(settings: Settings) -> web.Application:
         admitted = request.app[INGESTOR].admit(ES_BULK.token(request), SCOPE_LOGS)
         return ES_BULK.error(admitted) if isinstance(admitted, Problem) else es_bulk_route.probe(request)
 
+    async def root(request: web.Request) -> web.Response:
+        return await (es_probe if "Authorization" in request.headers else explorer.page)(request)
+
     async def read_logs(request: web.Request) -> web.Response:
         return await request.app[READ_API].logs(request)
 
@@ -194,7 +205,7 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_post(path, hec(HEC_RAW))
     for path in ("/services/collector/health", "/services/collector/health/1.0"):
         app.router.add_get(path, hec_route.health)
-    for path in ("/", "/_license", "/_cluster/health"):
+    for path in ("/_license", "/_cluster/health"):
         app.router.add_get(path, es_probe)  # GET also answers HEAD
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
@@ -205,4 +216,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/gql/autocomplete", read("autocomplete"))
     app.router.add_get("/v1/schema", read("schema"))
     app.router.add_get("/v1/info", read("info"))
+    # GET / is the explorer's page for a browser and Elasticsearch's cluster info for a client
+    # with a key (Elasticsearch clients always send theirs), so the explorer's routes are
+    # added here, the root through `root`.
+    app.router.add_get("/", root)
+    app.router.add_get(explorer.PREFIX + "{name}", explorer.asset)
     return app

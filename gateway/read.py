@@ -9,15 +9,14 @@ compile the query with `reads.query`, so they answer identically.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.body import BodyError, read_body
 from gateway.dialects.base import bearer, json_response
 from gateway.limits import Limits
 from millrace import internal, store
@@ -25,6 +24,7 @@ from millrace.config import Settings
 from millrace.keys import SCOPE_READ, ApiKey, KeyRing
 from reads.gql.autocomplete import suggest
 from reads.query import MAX_BATCH, MAX_LIMIT, LogQuery, QueryError, parse_time, read_call, run_logs
+from reads.slots import ProjectPool, ReadsBusy
 from schemas.record import LEVELS
 
 
@@ -46,26 +46,25 @@ class StoreReader:
 
     def __init__(self, settings: Settings) -> None:
         self._client = store.connect(settings, create_database=False)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read")
+        self._pool = ProjectPool(threads=4)  # at most 2 of them per project
 
     async def logs(self, query: LogQuery) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self._run(run_logs, query)
+        rows: list[dict[str, Any]] = await self._run(query.project, run_logs, query)
         return rows
 
     async def call(self, op: str, payload: dict[str, Any]) -> Any:
-        return await self._run(read_call, op, payload)
+        return await self._run(str(payload.get("project")), read_call, op, payload)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
+    async def _run(self, project: str, fn: Any, *args: Any) -> Any:
         try:
-            return await loop.run_in_executor(self._pool, fn, self._client, *args)
-        except QueryError:
+            return await self._pool.run(project, fn, self._client, *args)
+        except (QueryError, ReadsBusy):
             raise
         except Exception as exc:
             raise ReadUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown()
         self._client.close()
 
 
@@ -95,12 +94,25 @@ class WorkerReader:
             raise ReadUnavailable(f"the worker's read port is unreachable: {exc}") from exc
         if resp.status == 400:
             raise QueryError(payload["error"]["message"])
+        if resp.status == 429:  # the worker's pool: this project has too many reads in flight
+            raise ReadsBusy(payload["error"]["message"])
         if resp.status != 200:
             raise ReadUnavailable(payload.get("error", {}).get("message", f"worker answered {resp.status}"))
         return payload
 
     async def close(self) -> None:
         await self._session.close()
+
+
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# The read API's names for the body reader's refusals (GoodLogs' error codes).
+_BODY_CODES = {
+    400: "VALIDATION_ERROR",
+    408: "REQUEST_TIMEOUT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "VALIDATION_ERROR",
+}
 
 
 def error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
@@ -139,6 +151,9 @@ class ReadApi:
         self.keys = keys
         self.backend = backend
         self.limits = limits  # the ingest path's buckets: a key's requests/s covers its reads too
+        # A read body gets ingest's deadline: a trickled query must not hold a connection forever (F5).
+        self.body_timeout_s = limits.settings.body_timeout_s if limits else DEFAULT_BODY_TIMEOUT_S
+        self.max_body_bytes = limits.settings.max_body_bytes if limits else DEFAULT_MAX_BODY_BYTES
 
     def authorize(self, request: web.Request) -> ApiKey | web.Response:
         """The key with the read scope, or the GoodLogs-format refusal to send."""
@@ -162,6 +177,8 @@ class ReadApi:
             rows = await self.backend.logs(query)
         except QueryError as exc:
             return error(400, "VALIDATION_ERROR", str(exc))
+        except ReadsBusy as exc:
+            return error(429, "RATE_LIMITED", str(exc), exc.retry_after)
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
         return json_response(200, {"logs": rows})
@@ -171,7 +188,9 @@ class ReadApi:
         key = self.authorize(request)
         if isinstance(key, web.Response):
             return key
-        body = await _json_body(request)
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         q = body.get("q") if isinstance(body, dict) else None
         if not isinstance(q, str):
             return error(400, "VALIDATION_ERROR", 'the body must be a JSON object with the query in "q"')
@@ -198,7 +217,9 @@ class ReadApi:
         key = self.authorize(request)
         if isinstance(key, web.Response):
             return key
-        body = await _json_body(request)
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         queries = body.get("queries") if isinstance(body, dict) else None
         if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries) or not queries:
             return error(400, "VALIDATION_ERROR", 'the body must be a JSON object with "queries": [strings]')
@@ -223,6 +244,8 @@ class ReadApi:
             outcomes: list[dict[str, Any]] = await self.backend.call("gql", payload)
         except QueryError as exc:
             return error(400, "VALIDATION_ERROR", str(exc))
+        except ReadsBusy as exc:
+            return error(429, "RATE_LIMITED", str(exc), exc.retry_after)
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
         return outcomes
@@ -269,12 +292,19 @@ class ReadApi:
             return await self.backend.call(op, {"project": project})
         except QueryError as exc:
             return error(400, "VALIDATION_ERROR", str(exc))
+        except ReadsBusy as exc:
+            return error(429, "RATE_LIMITED", str(exc), exc.retry_after)
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
 
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return None
+    async def _json_body(self, request: web.Request) -> Any:
+        """The body as JSON (None when it is not), or the refusal: 408 past the body deadline,
+        413 past the size cap, 400/415 for an encoding that does not decode."""
+        try:
+            raw = await read_body(request, self.max_body_bytes, self.max_body_bytes, self.body_timeout_s)
+        except BodyError as exc:
+            return error(exc.status, _BODY_CODES.get(exc.status, "VALIDATION_ERROR"), exc.message)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None

@@ -48,7 +48,9 @@ class Settings:
     )
     kafka_port: int = _setting("MILLRACE_KAFKA_PORT", "9092", "Port of the local broker (when it is used)")
     kafka_security_protocol: str = _setting(
-        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (KAFKA_BOOTSTRAP_SERVERS; the local broker: SCRAM)",
     )
     kafka_sasl_mechanism: str = _setting(
         "KAFKA_SASL_MECHANISM", "", "SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
@@ -113,7 +115,7 @@ class Settings:
     )
     batch_rows: int = _setting(
         "MILLRACE_BATCH_ROWS",
-        "100000",
+        "400000",
         "Worker flushes an insert at this many rows",
     )
     batch_age_ms: int = _setting(

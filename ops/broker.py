@@ -8,6 +8,15 @@ everything else lives under <MILLRACE_HOME>/kafka:
     data/     the KRaft metadata log and the topic partitions (formatted once)
     logs/     broker.log: the JVM's stdout and stderr
     cluster.id
+    credentials.json  the SASL passwords, generated at the first start (0600)
+
+Only authenticated clients get in (audit F2): the client listener takes SASL/SCRAM-SHA-512
+only, the controller listener SASL/PLAIN with a password in the (private) config, and the
+StandardAuthorizer lets nobody without an ACL do anything. Two principals: `admin` (the
+broker and controller themselves, a super user) and `millrace` (every Millrace client,
+through `millrace.kafka.topics.client_options`, with ACLs on topics, groups and
+transactional ids). Their SCRAM credentials are written into the metadata log when the
+storage is formatted; the ACLs are added once, at the first start, with Kafka's AclCommand.
 
 The JVM runs in its own session, so a terminal's Ctrl-C reaches only whoever started it,
 which then stops the broker last (after the workers have committed), with `stop()`.
@@ -16,17 +25,21 @@ which then stops the broker last (after the workers have committed), with `stop(
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -36,6 +49,13 @@ from pathlib import Path
 import structlog
 
 from millrace.config import Settings
+from millrace.kafka.topics import (
+    LOCAL_CLIENT_USER,
+    LOCAL_MECHANISM,
+    local_credentials_file,
+    wait_for_kafka,
+)
+from millrace.keys import write_secret
 
 log = structlog.get_logger()
 
@@ -46,6 +66,9 @@ LOG4J_CONFIG = DEPLOY_DIR / "log4j2.yaml"
 NODE_ID = 1
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"  # what bin/kafka-storage.sh runs; lives in kafka_2.13
+ACL_TOOL = "org.apache.kafka.tools.AclCommand"  # bin/kafka-acls.sh; in kafka-tools
+ADMIN_USER = "admin"  # the broker's own principal (inter-broker and controller): a super user
+ACLS_MARKER = "acls.added"  # beside data/, removed whenever data/ is formatted afresh
 JVM_OPTS = (
     "-Xms256m",
     "-Xmx768m",
@@ -74,41 +97,30 @@ def pinned_kafka_version(pom: Path = POM) -> str:
     return (node.text or "").strip()
 
 
-def metadata_brokers(host: str, port: int, timeout_s: float = 2.0) -> list[int] | None:
-    """Node ids listed in a Metadata response from host:port, or None if nothing usable answered.
+def answers_api_versions(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """The broker at host:port answers an ApiVersions request without error.
 
-    A raw Metadata v4 request (the oldest version Kafka 4 still accepts) over a blocking
-    socket, rather than aiokafka: `start()` is synchronous and may be called from code that
-    already runs an event loop. The broker opens its client listener only once it has
-    caught up with the metadata log and been unfenced, and lists only unfenced brokers, so
-    seeing our node id means clients can use it.
+    ApiVersions is the one request a SASL listener serves before authentication, so this
+    probe needs no credentials. A raw request over a blocking socket rather than aiokafka:
+    `start()` is synchronous and may be called from code that already runs an event loop.
+    The broker processes requests on its client listener only once it has caught up with
+    the metadata log and been unfenced, so an answer means clients can use it.
     """
     client_id = b"millrace-probe"
-    # Header v1: api_key=3 (Metadata), api_version=4, correlation_id, client_id; then the
-    # body: an empty topic array (brokers only) and allow_auto_topic_creation=false.
-    request = struct.pack(">hhih", 3, 4, 1, len(client_id)) + client_id + struct.pack(">ib", 0, 0)
+    # Header v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id; no body.
+    request = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             sock.settimeout(timeout_s)
             sock.sendall(struct.pack(">i", len(request)) + request)
             (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-            if not 12 <= size <= 1 << 20:
-                return None
+            if not 6 <= size <= 1 << 20:
+                return False
             payload = _recv_exact(sock, size)
-        # correlation_id, throttle_time_ms, then the broker array.
-        correlation_id, _, count = struct.unpack_from(">iii", payload)
-        if correlation_id != 1:
-            return None
-        offset, ids = 12, []
-        for _ in range(count):
-            node_id, host_len = struct.unpack_from(">ih", payload, offset)
-            offset += 6 + host_len
-            _, rack_len = struct.unpack_from(">ih", payload, offset)  # port, nullable rack
-            offset += 6 + max(rack_len, 0)
-            ids.append(node_id)
-        return ids
+        correlation_id, error_code = struct.unpack_from(">ih", payload)
+        return bool(correlation_id == 1 and error_code == 0)
     except (OSError, struct.error):
-        return None
+        return False
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -270,7 +282,7 @@ class LocalBroker:
         return self.pid() is not None
 
     def serves_metadata(self, timeout_s: float = 2.0) -> bool:
-        return NODE_ID in (metadata_brokers("localhost", self.port, timeout_s) or [])
+        return answers_api_versions("localhost", self.port, timeout_s)
 
     def _is_our_broker(self, pid: int) -> bool:
         try:
@@ -304,8 +316,9 @@ class LocalBroker:
         self.fetch()
         for d in (self.data_dir, self.config_dir, self.logs_dir, self.settings.run_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        self._format_storage(java)
+        credentials = self._credentials()
+        self._write_config(credentials)
+        self._format_storage(java, credentials)
         self._restrict_access()  # last: config and cluster.id were just written with our umask
 
         if self.log_file.exists() and self.log_file.stat().st_size > LOG_ROTATE_BYTES:
@@ -339,6 +352,8 @@ class LocalBroker:
         log.info("kafka_starting", pid=self._proc.pid, bootstrap=self.settings.bootstrap)
         try:
             self.wait_ready(timeout_s, log_offset=log_offset)
+            self._add_acls(java, credentials)
+            self._wait_usable(max(10.0, timeout_s - (time.monotonic() - started)))
         except BaseException:
             self.stop()  # leave no half-started broker behind
             raise
@@ -363,6 +378,24 @@ class LocalBroker:
                     f"within {timeout_s:.0f}s; last lines of {self.log_file}:\n{self.log_tail(log_offset)}"
                 )
             time.sleep(0.2)
+
+    def _wait_usable(self, timeout_s: float) -> None:
+        """Until Millrace's own principal sees this broker in the cluster's metadata: logged in,
+        authorized, and the broker unfenced (the unauthenticated probe cannot tell the last)."""
+        failed: list[BaseException] = []
+
+        def probe() -> None:
+            try:
+                asyncio.run(wait_for_kafka(self.settings, timeout_s))
+            except BaseException as exc:
+                failed.append(exc)
+
+        # Its own thread and event loop: start() may be called where a loop already runs.
+        thread = threading.Thread(target=probe, name="kafka-ready", daemon=True)
+        thread.start()
+        thread.join()
+        if failed:
+            raise BrokerError(f"the Kafka broker is up but Millrace's clients cannot use it: {failed[0]}")
 
     def log_tail(self, offset: int = 0, lines: int = TAIL_LINES) -> str:
         try:
@@ -393,18 +426,65 @@ class LocalBroker:
                 continue
             path.chmod(0o700 if path.is_dir() else 0o600)
 
-    def _write_config(self) -> None:
+    def _credentials(self) -> dict[str, str]:
+        """The principals' passwords: generated once, kept 0600 from the first byte."""
+        path = local_credentials_file(self.settings)
+        try:
+            known = json.loads(path.read_text())
+        except FileNotFoundError:
+            known = None
+        except (OSError, ValueError) as exc:
+            raise BrokerError(
+                f"{path} is unreadable ({exc}); remove it together with {self.data_dir}"
+            ) from None
+        users = (ADMIN_USER, LOCAL_CLIENT_USER)
+        if isinstance(known, dict) and all(isinstance(known.get(u), str) and known[u] for u in users):
+            return {u: known[u] for u in users}
+        if (self.data_dir / "meta.properties").exists():
+            # The SCRAM credentials can only be bootstrapped when the storage is formatted.
+            raise BrokerError(
+                f"the broker's data in {self.data_dir} was formatted without SASL credentials "
+                f"(before Millrace required them) or {path} was lost; stop Millrace and remove "
+                f"{self.data_dir} (its unconsumed messages are lost) to start afresh"
+            )
+        # URL-safe letters only: no quote, comma or bracket to escape in JAAS or --add-scram.
+        fresh = {u: secrets.token_urlsafe(24) for u in users}
+        write_secret(path, json.dumps(fresh) + "\n")
+        return fresh
+
+    def _write_config(self, credentials: dict[str, str]) -> None:
         port, cport = self.port, self.controller_port
-        self.server_properties.write_text(
+        admin = credentials[ADMIN_USER]
+        scram = LOCAL_MECHANISM.lower()
+        # The file holds the admin password: private from its first byte, like the credentials.
+        write_secret(
+            self.server_properties,
             "# Written by ops.broker on every start: edits here are overwritten.\n"
             "process.roles=broker,controller\n"
             f"node.id={NODE_ID}\n"
             f"controller.quorum.voters={NODE_ID}@localhost:{cport}\n"
-            f"listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{cport}\n"
-            f"advertised.listeners=PLAINTEXT://localhost:{port}\n"
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+            f"listeners=CLIENT://localhost:{port},CONTROLLER://localhost:{cport}\n"
+            f"advertised.listeners=CLIENT://localhost:{port}\n"
+            "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT\n"
             "controller.listener.names=CONTROLLER\n"
-            "inter.broker.listener.name=PLAINTEXT\n"
+            "inter.broker.listener.name=CLIENT\n"
+            # Clients: SCRAM (credentials in the metadata log, bootstrapped at format time).
+            # The controller cannot use SCRAM (it must authenticate before reading that log):
+            # PLAIN with the admin password in this private file.
+            f"sasl.mechanism.inter.broker.protocol={LOCAL_MECHANISM}\n"
+            "sasl.mechanism.controller.protocol=PLAIN\n"
+            f"listener.name.client.sasl.enabled.mechanisms={LOCAL_MECHANISM}\n"
+            f"listener.name.client.{scram}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN_USER}" password="{admin}";\n'
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN\n"
+            "listener.name.controller.plain.sasl.jaas.config="
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{ADMIN_USER}" password="{admin}" user_{ADMIN_USER}="{admin}";\n'
+            # Nothing is allowed without an ACL, except to the broker's own principal.
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+            f"super.users=User:{ADMIN_USER}\n"
+            "allow.everyone.if.no.acl.found=false\n"
             f"log.dirs={self.data_dir}\n"
             # One node: every internal topic must fit on it.
             "offsets.topic.replication.factor=1\n"
@@ -416,14 +496,65 @@ class LocalBroker:
             # Topics are created on purpose (ensure_topics), never by a typo in a client.
             "auto.create.topics.enable=false\n"
             # The 3 s default only helps many consumers joining at once; it slows every start.
-            "group.initial.rebalance.delay.ms=0\n"
+            "group.initial.rebalance.delay.ms=0\n",
             # broker.session.timeout.ms stays at Kafka's 9 s although a start after a crash
             # waits it out (the old registration must expire): lower, and a GC pause under
             # load could fence the only broker.
         )
         shutil.copyfile(LOG4J_CONFIG, self.config_dir / "log4j2.yaml")
 
-    def _format_storage(self, java: str) -> None:
+    def _add_acls(self, java: str, credentials: dict[str, str]) -> None:
+        """Once per metadata log: the client principal may use every topic, group and
+        transactional id (all of them are Millrace's on this broker); nothing on the cluster
+        itself (an idempotent producer needs only Write on a topic)."""
+        marker = self.root / ACLS_MARKER
+        if marker.exists():
+            return
+        admin_config = self.config_dir / "admin.properties"
+        write_secret(
+            admin_config,
+            "security.protocol=SASL_PLAINTEXT\n"
+            f"sasl.mechanism={LOCAL_MECHANISM}\n"
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN_USER}" password="{credentials[ADMIN_USER]}";\n',
+        )
+        cmd = [
+            java,
+            "-Xmx128m",
+            f"-Dlog4j2.configurationFile={self.config_dir / 'log4j2.yaml'}",
+            "-cp",
+            f"{self.lib_dir}/*",
+            ACL_TOOL,
+            "--bootstrap-server",
+            f"localhost:{self.port}",
+            "--command-config",
+            str(admin_config),
+            "--add",
+            "--allow-principal",
+            f"User:{LOCAL_CLIENT_USER}",
+            "--operation",
+            "All",
+            "--topic",
+            "*",
+            "--group",
+            "*",
+            "--transactional-id",
+            "*",
+        ]
+        for attempt in range(3):  # a broker just unfenced may still be electing its first leaders
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=120, check=False, umask=PRIVATE_UMASK
+            )
+            if done.returncode == 0:
+                break
+            log.warning("kafka_acls_retry", attempt=attempt + 1, output=(done.stdout + done.stderr)[-500:])
+            time.sleep(2)
+        else:
+            raise BrokerError(f"adding the broker's ACLs failed:\n{done.stdout}{done.stderr}")
+        write_secret(marker, f"User:{LOCAL_CLIENT_USER} All on topics, groups, transactional ids\n")
+        log.info("kafka_acls_added", principal=LOCAL_CLIENT_USER)
+
+    def _format_storage(self, java: str, credentials: dict[str, str]) -> None:
         """Format KRaft storage once; a data dir with meta.properties is never touched again."""
         if (self.data_dir / "meta.properties").exists():
             return
@@ -446,6 +577,9 @@ class LocalBroker:
             "--config",
             str(self.server_properties),
         ]
+        (self.root / ACLS_MARKER).unlink(missing_ok=True)  # a fresh metadata log has no ACLs
+        for user, password in credentials.items():
+            cmd += ["--add-scram", f"{LOCAL_MECHANISM}=[name={user},password={password}]"]
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=120, check=False, umask=PRIVATE_UMASK
         )

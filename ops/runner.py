@@ -54,9 +54,7 @@ async def _prepare(settings: Settings) -> str:
     # directory (mode 0600) so every `make run` can print it. Keys from
     # `millrace keys create` are shown once and stored only as hashes.
     _, token = await keys.create(settings, "dev", frozenset(keys.ALL_SCOPES), name="make run")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    keys.write_secret(path, token + "\n")  # 0600 from its first byte, not chmod-ed after
     return token
 
 

@@ -129,6 +129,8 @@ def run_compiled(client: Client, compiled: Compiled) -> dict[str, Any]:
     total = 0
     for values in result.result_rows:
         item = dict(zip(compiled.columns, values[:n], strict=True))
+        for i in compiled.bins:
+            item[compiled.columns[i]] = format_ns(int(values[i]) * 1_000_000)
         item["value"] = _number(values[n])
         total = int(values[n + 1])
         results.append(item)

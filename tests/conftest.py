@@ -25,7 +25,7 @@ from gateway.app import KEYS, create_app
 from gateway.server import server_options
 from millrace import keys, store
 from millrace.config import Settings
-from millrace.kafka.topics import ensure_topics
+from millrace.kafka.topics import client_options, ensure_topics
 from ops.broker import LocalBroker
 from tests import backends
 from workers import pipeline
@@ -50,6 +50,21 @@ def free_port_pair() -> int:
         except OSError:
             continue
     raise RuntimeError("no free port pair")
+
+
+def kafka_env(settings: Settings) -> dict[str, str]:
+    """The KAFKA_* variables that take a process with a home of its own to the broker `settings`
+    reaches, with the same credentials (the local broker's live in its home)."""
+    options = client_options(settings)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": options["bootstrap_servers"],
+        "KAFKA_SECURITY_PROTOCOL": options["security_protocol"],
+    }
+    if "sasl_mechanism" in options:
+        env["KAFKA_SASL_MECHANISM"] = options["sasl_mechanism"]
+        env["KAFKA_SASL_USERNAME"] = options["sasl_plain_username"]
+        env["KAFKA_SASL_PASSWORD"] = options["sasl_plain_password"]
+    return env
 
 
 def pytest_report_header() -> str:

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from millrace.config import Settings
-from millrace.kafka.topics import admin_client, describe, ensure_topics, wait_for_kafka
+from millrace.kafka.topics import admin_client, client_options, describe, ensure_topics, wait_for_kafka
 from ops.broker import LocalBroker, process_exited
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,7 @@ def test_zombie_main_thread_with_live_threads_has_not_exited() -> None:
 
 async def read_all(settings: Settings, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic, **client_options(settings), auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     got: list[tuple[bytes, bytes]] = []
@@ -143,7 +143,7 @@ async def test_local_broker_lifecycle(tmp_path: Path) -> None:
         entries: list[dict[str, Any]] = response.to_object()["resources"][0]["config_entries"]
         assert {e["config_names"]: e["config_value"] for e in entries}["cleanup.policy"] == "compact"
 
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
+        producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
         await producer.start()
         try:
             await producer.send_and_wait(settings.topic, b"hello", key=b"k1")

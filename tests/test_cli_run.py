@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import os
 import re
@@ -23,8 +22,9 @@ from aiokafka import AIOKafkaProducer
 
 from bench.procs import find_roles
 from millrace.config import Settings
+from millrace.kafka.topics import client_options
 from ops.broker import LocalBroker, process_exited
-from tests.conftest import free_port, free_port_pair
+from tests.conftest import free_port, free_port_pair, kafka_env
 from tests.seeds import curl_examples
 
 pytestmark = pytest.mark.integration
@@ -163,7 +163,7 @@ def kill(env: dict[str, str], name: str) -> int:
 
 
 async def send_raw(settings: Settings, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    producer = AIOKafkaProducer(**client_options(settings))  # the local broker's SASL credentials
     await producer.start()
     try:
         await producer.send_and_wait(settings.topic, value)
@@ -349,12 +349,7 @@ def test_a_console_that_went_away_does_not_stop_the_shutdown(
         # The session's broker (and how to connect to it), with topics and a group of this test's
         # own: only worker and gateway start, which is where the runner's writes between the
         # stop stages are.
-        **{
-            f.metadata["env"]: str(getattr(base_settings, f.name))
-            for f in dataclasses.fields(Settings)
-            if f.metadata["env"].startswith("KAFKA_")
-        },
-        "KAFKA_BOOTSTRAP_SERVERS": base_settings.bootstrap,
+        **kafka_env(base_settings),
         "MILLRACE_TOPIC": "cli-pipe.raw",
         "MILLRACE_DLQ_TOPIC": "cli-pipe.dlq",
         "MILLRACE_KEYS_TOPIC": "cli-pipe.keys",

@@ -43,7 +43,7 @@ from millrace.config import Settings
 from millrace.kafka.topics import ensure_topics
 from ops.broker import LocalBroker
 from tests import bodies
-from tests.conftest import Gateway, Stack, free_port, free_port_pair
+from tests.conftest import Gateway, Stack, free_port, free_port_pair, kafka_env
 from tests.seeds import CurlExample, curl_examples, http_examples, with_key
 from workers import pipeline
 from workers.pipeline import Worker
@@ -172,7 +172,7 @@ class Cluster:
         self.env = {
             **os.environ,
             "MILLRACE_HOME": str(tmp / "home"),
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            **kafka_env(kafka),
             "MILLRACE_TOPIC": f"delivery.{run}",
             "MILLRACE_DLQ_TOPIC": f"delivery.{run}.dlq",
             "MILLRACE_KEYS_TOPIC": kafka.keys_topic,

@@ -406,6 +406,28 @@ def test_compose_wires_kafka_and_clickhouse_consistently() -> None:
             assert not any(k.startswith("MILLRACE_") for k in environment(service)), name
 
 
+def test_compose_kafka_takes_only_authenticated_clients_and_millrace_authenticates() -> None:
+    """Audit F2: no PLAINTEXT listener, an authorizer that denies by default, and every
+    Millrace service logs in as the principal the broker's JAAS line knows, with its password."""
+    kafka = environment(services()["kafka"])
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}
+    listeners = {entry.split("://")[0] for entry in kafka["KAFKA_LISTENERS"].split(",")}
+    assert listeners == set(protocols)
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    jaas = kafka["KAFKA_LISTENER_NAME_CLIENT_PLAIN_SASL_JAAS_CONFIG"]
+    for name, service in millrace_services().items():
+        settings = assert_settings(environment(service), f"compose service {name}")
+        assert (settings.kafka_security_protocol, settings.kafka_sasl_mechanism) == (
+            "SASL_PLAINTEXT",
+            "PLAIN",
+        )
+        assert f'user_{settings.kafka_sasl_username}="{settings.kafka_sasl_password}"' in jaas, name
+    check = " ".join(services()["kafka"]["healthcheck"]["test"])
+    assert "--command-config" in check, "the broker healthcheck must log in too"
+
+
 def test_compose_dependencies_exist_and_wait_for_health() -> None:
     all_services = services()
     for name, service in all_services.items():
@@ -549,7 +571,11 @@ def config_env() -> dict[str, str]:
 
 
 def secret_env() -> dict[str, str]:
-    return cast(dict[str, str], one("Secret", "millrace-clickhouse")["stringData"])
+    """The settings the Secrets hold: the ClickHouse DSN and the Kafka principal."""
+    return {
+        **cast(dict[str, str], one("Secret", "millrace-clickhouse")["stringData"]),
+        **cast(dict[str, str], one("Secret", "millrace-kafka")["stringData"]),
+    }
 
 
 def selects(selector: dict[str, str], workload: dict[str, Any]) -> bool:
@@ -571,7 +597,8 @@ def test_k8s_manifests_parse_and_are_all_listed() -> None:
         "ScaledObject": 1,
         "PodDisruptionBudget": 2,
         "ConfigMap": 1,
-        "Secret": 1,
+        "Secret": 2,  # the ClickHouse DSN, the Kafka principal
+        "TriggerAuthentication": 1,
         "Job": 1,
     }.items():
         assert kinds.count(kind) == count, f"{kind}: {kinds.count(kind)} (want {count})"
@@ -618,6 +645,29 @@ def test_k8s_env_vars_are_real_settings_and_the_dsn_is_secret() -> None:
                     assert source["configMapRef"]["name"] in configmaps
                 if "secretRef" in source:
                     assert source["secretRef"]["name"] in secrets
+
+
+def test_k8s_workloads_and_keda_authenticate_to_kafka() -> None:
+    """Audit F2: Millrace's Kafka settings name a SASL principal whose password is a Secret
+    every Millrace container reads, and KEDA's lag trigger logs in with the same one."""
+    config, secret = config_env(), secret_env()
+    settings = assert_settings({**config, **secret}, "ConfigMap + Secret")
+    assert settings.kafka_security_protocol.startswith("SASL_")
+    assert "KAFKA_SASL_PASSWORD" in secret and "KAFKA_SASL_PASSWORD" not in config
+    for workload in workloads():
+        for container in containers(workload):
+            refs = {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+            assert "millrace-kafka" in refs, f"{container['name']} lacks the Kafka credentials"
+    (trigger,) = one("ScaledObject", "millrace-worker")["spec"]["triggers"]
+    keda_names = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+    assert trigger["metadata"]["sasl"] == keda_names[settings.kafka_sasl_mechanism]
+    auth = one("TriggerAuthentication", trigger["authenticationRef"]["name"])["spec"]["secretTargetRef"]
+    kafka_secret = one("Secret", "millrace-kafka")["stringData"]
+    assert {(a["parameter"], a["name"]) for a in auth} == {
+        ("username", "millrace-kafka"),
+        ("password", "millrace-kafka"),
+    }
+    assert all(a["key"] in kafka_secret for a in auth)
 
 
 def test_services_select_pods_and_target_real_container_ports() -> None:

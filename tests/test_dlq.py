@@ -32,7 +32,7 @@ from millrace.config import Settings
 from millrace.kafka.topics import ensure_topics, envelope_producer
 from ops import dlq
 from schemas.envelope import RAW_BODY_VERSION, Envelope, decode, encode
-from tests.conftest import Stack
+from tests.conftest import Stack, kafka_env
 from workers import flood, pipeline
 from workers.server import read_app
 
@@ -125,7 +125,7 @@ class Lane:
         env = {
             **os.environ,
             "MILLRACE_HOME": str(self.settings.home),
-            "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap,
+            **kafka_env(self.settings),
             "MILLRACE_TOPIC": self.settings.topic,
             "MILLRACE_DLQ_TOPIC": self.settings.dlq_topic,
             "MILLRACE_LOG_LEVEL": "warning",

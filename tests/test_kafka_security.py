@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from millrace import keys
 from millrace.config import ConfigError, Settings
-from millrace.kafka.topics import client_options
+from millrace.kafka.topics import client_options, local_credentials_file
 
 SASL = {
     "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
@@ -19,13 +20,30 @@ SASL = {
 }
 
 
-def test_default_is_plaintext_without_credentials() -> None:
-    options = client_options(Settings.from_env({}))
+def test_default_is_plaintext_without_credentials(tmp_path: Path) -> None:
+    options = client_options(Settings.from_env({"MILLRACE_HOME": str(tmp_path)}))
     assert options == {"bootstrap_servers": "localhost:9092", "security_protocol": "PLAINTEXT"}
 
 
-def test_sasl_settings_reach_the_client() -> None:
-    options = client_options(Settings.from_env({**SASL, "KAFKA_SECURITY_PROTOCOL": "sasl_plaintext"}))
+def test_the_local_brokers_credentials_reach_every_client(tmp_path: Path) -> None:
+    """Once the local broker wrote its credentials, clients of it use SCRAM as `millrace`;
+    a client of an external cluster (KAFKA_BOOTSTRAP_SERVERS) never uses them."""
+    local = Settings.from_env({"MILLRACE_HOME": str(tmp_path)})
+    keys.write_secret(local_credentials_file(local), '{"admin": "a", "millrace": "m-pass"}')
+    assert client_options(local) == {
+        "bootstrap_servers": "localhost:9092",
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "millrace",
+        "sasl_plain_password": "m-pass",
+    }
+    external = Settings.from_env({"MILLRACE_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "k:9092"})
+    assert client_options(external) == {"bootstrap_servers": "k:9092", "security_protocol": "PLAINTEXT"}
+
+
+def test_sasl_settings_reach_the_client(tmp_path: Path) -> None:
+    env = {**SASL, "KAFKA_SECURITY_PROTOCOL": "sasl_plaintext", "KAFKA_BOOTSTRAP_SERVERS": "k:9092"}
+    options = client_options(Settings.from_env({**env, "MILLRACE_HOME": str(tmp_path)}))
     assert options["security_protocol"] == "SASL_PLAINTEXT"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("millrace", "s3cret")
@@ -75,6 +93,7 @@ def test_tls_builds_a_verifying_context_from_the_ca(tmp_path: Path) -> None:
     )  # fmt: skip
     env = {
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_BOOTSTRAP_SERVERS": "k:9093",
         **{k: v for k, v in SASL.items() if k != "KAFKA_SECURITY_PROTOCOL"},
     }
     env |= {"KAFKA_SSL_CAFILE": str(cert), "KAFKA_SSL_CERTFILE": str(cert), "KAFKA_SSL_KEYFILE": str(key)}

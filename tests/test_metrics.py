@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from millrace import metrics
 from millrace.config import Settings
+from millrace.kafka.topics import client_options
 from tests import bodies
 from tests.conftest import Stack
 from tests.test_deploy import COUNTERS_AND_GAUGES, HISTOGRAMS
@@ -58,8 +59,8 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 async def drained(settings: Settings, timeout_s: float = 60) -> None:
     """Wait until the worker group committed every message of the raw topic (nothing in flight)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
-    ends = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    ends = AIOKafkaConsumer(**client_options(settings))
     await admin.start()
     await ends.start()
     try:
@@ -107,7 +108,7 @@ async def test_traffic_moves_the_counters_by_the_right_amounts(stack: Stack) -> 
     )
     assert await post(stack, "/v1/logs", mixed, goodlogs) == 202
     # A message no gateway would write: the worker must dead-letter it and keep going.
-    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap)
+    producer = AIOKafkaProducer(**client_options(stack.settings))
     await producer.start()
     try:
         await producer.send_and_wait(stack.settings.topic, b"not an envelope", key=b"metrics-test")

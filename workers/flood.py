@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from millrace.config import Settings
-from workers.steps.base import Message, Step
+from workers.steps.base import Forward, Message, Step
 from workers.steps.batch import Batch
 
 log = structlog.get_logger()
@@ -72,7 +72,7 @@ class FloodGuard:
         return False
 
 
-class HaltOnFlood:
+class HaltOnFlood(Forward):
     """The flood guard as a step between batching and inserting. A batch that trips it is
     dropped uncommitted, as is every batch after it: the worker started after the fix reads
     them again from the last commit (Kafka keeps them meanwhile); `on_halt` stops the reading."""
@@ -105,12 +105,3 @@ class HaltOnFlood:
             action="consumption paused until restart; see docs/operations.md 'Dead letters'",
             stage="processing",
         )
-
-    async def poll(self) -> None:
-        await self.next.poll()
-
-    async def join(self) -> None:
-        await self.next.join()
-
-    def close(self) -> None:
-        self.next.close()

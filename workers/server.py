@@ -12,7 +12,6 @@ import asyncio
 import functools
 import signal
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -24,6 +23,7 @@ from millrace import internal, metrics, store
 from millrace.config import Settings
 from millrace.gc_tuning import tune_gc
 from reads.query import LogQuery, QueryError, project_stats, read_call, run_logs
+from reads.slots import ProjectPool, ReadsBusy
 from workers import pipeline
 from workers.flood import FloodGuard
 
@@ -51,15 +51,24 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
     # Reads need the state directory's token; health and metrics stay open (millrace/internal.py).
     app.middlewares.append(internal.guard(internal.ensure_token(settings)))
     client = store.connect(settings, create_database=False)
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read")
+    # Two threads, one per project at most: one tenant's slow queries leave the other free.
+    pool = ProjectPool(threads=2)
 
     async def answer(
-        request: web.Request, key: str | None, fn: Callable[..., Any], *args: Any
+        request: web.Request, project: str, key: str | None, fn: Callable[..., Any], *args: Any
     ) -> web.Response:
-        """Run one read in the pool: bad input is the caller's 400, anything else our 500.
-        The result goes under `key`, or is the whole answer when `key` is None."""
+        """Run one read of `project` in the pool: bad input is the caller's 400, a project over its
+        share of the pool 429, anything else our 500. The result goes under `key`, or is the
+        whole answer when `key` is None."""
         try:
-            result = await asyncio.get_running_loop().run_in_executor(pool, fn, client, *args)
+            result = await pool.run(project, fn, client, *args)
+        except ReadsBusy as exc:
+            return web.Response(
+                status=429,
+                body=orjson.dumps({"error": {"code": "RATE_LIMITED", "message": str(exc)}}),
+                content_type="application/json",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         except (QueryError, KeyError, TypeError, ValueError) as exc:
             return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}})
         except Exception as exc:
@@ -79,7 +88,7 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
             query = LogQuery.from_dict(orjson.loads(await request.read()))
         except (QueryError, TypeError, orjson.JSONDecodeError) as exc:
             return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}})
-        return await answer(request, "logs", run_logs, query)
+        return await answer(request, query.project, "logs", run_logs, query)
 
     async def read(request: web.Request) -> web.Response:
         """GoodLogs reads (gql, schema, usage): `reads.query.read_call`, for the gateway."""
@@ -87,10 +96,12 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
             payload = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
             return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}})
-        return await answer(request, "result", read_call, request.match_info["op"], payload)
+        project = payload.get("project") if isinstance(payload, dict) else None
+        op = request.match_info["op"]
+        return await answer(request, str(project), "result", read_call, op, payload)
 
     async def close(app: web.Application) -> None:
-        pool.shutdown(wait=False)
+        pool.shutdown()
         client.close()
 
     async def stats(request: web.Request) -> web.Response:
@@ -103,7 +114,7 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
         if not project:
             return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": "stats need a project"}})
         lag = request.query.get("lag", "1") != "0"
-        return await answer(request, None, functools.partial(project_stats, lag=lag), project, since)
+        return await answer(request, project, None, functools.partial(project_stats, lag=lag), project, since)
 
     app.router.add_post("/internal/v1/logs", logs)
     app.router.add_post("/internal/v1/read/{op}", read)

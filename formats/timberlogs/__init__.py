@@ -87,17 +87,18 @@ def resolve_format(body: bytes, ctx: ParseContext) -> tuple[str, Any]:
     by_type = MEDIA_TYPES.get(media_type(ctx.content_type))
     if by_type is not None:
         return by_type, _UNSET
-    return sniff(body)
+    return sniff(body, ctx.document)
 
 
-def sniff(body: bytes) -> tuple[str, Any]:
+def sniff(body: bytes, document: Any = None) -> tuple[str, Any]:
+    """The format from the body's look; `document`: the body as JSON, when already decoded."""
     head = body.lstrip()
     first = head[:1]
     if head.startswith(b"/*"):
         return "obl", _UNSET
     if first in (b"{", b"["):
         try:
-            doc = orjson.loads(body)
+            doc = orjson.loads(body) if document is None else document
         except orjson.JSONDecodeError:
             # Several JSON objects, one per line, are not one JSON document.
             return ("jsonl" if first == b"{" and b"\n" in head.rstrip() else "json"), _UNSET

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from formats.base import ParseContext
-from formats.common import event_time, to_text
+from formats.common import parse_timestamp, to_text
 from formats.timberlogs.schema import MAX_LOGS, fail, loads
 
 MARKER = "open-board-log-"
@@ -105,7 +105,7 @@ def _entry(
     entry: dict[str, Any] = {**shared, "message": f"{title}: {text}"}
     raw_ts = event.get("timestamp")
     if raw_ts is not None:
-        ns = event_time(raw_ts)
+        ns = parse_timestamp(raw_ts)
         if ns is None:
             fail(f"Invalid OBL: {where}.timestamp {raw_ts!r} is not an ISO 8601 time")
         entry["timestamp"] = ns // 1_000_000 if ns % 1_000_000 == 0 else ns / 1_000_000

@@ -35,7 +35,7 @@ from typing import Any, Final, NoReturn
 import orjson
 
 from formats.base import ParseContext, ParseError
-from formats.common import event_time, flatten, put_attribute
+from formats.common import flatten, parse_timestamp, put_attribute
 from schemas.record import LEVELS
 
 CODE: Final = "PARSE_ERROR"
@@ -298,7 +298,7 @@ def _timestamp(i: int, value: Any, issues: list[Issue]) -> int | None:
         text = value.strip()
         as_number = number(text)
         if as_number is None:
-            ns = event_time(text)
+            ns = parse_timestamp(text)
             if ns is None:
                 issues.append(
                     _issue([i, "timestamp"], "Expected number (Unix milliseconds), received string")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from formats import framing
 from formats.base import ParseContext
 from formats.common import ascii_digits, parse_bsd_timestamp, parse_timestamp
 from formats.timberlogs.schema import MAX_LOGS, decode, fail
@@ -49,17 +50,12 @@ def entries(body: bytes, ctx: ParseContext) -> tuple[list[Any], list[str]]:
     """The log entries, and each one's syslog severity name (its `severity_text`)."""
     out: list[Any] = []
     severities: list[str] = []
-    for n, line in enumerate(decode(body).split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
+    for n, line in framing.lines(decode(body), MAX_LOGS):
         parsed = parse_line(line, ctx.received_at_ns)
         if parsed is None:
             fail(f"Failed to parse line {n}: not an RFC 5424 or RFC 3164 syslog message")
         out.append(parsed[0])
         severities.append(parsed[1])
-        if len(out) > MAX_LOGS:
-            break
     return out, severities
 
 

@@ -26,6 +26,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from formats import framing
 from formats.base import ParseContext
 from formats.common import datetime_ns
 from formats.timberlogs.schema import MAX_LOGS, decode
@@ -44,14 +45,10 @@ def entries(body: bytes, ctx: ParseContext) -> tuple[list[Any], list[str]]:
     """The log entries, and each one's level as written (its `severity_text`)."""
     out: list[Any] = []
     written: list[str] = []
-    for line in decode(body).split("\n"):
-        if not line or line.isspace():
-            continue
+    for _, line in framing.lines(decode(body), MAX_LOGS):
         entry, word = parse_line(line.strip())
         out.append(entry)
         written.append(word)
-        if len(out) > MAX_LOGS:
-            break
     return out, written
 
 

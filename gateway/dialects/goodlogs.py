@@ -6,6 +6,8 @@ with the codes of the seed's table. A public key (events only) on `/v1/logs` is 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from formats import Parsed
@@ -48,12 +50,5 @@ GOODLOGS_LOGS = Dialect(
     max_body=MAX_BODY,
     statuses={"PAYLOAD_TOO_LARGE": 413},
 )
-GOODLOGS_EVENTS = Dialect(
-    name="goodlogs_events",
-    scope=SCOPE_EVENTS,
-    token=bearer,
-    success=_success,
-    error=_error,
-    max_body=MAX_BODY,
-    statuses={"PAYLOAD_TOO_LARGE": 413},
-)
+# The same wire manners; the public key's scope.
+GOODLOGS_EVENTS = replace(GOODLOGS_LOGS, name="goodlogs_events", scope=SCOPE_EVENTS)

@@ -1,6 +1,6 @@
 """`POST /v1/logs` is claimed by four APIs; this decides whose request it is.
 
-The rule, in order (README "Which API is `POST /v1/logs`?"):
+The rule, in order (docs/dialects.md "Which API is `POST /v1/logs`?"):
 1. `Content-Type: application/x-protobuf`, or the header `MILLRACE_OTLP_KEY_HEADER` names
    (when set): OTLP (no other API takes protobuf; the operator gave that header to OTLP);
 2. an `X-TG2G-Api-Key` header: TG2G;
@@ -94,7 +94,7 @@ def choose(request: web.Request, body: bytes) -> tuple[Dialect, Any]:
         has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
         if "logs" in doc and ("entity" in doc or "source" in doc) and not has_bearer:
             return TG2G, doc
-    return TIMBERLOGS, None
+    return TIMBERLOGS, doc
 
 
 async def choose_by_prefix(request: web.Request, settings: Settings) -> Dialect:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -27,13 +29,42 @@ REQUEST_TIMEOUT_MS = 15_000
 ENVELOPE_OVERHEAD = 64 * 1024  # room for an envelope's metadata on top of the largest body
 
 
+# The local broker's SASL principals (ops.broker writes their passwords at its first start).
+LOCAL_CLIENT_USER = "millrace"
+LOCAL_MECHANISM = "SCRAM-SHA-512"
+
+
+def local_credentials_file(settings: Settings) -> Path:
+    """Passwords of the local broker's principals: JSON, 0600, under the private home."""
+    return settings.home / "kafka" / "credentials.json"
+
+
+def local_client_password(settings: Settings) -> str | None:
+    """The client principal's password for the local broker, or None before its first start."""
+    try:
+        password = orjson.loads(local_credentials_file(settings).read_bytes()).get(LOCAL_CLIENT_USER)
+    except (FileNotFoundError, orjson.JSONDecodeError, AttributeError):
+        return None
+    return password if isinstance(password, str) and password else None
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
     """Where and how every Kafka client (producer, consumer, admin) connects: the one place
-    that turns the KAFKA_* security settings into aiokafka arguments."""
+    that turns the KAFKA_* security settings into aiokafka arguments.
+
+    The local broker (no KAFKA_BOOTSTRAP_SERVERS) requires SASL/SCRAM: its credentials are
+    read from the home here, at each client's creation, since the broker writes them at its
+    first start, after the settings were read."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap,
         "security_protocol": settings.kafka_security_protocol,
     }
+    if settings.local_broker and (password := local_client_password(settings)) is not None:
+        options["security_protocol"] = "SASL_PLAINTEXT"  # loopback only
+        options["sasl_mechanism"] = LOCAL_MECHANISM
+        options["sasl_plain_username"] = LOCAL_CLIENT_USER
+        options["sasl_plain_password"] = password
+        return options
     if settings.kafka_security_protocol.startswith("SASL_"):
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username

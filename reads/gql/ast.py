@@ -115,17 +115,38 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class Bin:
+    """A time bucket to group by: `bin(timestamp, 1m)` is each row's time rounded down to the minute."""
+
+    field: Field
+    seconds: int
+    text: str  # the width as written, lower-cased: `1m`
+    pos: int
+
+    @property
+    def name(self) -> str:
+        """The result's key: the time field's name, holding each bucket's start."""
+        return self.field.name
+
+    def label(self) -> str:
+        return f"bin({self.field.name}, {self.text})"
+
+
+Group = Field | Bin
+
+
+@dataclass(frozen=True, slots=True)
 class Aggregate:
     func: Literal["count", "count_distinct"]
     target: Field | None
-    group_by: tuple[Field, ...]
+    group_by: tuple[Group, ...]
     pos: int
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "aggregate", "func": self.func}
         if self.target is not None:
             out["field"] = self.target.name
-        out["group_by"] = [g.name for g in self.group_by]
+        out["group_by"] = [g.label() if isinstance(g, Bin) else g.name for g in self.group_by]
         return out
 
 

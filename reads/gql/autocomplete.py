@@ -65,6 +65,7 @@ _STAGES = (
     ("where ", "a condition"),
     ("last:", "time window"),
 )
+_BINS = (("bin(timestamp, 1m)", "time buckets of a width: s, m, h, d, w"),)
 _WINDOWS = ("15m", "1h", "6h", "24h", "7d", "30d")
 
 
@@ -80,8 +81,10 @@ def suggest(text: str, cursor: int, schema: dict[str, Any]) -> dict[str, Any]:
     source = "events" if _FROM_EVENTS.search(text) else "logs"
 
     compare = _COMPARE.match(word)
-    if _NAME_ONLY.search(text[:start]):
+    if name_only := _NAME_ONLY.search(text[:start]):
         suggestions = [{**s, "text": s["text"].removesuffix(":")} for s in _fields(word, source, schema)]
+        if name_only.group(2) is None or name_only.group(2).lower() == "by":
+            suggestions = _matching(_BINS, word, "field") + suggestions
     elif compare:
         suggestions = _values(compare.group(2), compare.group(4), source, schema)
     elif text[:start].rstrip().endswith("|") or not text[:start].strip():

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from reads.gql.ast import (
     Aggregate,
     And,
+    Bin,
     Compare,
     Expr,
     Having,
@@ -133,6 +134,7 @@ class Compiled:
     mode: Literal["search", "aggregate"]
     table: str
     columns: tuple[str, ...]  # search: LOG_OUTPUT/EVENT_OUTPUT; aggregate: the group fields as written
+    bins: tuple[int, ...] = ()  # aggregate: indexes of `columns` holding a bucket's start in ms
 
 
 @dataclass(slots=True)
@@ -226,10 +228,19 @@ def _sort_keys(column: Column, stage: Sort) -> list[str]:
 
 def _aggregate(query: Query, agg: Aggregate, table: str, where_sql: str, params: _Params) -> Compiled:
     groups: list[str] = []
+    bins: list[int] = []
     for i, group in enumerate(agg.group_by):
+        if isinstance(group, Bin):
+            groups.append(f"{_bin(table, group, params)} AS g{i}")
+            bins.append(i)
+            continue
         column = resolve(table, group.name, params)
         if column.kind == "time":
-            raise GQLError(f"cannot group by the time field '{group.name}'", group.pos, 422)
+            raise GQLError(
+                f"cannot group by the time field '{group.name}': bucket it, e.g. bin({group.name}, 1m)",
+                group.pos,
+                422,
+            )
         expr = f"arrayJoin({column.sql})" if column.kind == "array" else column.sql
         groups.append(f"{expr} AS g{i}")
     if agg.target is None:
@@ -253,6 +264,8 @@ def _aggregate(query: Query, agg: Aggregate, table: str, where_sql: str, params:
             order.append("value DESC")
         elif isinstance(stage, Sort):
             order.append(_group_sort(agg, stage))
+    if bins and not order:
+        order.append(f"g{bins[0]} ASC")  # a time series reads oldest first, as a chart draws it
     order += ["value DESC", *(f"g{i} ASC" for i in range(len(groups)))]
     inner = f"SELECT {', '.join([*groups, f'{value} AS value'])} FROM {table} WHERE {where_sql}"
     if groups:
@@ -264,7 +277,20 @@ def _aggregate(query: Query, agg: Aggregate, table: str, where_sql: str, params:
         f"SELECT {', '.join(outer)} FROM ({inner}) "
         f"ORDER BY {', '.join(dict.fromkeys(order))} LIMIT {params.add(limit, 'UInt32')}"
     )
-    return Compiled(sql, params.values, "aggregate", table, tuple(g.name for g in agg.group_by))
+    return Compiled(sql, params.values, "aggregate", table, tuple(g.name for g in agg.group_by), tuple(bins))
+
+
+def _bin(table: str, group: Bin, params: _Params) -> str:
+    """The bucket's start in ms since the epoch: whole multiples of the width, in UTC."""
+    column = FIELDS[table].get(group.field.name.lower())
+    if column is None or column.kind != "time":
+        raise GQLError(
+            f"bin() buckets a time field (timestamp or observed_timestamp), not '{group.field.name}'",
+            group.field.pos,
+            422,
+        )
+    width = params.add(group.seconds * 1000, "Int64")
+    return f"intDiv(toUnixTimestamp64Milli({column.sql}), {width}) * {width}"
 
 
 def _group_sort(agg: Aggregate, stage: Sort) -> str:

@@ -6,7 +6,8 @@
                | 'count_distinct' ( '(' field ')' | field ) by?
                | 'top' INT | 'limit' INT | 'sort' 'by'? field ( 'asc' | 'desc' )?
                | 'where' filters
-    by        := 'by' field ( ',' field )*
+    by        := 'by' group ( ',' group )*
+    group     := field | 'bin' '(' field ',' DURATION ')'   -- a time bucket: bin(timestamp, 5m)
     filters   := or
     or        := and ( 'OR' and )*
     and       := unary ( 'AND'? unary )*   -- juxtaposition means AND
@@ -31,9 +32,11 @@ from datetime import UTC, datetime
 from reads.gql.ast import (
     Aggregate,
     And,
+    Bin,
     Compare,
     Expr,
     Field,
+    Group,
     Having,
     Limit,
     Not,
@@ -256,16 +259,38 @@ class _Parser:
         elif self.keyword("distinct"):
             self.take()
             target = self.field("count distinct")
-        group_by: list[Field] = []
+        group_by: list[Group] = []
         if self.keyword("by"):
             self.take()
-            group_by.append(self.field("by"))
+            group_by.append(self.group("by"))
             while self.peek().kind is Kind.COMMA:
                 self.take()
-                group_by.append(self.field(","))
+                group_by.append(self.group(","))
+            bins = [g for g in group_by if isinstance(g, Bin)]
+            if len(bins) > 1:
+                raise GQLError("an aggregate takes one bin(...); this is the second", bins[1].pos)
         if target is None:
             return Aggregate("count", None, tuple(group_by), token.pos)
         return Aggregate("count_distinct", target, tuple(group_by), token.pos)
+
+    def group(self, after: str) -> Group:
+        token = self.peek()
+        if not (self.keyword("bin") and self.peek(1).kind is Kind.LPAREN):
+            return self.field(after)
+        self.take()
+        self.take()
+        target = self.field("bin(")
+        self.expect(Kind.COMMA, "',' then a bucket width, as in bin(timestamp, 5m)")
+        width = self.peek()
+        if width.kind is not Kind.WORD:
+            raise GQLError(
+                f"expected a bucket width such as 1m after 'bin({target.name},', found {width.describe()}",
+                width.pos,
+            )
+        self.take()
+        seconds = parse_duration(width.value, width.pos)
+        self.expect(Kind.RPAREN, "')' to close bin(")
+        return Bin(target, seconds, width.value.lower(), token.pos)
 
     def integer(self, after: str) -> int:
         token = self.peek()

@@ -127,3 +127,16 @@ def test_deeply_nested_metadata_is_refused_not_crashing() -> None:
         + b"}}]}"
     )
     assert refused(body).code == "too_deep"
+
+
+def test_the_one_time_rule_applies_exact_integer_times_and_refuses_the_epoch() -> None:
+    """AstraLog uses the time rule every parser uses (formats.common.parse_timestamp)."""
+
+    def body(ts: object) -> bytes:
+        log = {"project_id": "p", "timestamp": ts, "level": "info", "service": "s", "message": "m"}
+        return orjson.dumps({"logs": [log]})
+
+    (row,) = parse(body(1704110400123), make_ctx()).rows
+    assert row["timestamp"] == 1704110400123 * 10**6  # through a float it was 64 ns off
+    for epoch in (0, "0", "1970-01-01T00:00:00Z"):
+        assert refused(body(epoch)).code == "invalid_timestamp"

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from gateway import body as gateway_body
 from gateway.dialects.shared_logs import PREFIX_BYTES
 from millrace import internal, keys
+from millrace.kafka.topics import client_options
 from schemas.envelope import decode
 from tests.conftest import Stack
 from tests.test_limits import WIRES, limited_key, post
@@ -173,7 +174,7 @@ async def test_an_undecodable_internal_token_byte_is_401(stack: Stack) -> None:
 async def test_a_second_key_in_the_query_never_reaches_kafka(stack: Stack) -> None:
     tenant = await stack.tenant(f"qtoken-{uuid.uuid4().hex[:6]}")
     other = "mr_" + "q" * 12 + "_" + "S" * 43
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.settings.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(stack.settings), enable_auto_commit=False)
     await consumer.start()
     try:
         topic = stack.settings.topic

@@ -18,6 +18,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from millrace import internal, keys
+from millrace.kafka.topics import client_options
 from reads.query import LogQuery, compile_logs
 from tests.bodies import drain_body
 from tests.conftest import Gateway, Stack
@@ -294,7 +295,7 @@ async def test_keys_are_stored_only_as_hashes(stack: Stack) -> None:
         stack.settings, f"hashed-{uuid.uuid4().hex[:6]}", frozenset(keys.ALL_SCOPES)
     )
     tp = TopicPartition(stack.settings.keys_topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.settings.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(stack.settings), enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign([tp])

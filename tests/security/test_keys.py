@@ -8,6 +8,7 @@ import asyncio
 import stat
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,15 @@ from aiokafka import AIOKafkaProducer
 
 from millrace import keys
 from millrace.config import Settings
-from ops import cli
+from millrace.kafka.topics import client_options, local_credentials_file
+from ops import cli, runner
 from tests.conftest import Stack
 from tests.security.test_isolation import read
 from tests.test_limits import WIRES, post
 
 
 async def _produce(stack: Stack, key: bytes, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.settings), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(stack.settings.keys_topic, value, key=key)
@@ -143,3 +145,20 @@ def test_a_secret_file_is_private_from_its_first_byte(tmp_path: Path) -> None:
     keys.write_secret(path, "mr_y\n")  # replaced, not rewritten in place: the new file is 0600
     assert (stat.S_IMODE(path.stat().st_mode), path.read_text()) == (0o600, "mr_y\n")
     assert [path] == list(path.parent.iterdir())
+
+
+async def test_the_dev_key_file_is_private_without_a_later_chmod(
+    kafka: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`millrace run` writes the dev key 0600 from its first byte: with every chmod a no-op, the
+    file (an old one left 0644 with a stale key) still ends up private."""
+    settings = replace(kafka, home=tmp_path)
+    if kafka.local_broker:  # this home has no broker of its own: use the session broker's credentials
+        keys.write_secret(local_credentials_file(settings), local_credentials_file(kafka).read_text())
+    path = runner.dev_key_file(settings)
+    path.write_text("mr_stale_key\n")
+    path.chmod(0o644)
+    monkeypatch.setattr(Path, "chmod", lambda self, mode, **_: None)
+    token = await runner._prepare(settings)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == token + "\n"

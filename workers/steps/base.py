@@ -17,7 +17,7 @@ messages merge those maps, and only the last step commits them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import TopicPartition
 
@@ -52,3 +52,18 @@ class Step(Protocol[T_contra]):
     async def join(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Forward:
+    """For a step whose work is all in `submit`: poll, join and close go on to the next step."""
+
+    next: Step[Any]
+
+    async def poll(self) -> None:
+        await self.next.poll()
+
+    async def join(self) -> None:
+        await self.next.join()
+
+    def close(self) -> None:
+        self.next.close()

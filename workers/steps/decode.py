@@ -11,7 +11,7 @@ from formats import PARSERS, ParseContext, ParseError
 from schemas import rows
 from schemas.deadletter import DeadLetter
 from schemas.envelope import RAW_BODY_VERSION, VERSION, Envelope, EnvelopeError, decode
-from workers.steps.base import Message, Step
+from workers.steps.base import Forward, Message, Step
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ def dead_letter(record: ConsumerRecord, reason: str, code: str) -> DeadLetter:
     )
 
 
-class Decode:
+class Decode(Forward):
     def __init__(self, next_step: Step[Decoded | DeadLetter]) -> None:
         self.next = next_step
 
@@ -70,12 +70,3 @@ class Decode:
             code = exc.code if isinstance(exc, ParseError) else "bad_envelope"
             decoded = dead_letter(record, str(exc), code)
         self.next.submit(message.replace(decoded))
-
-    async def poll(self) -> None:
-        await self.next.poll()
-
-    async def join(self) -> None:
-        await self.next.join()
-
-    def close(self) -> None:
-        self.next.close()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from formats.useragent import user_agent
 from schemas import rows
 from schemas.deadletter import DeadLetter
-from workers.steps.base import Message, Step
+from workers.steps.base import Forward, Message, Step
 from workers.steps.decode import Decoded
 
 
@@ -54,7 +54,7 @@ def line_of(item: Decoded) -> Line:
     )
 
 
-class Enrich:
+class Enrich(Forward):
     def __init__(self, next_step: Step[Line | DeadLetter | None]) -> None:
         self.next = next_step
 
@@ -63,12 +63,3 @@ class Enrich:
         self.next.submit(
             message.replace(line_of(item)) if isinstance(item, Decoded) else message.replace(item)
         )
-
-    async def poll(self) -> None:
-        await self.next.poll()
-
-    async def join(self) -> None:
-        await self.next.join()
-
-    def close(self) -> None:
-        self.next.close()

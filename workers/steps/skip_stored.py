@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.deadletter import DeadLetter
-from workers.steps.base import Message, Step
+from workers.steps.base import Forward, Message, Step
 from workers.steps.decode import Decoded
 from workers.watermarks import Watermarks
 
 
-class SkipStored:
+class SkipStored(Forward):
     def __init__(
         self, next_step: Step[Decoded | DeadLetter | None], marks: Watermarks, stats: dict[str, Any]
     ) -> None:
@@ -32,12 +32,3 @@ class SkipStored:
                 self.next.submit(message.replace(None))
                 return
         self.next.submit(message)
-
-    async def poll(self) -> None:
-        await self.next.poll()
-
-    async def join(self) -> None:
-        await self.next.join()
-
-    def close(self) -> None:
-        self.next.close()

@@ -235,6 +235,90 @@ def _dynatrace(evs: list[Event]) -> bytes:
     )
 
 
+def _loki(evs: list[Event]) -> bytes:
+    # Loki batches lines per label set: one stream per (service, level, host), as Promtail would.
+    streams: dict[tuple[str, str, str], list[list[Any]]] = {}
+    for e in evs:
+        metadata = {"request_id": e.request_id, "user_id": str(e.user_id), "region": e.region}
+        line = f"{e.message} status={e.http['status']} duration_ms={e.duration_ms}"
+        streams.setdefault((e.service, e.level, e.host), []).append([str(e.ts_ms * 10**6), line, metadata])
+    return orjson.dumps(
+        {
+            "streams": [
+                {"stream": {"service_name": svc, "level": lvl, "host": host, "env": "prod"}, "values": values}
+                for (svc, lvl, host), values in streams.items()
+            ]
+        }
+    )
+
+
+def _hec(evs: list[Event]) -> bytes:
+    # Concatenated events on one line, as splunk-handler sends them.
+    return b"".join(
+        orjson.dumps(
+            {
+                "time": e.ts_ms / 1000,
+                "host": e.host,
+                "source": f"/var/log/{e.service}.log",
+                "sourcetype": "_json",
+                "index": "main",
+                "event": {
+                    "message": e.message,
+                    "level": e.level,
+                    "http": e.http,
+                    "duration_ms": e.duration_ms,
+                },
+                "fields": {"service": e.service, "request_id": e.request_id, "region": e.region},
+            }
+        )
+        for e in evs
+    )
+
+
+def _any(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, dict):
+        return {"kvlistValue": {"values": [{"key": k, "value": _any(v)} for k, v in value.items()]}}
+    return {"stringValue": str(value)}
+
+
+_OTEL_SEVERITY = {"debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21}
+
+
+def _otlp(evs: list[Event]) -> bytes:
+    # OTLP JSON: one resource per service, as an SDK per process would send.
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for e in evs:
+        attributes = {
+            "request_id": e.request_id,
+            "user.id": e.user_id,
+            "http": e.http,
+            "duration_ms": e.duration_ms,
+        }
+        by_service.setdefault(e.service, []).append(
+            {
+                "timeUnixNano": str(e.ts_ms * 10**6),
+                "severityNumber": _OTEL_SEVERITY[e.level],
+                "severityText": e.level.upper(),
+                "body": {"stringValue": e.message},
+                "attributes": [{"key": k, "value": _any(v)} for k, v in attributes.items()],
+            }
+        )
+    resource_logs = [
+        {
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": svc}}]},
+            "scopeLogs": [{"scope": {"name": "bench"}, "logRecords": records}],
+        }
+        for svc, records in by_service.items()
+    ]
+    return orjson.dumps({"resourceLogs": resource_logs})
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     name: str  # the --dialect value
@@ -278,6 +362,25 @@ DIALECTS: dict[str, Dialect] = {
             "application/json; charset=utf-8",
             lambda k: {"Authorization": f"Api-Token {k}"},
             _dynatrace,
+        ),
+        Dialect(
+            "loki",
+            "loki",
+            "/loki/api/v1/push",
+            "application/json",
+            lambda k: {"Authorization": f"Bearer {k}"},
+            _loki,
+        ),
+        Dialect(
+            "hec",
+            "hec_event",
+            "/services/collector/event",
+            "application/json",
+            lambda k: {"Authorization": f"Splunk {k}"},
+            _hec,
+        ),
+        Dialect(
+            "otlp", "otlp", "/v1/logs", "application/json", lambda k: {"Authorization": f"Bearer {k}"}, _otlp
         ),
     )
 }

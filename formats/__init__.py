@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from formats import astralog, dynatrace, goodlogs, tg2g, timberlogs
+from formats import astralog, dynatrace, es_bulk, goodlogs, hec, loki, otlp, tg2g, timberlogs
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 
 Parser = Callable[[bytes, ParseContext], Parsed]
@@ -21,6 +21,11 @@ PARSERS: dict[str, Parser] = {
     "goodlogs_logs": goodlogs.parse_logs,
     "goodlogs_events": goodlogs.parse_events,
     "timberlogs": timberlogs.parse,
+    "loki": loki.parse,
+    "es_bulk": es_bulk.parse,
+    "hec_event": hec.parse_event,
+    "hec_raw": hec.parse_raw,
+    "otlp": otlp.parse,
 }
 
 __all__ = ["PARSERS", "ParseContext", "ParseError", "Parsed", "Parser", "Rejection"]

@@ -48,6 +48,8 @@ class ParseContext:
     # The body as JSON when the gateway's router already decoded it (`POST /v1/logs`), so it
     # is decoded once; parsers read it through `common.json_body`. Not carried to Kafka.
     document: Any = None
+    # The request headers the dialect asks for (`Dialect.headers`), as text: Loki's X-Scope-OrgID.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +65,6 @@ class Parsed:
     rows: list[dict[str, Any]]
     rejected: list[Rejection] = field(default_factory=list)
     table: str = LOGS_TABLE
+    # What the dialect's answer needs beyond counts and rejections (Elasticsearch's item per
+    # action, in order); never stored, never sent to Kafka.
+    answer: Any = None

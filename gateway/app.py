@@ -12,11 +12,17 @@ from aiokafka import AIOKafkaProducer
 
 from gateway import explorer
 from gateway.body import BodyError
+from gateway.dialects import es_bulk as es_bulk_route
+from gateway.dialects import hec as hec_route
 from gateway.dialects import shared_logs as shared_logs_route
 from gateway.dialects.astralog import ASTRALOG
 from gateway.dialects.base import Dialect, Problem, bearer
 from gateway.dialects.dynatrace import DYNATRACE
+from gateway.dialects.es_bulk import ES_BULK
 from gateway.dialects.goodlogs import GOODLOGS_EVENTS
+from gateway.dialects.hec import HEC_EVENT, HEC_RAW
+from gateway.dialects.loki import LOKI
+from gateway.dialects.otlp import KEY_HEADER as OTLP_KEY_HEADER
 from gateway.dialects.timberlogs import TIMBERLOGS
 from gateway.ingest import REQUEST_ID, Handler, Ingestor, new_request_id
 from gateway.read import ReadApi, ReadBackend, StoreReader, WorkerReader
@@ -129,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[OTLP_KEY_HEADER] = settings.otlp_key_header
     app.cleanup_ctx.extend([_producer, _keys, _handlers])
 
     def ingest(dialect: Dialect) -> Handler:
@@ -141,7 +148,7 @@ def create_app(settings: Settings) -> web.Application:
         ingestor = request.app[INGESTOR]
         if (dialect := shared_logs_route.by_headers(request)) is not None:
             return metrics.counted(dialect.name, await ingestor.ingest(request, dialect))
-        # Rule 4 needs the body, but every dialect left takes the key as Bearer with the same
+        # Rule 5 needs the body, but every dialect left takes the key as Bearer with the same
         # scope: the key is checked and the bucket charged before the body is read (F1).
         token = bearer(request)
         admitted = ingestor.admit(token, SCOPE_LOGS)
@@ -158,6 +165,21 @@ def create_app(settings: Settings) -> web.Application:
         answer = await ingestor.admitted(request, chosen, admitted, token, body, document)
         return metrics.counted(chosen.name, answer)
 
+    def hec(dialect: Dialect) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            early = hec_route.precheck(request)  # HEC tells a missing token from a malformed header
+            answer = early if early is not None else await request.app[INGESTOR].ingest(request, dialect)
+            return metrics.counted(dialect.name, answer)
+
+        return handle
+
+    async def es_probe(request: web.Request) -> web.Response:
+        admitted = request.app[INGESTOR].admit(ES_BULK.token(request), SCOPE_LOGS)
+        return ES_BULK.error(admitted) if isinstance(admitted, Problem) else es_bulk_route.probe(request)
+
+    async def root(request: web.Request) -> web.Response:
+        return await (es_probe if "Authorization" in request.headers else explorer.page)(request)
+
     async def read_logs(request: web.Request) -> web.Response:
         return await request.app[READ_API].logs(request)
 
@@ -173,6 +195,18 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/logs", shared_logs)
     app.router.add_post("/v1/events", ingest(GOODLOGS_EVENTS))
     app.router.add_post("/api/v2/logs/ingest", ingest(DYNATRACE))
+    app.router.add_post("/loki/api/v1/push", ingest(LOKI))
+    for path in ("/_bulk", "/{index}/_bulk"):
+        app.router.add_post(path, ingest(ES_BULK))
+        app.router.add_put(path, ingest(ES_BULK))
+    for path in ("/services/collector", "/services/collector/event", "/services/collector/event/1.0"):
+        app.router.add_post(path, hec(HEC_EVENT))
+    for path in ("/services/collector/raw", "/services/collector/raw/1.0"):
+        app.router.add_post(path, hec(HEC_RAW))
+    for path in ("/services/collector/health", "/services/collector/health/1.0"):
+        app.router.add_get(path, hec_route.health)
+    for path in ("/_license", "/_cluster/health"):
+        app.router.add_get(path, es_probe)  # GET also answers HEAD
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics.handle)
@@ -182,5 +216,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/gql/autocomplete", read("autocomplete"))
     app.router.add_get("/v1/schema", read("schema"))
     app.router.add_get("/v1/info", read("info"))
-    explorer.add_routes(app)
+    # GET / is the explorer's page for a browser and Elasticsearch's cluster info for a client
+    # with a key (Elasticsearch clients always send theirs), so the explorer's routes are
+    # added here, the root through `root`.
+    app.router.add_get("/", root)
+    app.router.add_get(explorer.PREFIX + "{name}", explorer.asset)
     return app

@@ -35,7 +35,7 @@ log = structlog.get_logger()
 
 REQUEST_ID = web.RequestKey("request_id", str)
 RETRY_AFTER_UNAVAILABLE = 5
-CREDENTIAL_PARAMS = frozenset({"api-token"})  # query parameters that carry a key (lower case)
+CREDENTIAL_PARAMS = frozenset({"api-token", "token"})  # query parameters that carry a key (lower case)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,6 +144,7 @@ class Ingestor:
             user_agent=user_agent,
             client_ip=client_ip(request, self.settings.trusted_proxies),
             document=document,
+            headers={h: _text(request.headers[h]) for h in dialect.headers if h in request.headers},
         )
         parse = PARSERS.get(name)
         if parse is None:

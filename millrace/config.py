@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -159,6 +160,11 @@ class Settings:
         "75",
         "Idle keep-alive connections close after this; also the deadline for request headers",
     )
+    otlp_key_header: str = _setting(
+        "MILLRACE_OTLP_KEY_HEADER",
+        "",
+        "A header OTLP clients may carry the key in (e.g. x-api-key), besides Authorization: Bearer",
+    )
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
         "MILLRACE_TRUSTED_PROXIES", "", "CIDRs whose X-Forwarded-For is believed (comma separated)"
     )
@@ -228,6 +234,7 @@ class Settings:
             "body_timeout_s": _positive_float,
             "idle_timeout_s": _positive_float,
             "trusted_proxies": _networks,
+            "otlp_key_header": _header_name,
             "log_level": lambda n, v: _choice(n, v.lower(), ("debug", "info", "warning", "error")),
             "log_format": lambda n, v: _choice(n, v.lower(), ("json", "console")),
             "kafka_compression": lambda n, v: _choice(
@@ -332,6 +339,17 @@ def _fraction(name: str, raw: str) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number; set it to a share such as 0.5") from None
     if not 0 < value <= 1:
         raise ConfigError(f"{name}={value} is out of range; set it above 0 and at most 1, e.g. 0.5")
+    return value
+
+
+def _header_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise ConfigError(f"{name}={raw!r} is not an HTTP header name; set it to one such as x-api-key")
+    if value.lower() in ("authorization", "x-tg2g-api-key"):
+        raise ConfigError(
+            f"{name}={raw!r} is already another API's key header; choose another, or leave it empty"
+        )
     return value
 
 

@@ -100,7 +100,7 @@ def _parse(argv: list[str]) -> CurlExample:
         elif arg == "-H":
             name, _, value = next(it).partition(":")
             headers[name.strip()] = value.strip()
-        elif arg in ("-d", "--data", "--data-raw"):
+        elif arg in ("-d", "--data", "--data-raw", "--data-binary"):
             body = next(it).encode()
             if method == "GET":
                 method = "POST"

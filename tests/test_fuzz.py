@@ -12,6 +12,7 @@ Runs fast by default. `HYPOTHESIS_PROFILE=fuzz` selects the long run (`make fuzz
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import os
 import signal
@@ -33,10 +34,12 @@ import zstandard
 from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from yarl import URL
 
 from formats import PARSERS, ParseContext, Parsed, ParseError
 from gateway.body import BodyError, decompress
+from gateway.dialects.otlp import Status
 from schemas import rows as row_codec
 from schemas.envelope import Envelope, encode
 from schemas.record import EVENTS_TABLE, LOGS_TABLE
@@ -426,9 +429,13 @@ class Endpoint:
 
 ENDPOINTS = (
     Endpoint("/v1/drain", ("astralog",), ("raw", "bearer")),
-    Endpoint("/v1/logs", ("tg2g", "goodlogs_logs", "timberlogs"), ("tg2g", "bearer", "x-api-key")),
+    Endpoint("/v1/logs", ("tg2g", "goodlogs_logs", "timberlogs", "otlp"), ("tg2g", "bearer", "x-api-key")),
     Endpoint("/v1/events", ("goodlogs_events",), ("bearer",)),
     Endpoint("/api/v2/logs/ingest", ("dynatrace",), ("api-token", "bearer", "query")),
+    Endpoint("/loki/api/v1/push", ("loki",), ("basic", "bearer")),
+    Endpoint("/logs-app/_bulk", ("es_bulk",), ("apikey", "basic", "bearer")),
+    Endpoint("/services/collector/event", ("hec_event",), ("splunk", "basic")),
+    Endpoint("/services/collector/raw", ("hec_raw",), ("splunk", "basic")),
 )
 AUTH_OF = {
     "astralog": "raw",
@@ -437,8 +444,31 @@ AUTH_OF = {
     "goodlogs_events": "bearer",
     "timberlogs": "x-api-key",
     "dynatrace": "api-token",
+    "loki": "basic",
+    "es_bulk": "apikey",
+    "hec_event": "splunk",
+    "hec_raw": "splunk",
+    "otlp": "bearer",
 }
-SUCCESS = {"/v1/drain": {200}, "/v1/logs": {200, 202}, "/v1/events": {202}, "/api/v2/logs/ingest": {200, 204}}
+SUCCESS = {
+    "/v1/drain": {200},
+    "/v1/logs": {200, 202},
+    "/v1/events": {202},
+    "/api/v2/logs/ingest": {200, 204},
+    "/loki/api/v1/push": {204},
+    "/logs-app/_bulk": {200},
+    "/services/collector/event": {200},
+    "/services/collector/raw": {200},
+}
+# Where the parser of an endpoint's 2xx cannot be told from the answer: (parser, its Content-Type).
+PARSER_OF_PATH = {
+    "/v1/drain": "astralog",
+    "/api/v2/logs/ingest": "dynatrace",
+    "/loki/api/v1/push": "loki",
+    "/services/collector/event": "hec_event",
+    "/services/collector/raw": "hec_raw",
+    "/v1/logs": "otlp",  # the other /v1/logs APIs answer with their counts
+}
 
 
 def error_shape(path: str, status: int, body: Any) -> str:
@@ -452,6 +482,14 @@ def error_shape(path: str, status: int, body: Any) -> str:
     if path == "/api/v2/logs/ingest":
         ok = isinstance(error, dict) and error.get("code") == status and isinstance(error.get("message"), str)
         return "dynatrace" if ok else ""
+    if path == "/v1/logs" and isinstance(body.get("code"), int) and isinstance(body.get("message"), str):
+        return "otlp"  # google.rpc.Status, JSON
+    if path.startswith("/services/collector/"):
+        ok = isinstance(body.get("text"), str) and isinstance(body.get("code"), int) and body["code"] != 0
+        return "hec" if ok else ""
+    if path.endswith("/_bulk"):
+        ok = body.get("status") == status and isinstance(error, dict) and isinstance(error.get("reason"), str)
+        return "es_bulk" if ok and isinstance(error.get("root_cause"), list) else ""
     if (
         isinstance(error, dict)
         and isinstance(error.get("code"), str)
@@ -521,6 +559,9 @@ def auth_headers(request: Request, key: str) -> tuple[dict[str, str], str]:
         "x-api-key": ({"X-API-Key": key}, ""),
         "api-token": ({"Authorization": f"Api-Token {key}"}, ""),
         "query": ({}, f"api-token={key}"),
+        "basic": ({"Authorization": "Basic " + base64.b64encode(f"loki:{key}".encode()).decode()}, ""),
+        "apikey": ({"Authorization": "ApiKey " + base64.b64encode(f"id:{key}".encode()).decode()}, ""),
+        "splunk": ({"Authorization": f"Splunk {key}"}, ""),
     }[request.auth]
 
 
@@ -531,6 +572,8 @@ async def fuzz_tenant(stack: Stack) -> Tenant:
 
 def expected_rows(request: Request, status: int, body: Any) -> int | None:
     """How many rows the worker should store for an accepted request (None: the answer cannot say)."""
+    if isinstance(body, dict) and isinstance(body.get("items"), list):  # Elasticsearch: 201 per stored item
+        return sum(1 for item in body["items"] for answer in item.values() if answer.get("status") == 201)
     if isinstance(body, dict):
         for field in ("accepted", "count"):  # TG2G and GoodLogs, Timberlogs
             if isinstance(body.get(field), int):
@@ -540,7 +583,7 @@ def expected_rows(request: Request, status: int, body: Any) -> int | None:
     # aiohttp labels a bytes body application/octet-stream when no Content-Type is given.
     path, ctype = request.endpoint.path, request.content_type or "application/octet-stream"
     ctx = ParseContext(received_at_ns=time.time_ns(), path=path, content_type=ctype, query={})
-    parsed = PARSERS["astralog" if path == "/v1/drain" else "dynatrace"](request.plain, ctx)
+    parsed = PARSERS[PARSER_OF_PATH[path]](request.plain, ctx)
     return len(parsed.rows)
 
 
@@ -575,8 +618,22 @@ async def test_http_layer_answers_in_dialect_and_stores_what_it_accepts(
         status, raw, resp_headers = resp.status, await resp.read(), resp.headers.copy()
     event(f"{request.endpoint.path} {status}")
     assert status < 500, (status, raw[:500])
-    body = orjson.loads(raw) if raw else None
     path = request.endpoint.path
+    if path == "/loki/api/v1/push":  # Loki answers in plain text, 204 with none
+        if status >= 400:
+            assert resp_headers.get("Content-Type", "").startswith("text/plain"), resp_headers
+            assert raw.endswith(b"\n") and len(raw) > 1, raw
+            return
+        assert (status, raw) == (204, b"")
+    if resp_headers.get("Content-Type", "").startswith("application/x-protobuf"):  # OTLP, protobuf
+        assert path == "/v1/logs"
+        if status >= 400:
+            assert Status.FromString(raw).message, raw
+            return
+        ExportLogsServiceResponse.FromString(raw)
+        body = None
+    else:
+        body = None if path == "/loki/api/v1/push" or not raw else orjson.loads(raw)
     if status >= 400:
         assert resp_headers.get("Content-Type", "").startswith("application/json"), resp_headers
         assert error_shape(path, status, body), (status, body)

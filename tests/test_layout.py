@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 # Declared dependencies (pyproject) by import name, for `formats/` and `schemas/`.
-FORMAT_DEPENDENCIES = {"orjson", "msgspec", "ua_parser"}
+# google: protobuf; opentelemetry: the generated OTLP messages of opentelemetry-proto
+FORMAT_DEPENDENCIES = {"orjson", "msgspec", "ua_parser", "google", "cramjam", "opentelemetry"}
 
 
 def imported_roots(path: Path) -> set[str]:

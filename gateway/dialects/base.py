@@ -32,6 +32,7 @@ class Dialect:
     max_body: int | None = None  # a dialect's own documented cap, below the global one
     # The HTTP status of a ParseError code where it is not 400 (a dialect's size caps: 413).
     statuses: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
+    headers: tuple[str, ...] = ()  # request headers its parser reads (ParseContext.headers)
 
     def refusal(self, exc: ParseError) -> Problem:
         """A parser's refusal as this dialect answers it."""

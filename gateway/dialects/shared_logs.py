@@ -1,14 +1,20 @@
-"""`POST /v1/logs` is claimed by three APIs; this decides whose request it is.
+"""`POST /v1/logs` is claimed by four APIs; this decides whose request it is.
 
 The rule, in order (docs/dialects.md "Which API is `POST /v1/logs`?"):
-1. an `X-TG2G-Api-Key` header: TG2G;
-2. an `X-API-Key` header or a `?format=` parameter: Timberlogs (only it has either);
-3. a Content-Type only Timberlogs accepts (NDJSON, syslog, text, CSV, OBL): Timberlogs;
-4. a JSON object body with a `batch` key: GoodLogs; with `source`/`entity` beside
-   `logs` (the TG2G shape) and no Bearer key: TG2G, so its 401 reads right. A body that
-   is not valid JSON but opens with `{"batch":` is GoodLogs too, so a GoodLogs client
-   learns of its broken JSON in GoodLogs' error format;
-5. anything else: Timberlogs, whose content sniffing takes any format.
+1. `Content-Type: application/x-protobuf`, or the header `MILLRACE_OTLP_KEY_HEADER` names
+   (when set): OTLP (no other API takes protobuf; the operator gave that header to OTLP);
+2. an `X-TG2G-Api-Key` header: TG2G;
+3. an `X-API-Key` header or a `?format=` parameter: Timberlogs (only it has either);
+4. a Content-Type only Timberlogs accepts (NDJSON, syslog, text, CSV, OBL): Timberlogs;
+5. a JSON object body with a `resourceLogs` key: OTLP (JSON); with a `batch` key: GoodLogs;
+   with `source`/`entity` beside `logs` (the TG2G shape) and no Bearer key: TG2G, so its
+   401 reads right. A body that is not valid JSON but opens with `{"resourceLogs":` is OTLP,
+   one that opens with `{"batch":` GoodLogs, so their clients learn of broken JSON in their
+   own error format;
+6. anything else: Timberlogs, whose content sniffing takes any format.
+
+Rules 1-4 need headers only; rule 5 reads the body, but every API left takes the key as
+Bearer with the same scope, so the key is checked (and the bucket charged) first.
 
 A refused request (no key, a wrong one, a missing scope, an empty bucket) is never worth
 more than a bounded prefix of its body: the rule runs on its first PREFIX_BYTES decoded
@@ -27,6 +33,7 @@ from aiohttp import web
 from gateway.body import BodyError, read_body
 from gateway.dialects.base import Dialect
 from gateway.dialects.goodlogs import GOODLOGS_LOGS
+from gateway.dialects.otlp import OTLP_JSON, OTLP_PROTOBUF, configured_header
 from gateway.dialects.tg2g import HEADER as TG2G_HEADER
 from gateway.dialects.tg2g import TG2G
 from gateway.dialects.timberlogs import TIMBERLOGS
@@ -47,10 +54,16 @@ _TIMBERLOGS_ONLY_TYPES = frozenset(
 )
 PREFIX_BYTES = 64 * 1024  # decoded bytes a refused request may cost
 _BATCH_OPENING = re.compile(rb'\s*\{\s*"batch"\s*:')
+_RESOURCE_LOGS_OPENING = re.compile(rb'\s*\{\s*"resourceLogs"\s*:')
+PROTOBUF = "application/x-protobuf"
 
 
 def by_headers(request: web.Request) -> Dialect | None:
-    """The dialect when headers and query alone decide it (rules 1-3), else None."""
+    """The dialect when headers and query alone decide it (rules 1-4), else None."""
+    if request.content_type == PROTOBUF:
+        return OTLP_PROTOBUF
+    if (header := configured_header(request)) and header in request.headers:
+        return OTLP_JSON
     if TG2G_HEADER in request.headers:
         return TG2G
     if "X-API-Key" in request.headers or "format" in request.query:
@@ -61,7 +74,7 @@ def by_headers(request: web.Request) -> Dialect | None:
 
 
 def choose(request: web.Request, body: bytes) -> tuple[Dialect, Any]:
-    """The dialect, and the body as JSON when rule 4 had to decode it (parsed from it, once)."""
+    """The dialect, and the body as JSON when rule 5 had to decode it (parsed from it, once)."""
     dialect = by_headers(request)
     if dialect is not None:
         return dialect, None
@@ -70,8 +83,12 @@ def choose(request: web.Request, body: bytes) -> tuple[Dialect, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
+        if _RESOURCE_LOGS_OPENING.match(body):
+            return OTLP_JSON, None
         return (GOODLOGS_LOGS if _BATCH_OPENING.match(body) else TIMBERLOGS), None
     if isinstance(doc, dict):
+        if "resourceLogs" in doc:
+            return OTLP_JSON, doc
         if "batch" in doc:
             return GOODLOGS_LOGS, doc
         has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "

@@ -17,9 +17,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from formats import PARSERS, ParseContext, Parsed
-from tests.formats import test_astralog, test_dynatrace, test_goodlogs, test_tg2g, test_timberlogs
+from tests.formats import (
+    test_astralog,
+    test_dynatrace,
+    test_es_bulk,
+    test_goodlogs,
+    test_loki,
+    test_tg2g,
+    test_timberlogs,
+)
 from tests.formats.conftest import deep_arrays, make_ctx
 from tests.fuzz import contract
+from tests.fuzz.corpus import loki_push_body, otlp_protobuf_body
 
 NAMES = sorted(PARSERS)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -30,6 +39,7 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 CONTENT_TYPES = [
     "application/json",
+    "application/x-protobuf",
     "application/json; charset=utf-8",
     "text/plain",
     "application/x-ndjson",
@@ -125,6 +135,13 @@ SEEDS: list[bytes] = [
     test_timberlogs.BODY_OBL,
     test_timberlogs.BODY_RFC3164,
     *(body for _, _, body in test_timberlogs.CURL_EXAMPLES),
+    test_loki.SEED_BODY,
+    test_es_bulk.SEED_BODY,
+    otlp_protobuf_body(),
+    b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "1705312200000000000",'
+    b' "body": {"stringValue": "m"}, "attributes": [{"key": "a", "value": {"intValue": "1"}}]}]}]}]}',
+    b'{"time": 1705312200.25, "event": "one"}{"event": {"message": "two", "level": "warn"}, "fields": {}}',
+    loki_push_body(('{job="varlogs", level="warn"}', 1_705_312_200 * 10**9, "disk full")),
 ]
 HOSTILE = [
     b"",
@@ -142,6 +159,8 @@ HOSTILE = [
     b"<13>",
     b"level,message\n" + b'"unterminated',
     b"\x00\x00\x00",
+    b"\xff\xff\xff\xff\x0f" + b"\x00" * 8,  # a snappy header claiming 4 GiB
+    b'{"streams": [{"labels": "{a=\\"' + b"\\\\" * 500 + b'", "entries": []}]}',
 ]
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import cramjam
 import orjson
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from formats.base import ParseContext
+from formats.loki import PushRequest
 
 RECEIVED_AT_NS = 1_705_320_000 * 10**9  # 2024-01-15T12:00:00Z, near the templates' own times
 
@@ -65,7 +68,35 @@ def dumps(doc: Any) -> bytes:
     return text
 
 
+def loki_push_body(*entries: tuple[str, int, str]) -> bytes:
+    """A snappy-compressed Loki PushRequest of one entry per stream: (labels, ns, line)."""
+    request = PushRequest()
+    for labels, ns, line in entries:
+        entry = request.streams.add(labels=labels).entries.add(line=line)
+        entry.timestamp.seconds, entry.timestamp.nanos = divmod(ns, 10**9)
+        entry.structuredMetadata.add(name="trace_id", value="4bf92f35")
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+
+def otlp_protobuf_body() -> bytes:
+    """An ExportLogsServiceRequest of two records, as the SDK's protobuf exporter sends it."""
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.add(key="service.name").value.string_value = "api"
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.name = "app"
+    first = scope_logs.log_records.add(time_unix_nano=1_705_312_200 * 10**9, severity_number=13)
+    first.body.string_value = "disk 91% full"
+    first.trace_id, first.span_id = bytes(range(16)), bytes(range(8))
+    first.attributes.add(key="disk").value.kvlist_value.values.add(key="free").value.int_value = 9
+    second = scope_logs.log_records.add(observed_time_unix_nano=1_705_312_201 * 10**9, severity_text="info")
+    second.body.array_value.values.add().bytes_value = b"\x00\xff"
+    return request.SerializeToString()
+
+
 JSON = "application/json"
+IDS = {"doubleValue": 1.5}
+KV = {"key": "k", "value": {"stringValue": "v"}}
 PROD = {"environment": "production"}
 
 TEMPLATES: tuple[Template, ...] = (
@@ -262,6 +293,128 @@ TEMPLATES: tuple[Template, ...] = (
         query=PROD,
         path="/v1/logs",
     ),
+    Template(
+        "loki",
+        JSON,
+        {
+            "streams": [
+                {
+                    "stream": {"service_name": "api", "level": "error", "env": "prod", "pod": "api-7"},
+                    "values": [
+                        ["1705312200000000000", "Connection refused"],
+                        ["1705312201000000001", "retrying", {"trace_id": "abc", "attempt": "2"}],
+                    ],
+                },
+                {
+                    "labels": '{application="shop", severity="warning"}',
+                    "entries": [{"ts": "2024-01-15T10:30:00.123456Z", "line": "legacy shape"}],
+                },
+            ]
+        },
+        path="/loki/api/v1/push",
+    ),
+    Template(
+        "loki",
+        "application/x-protobuf",
+        None,
+        loki_push_body(
+            (
+                '{job="varlogs", detected_level="warn", filename="/var/log/app.log"}',
+                1705312200 * 10**9,
+                "disk 91% full",
+            ),
+            ('{app="api"}', 1705312201 * 10**9 + 7, "ok"),
+        ),
+        path="/loki/api/v1/push",
+    ),
+    Template(
+        "es_bulk",
+        "application/x-ndjson",
+        None,
+        b'{"index": {"_index": "logs-app", "_id": "1"}}\n'
+        b'{"@timestamp": "2024-01-15T10:30:00.123Z", "message": "Connection refused",'
+        b' "log": {"level": "error", "logger": "db"}, "service": {"name": "api"},'
+        b' "host": {"name": "h1"}, "user": {"id": 7}}\n'
+        b'{"create": {}}\n'
+        b'{"@timestamp": 1705312200000, "msg": "retrying", "level": "warn", "tags": ["a"]}\n',
+        path="/logs-app/_bulk",
+    ),
+    Template(
+        "hec_event",
+        "",
+        None,
+        b'{"time": 1705312200.25, "host": "web-3", "source": "app.py", "sourcetype": "_json",'
+        b' "index": "main", "event": "Connection refused"}'
+        b'{"event": {"message": "retrying", "log_level": "WARNING", "try": 2},'
+        b' "fields": {"service": "api", "region": "eu"}}\n{"time": "1705312201", "event": {"k": [1, 2]}}',
+        path="/services/collector/event",
+    ),
+    Template(
+        "hec_raw",
+        "text/plain",
+        None,
+        b"2024-01-15 10:30:00 ERROR Connection refused\r\nsecond line\n",
+        query={"sourcetype": "syslog", "host": "h1", "index": "main"},
+        path="/services/collector/raw",
+    ),
+    Template(
+        "otlp",
+        JSON,
+        {
+            "resourceLogs": [
+                {
+                    "resource": {
+                        "attributes": [
+                            {"key": "service.name", "value": {"stringValue": "api"}},
+                            {"key": "host.name", "value": {"stringValue": "h1"}},
+                            {
+                                "key": "k8s",
+                                "value": {
+                                    "kvlistValue": {
+                                        "values": [{"key": "pod", "value": {"stringValue": "api-7"}}]
+                                    }
+                                },
+                            },
+                        ]
+                    },
+                    "scopeLogs": [
+                        {
+                            "scope": {"name": "app.db", "version": "1.2"},
+                            "logRecords": [
+                                {
+                                    "timeUnixNano": "1705312200000000000",
+                                    "severityNumber": 17,
+                                    "severityText": "ERROR",
+                                    "body": {"stringValue": "Connection refused"},
+                                    "traceId": "5b8efff798038103d269b633813fc60c",
+                                    "spanId": "eee19b7ec3c1b174",
+                                    "attributes": [
+                                        {"key": "attempt", "value": {"intValue": "2"}},
+                                        {"key": "ok", "value": {"boolValue": False}},
+                                        {
+                                            "key": "ids",
+                                            "value": {"arrayValue": {"values": [{"doubleValue": 1.5}]}},
+                                        },
+                                    ],
+                                },
+                                {
+                                    "observedTimeUnixNano": 1705312201000000000,
+                                    "severityText": "warn",
+                                    "body": {
+                                        "kvlistValue": {
+                                            "values": [{"key": "k", "value": {"stringValue": "v"}}]
+                                        }
+                                    },
+                                },
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+        path="/v1/logs",
+    ),
+    Template("otlp", "application/x-protobuf", None, otlp_protobuf_body(), path="/v1/logs"),
 )
 
 # Values that have broken (or could break) a parser somewhere: wrong types, extremes, odd times.

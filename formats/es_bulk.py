@@ -1,0 +1,184 @@
+"""Elasticsearch `_bulk` (`POST`/`PUT` `/_bulk`, `/<index>/_bulk`): NDJSON action and document lines.
+
+Each `index` or `create` action is followed by its document; `update` (followed by a line too)
+and `delete` (alone) are answered per item as not supported, never stored. The answer lists
+every action in order, so `Parsed.answer` carries one `BulkItem` per action; a refused item is
+also a `Rejection` (indexed by its action number).
+
+Mapping of a document (nested objects flattened to dotted keys first, ECS style):
+
+    @timestamp (RFC 3339, or epoch ms/s)        -> timestamp; absent = receive time, unreadable = item refused
+    message / log / msg (the first string)      -> message
+    log.level / level / severity                -> level (normalized), severity_text (as sent)
+    service.name, host.name / host.hostname     -> service, host
+    service.environment / deployment.environment / environment -> environment
+    trace.id / span.id / transaction.id         -> trace_id / span_id / request_id
+    the action's _index (else the path's index) -> dataset
+    the action's _id                            -> attributes["_id"]
+    everything else                             -> attributes (dotted keys), so nothing is dropped
+
+A line that is not a JSON object where an action must be, an unknown action, a missing
+document, or an action without any index refuse the whole request, as Elasticsearch does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from formats.base import ParseContext, Parsed, ParseError, Rejection
+from formats.common import MAX_DEPTH, flatten, level_fields, parse_timestamp, to_text
+
+SUPPORTED: Final = frozenset({"index", "create"})
+UNSUPPORTED: Final = frozenset({"update", "delete"})
+_MESSAGE_KEYS: Final = ("message", "log", "msg")
+_LEVEL_KEYS: Final = ("log.level", "level", "severity")
+_COLUMN_KEYS: Final = (
+    ("service", ("service.name",)),
+    ("host", ("host.name", "host.hostname")),
+    ("environment", ("service.environment", "deployment.environment", "environment")),
+    ("trace_id", ("trace.id",)),
+    ("span_id", ("span.id",)),
+    ("request_id", ("transaction.id",)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkItem:
+    """One action as the answer names it; `error` is None when its document was taken."""
+
+    op: str
+    index: str
+    id: str | None
+    status: int
+    error_type: str = ""
+    error: str | None = None
+
+
+def index_of_path(path: str) -> str:
+    """`/logs-app/_bulk` -> `logs-app`; `/_bulk` -> ''."""
+    head = path.strip("/").split("/")
+    return head[0] if len(head) == 2 and head[1] == "_bulk" else ""
+
+
+def parse(body: bytes, ctx: ParseContext) -> Parsed:
+    default_index = index_of_path(ctx.path)
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if not lines:
+        raise ParseError("request body is required", code="empty_body")
+    rows: list[dict[str, Any]] = []
+    rejected: list[Rejection] = []
+    items: list[BulkItem] = []
+    n = 0
+    while n < len(lines):
+        op, meta = _action(lines[n], n)
+        index = meta.get("_index", default_index)
+        if not isinstance(index, str) or not index:
+            raise ParseError(
+                f"Validation Failed: 1: index is missing for action [{n + 1}];", code="invalid_action"
+            )
+        raw_id = meta.get("_id")
+        doc_id = None if raw_id is None else to_text(raw_id)
+        if op == "delete":
+            n += 1
+            _refuse(
+                items,
+                rejected,
+                BulkItem(op, index, doc_id, 400, "illegal_argument_exception", "delete is not supported"),
+            )
+            continue
+        if n + 1 >= len(lines):
+            raise ParseError(
+                f"the bulk request's last action [{op}] has no document line", code="invalid_action"
+            )
+        source, n = lines[n + 1], n + 2
+        if op == "update":
+            _refuse(
+                items,
+                rejected,
+                BulkItem(op, index, doc_id, 400, "illegal_argument_exception", "update is not supported"),
+            )
+            continue
+        row = _row(source, index, doc_id, ctx)
+        if isinstance(row, str):
+            _refuse(items, rejected, BulkItem(op, index, doc_id, 400, "document_parsing_exception", row))
+            continue
+        rows.append(row)
+        items.append(BulkItem(op, index, doc_id, 201))
+    return Parsed(rows=rows, rejected=rejected, answer=items)
+
+
+def _refuse(items: list[BulkItem], rejected: list[Rejection], item: BulkItem) -> None:
+    rejected.append(Rejection(len(items), item.error or item.error_type))
+    items.append(item)
+
+
+def _action(line: bytes, n: int) -> tuple[str, dict[str, Any]]:
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"Malformed action/metadata line [{n + 1}]: {exc}", code="invalid_action") from None
+    if not isinstance(doc, dict) or len(doc) != 1:
+        raise ParseError(
+            f"Malformed action/metadata line [{n + 1}], expected an object with one action",
+            code="invalid_action",
+        )
+    ((op, meta),) = doc.items()
+    if op not in SUPPORTED and op not in UNSUPPORTED:
+        raise ParseError(
+            f"Malformed action/metadata line [{n + 1}], expected one of [create, delete, index, update]"
+            f" but found [{op}]",
+            code="invalid_action",
+        )
+    if not isinstance(meta, dict):
+        raise ParseError(
+            f"Malformed action/metadata line [{n + 1}], the [{op}] value must be an object",
+            code="invalid_action",
+        )
+    return op, meta
+
+
+def _row(source: bytes, index: str, doc_id: str | None, ctx: ParseContext) -> dict[str, Any] | str:
+    """The document's row, or why it is refused."""
+    try:
+        doc = orjson.loads(source)
+    except orjson.JSONDecodeError as exc:
+        return f"failed to parse the document: {exc}"
+    if not isinstance(doc, dict):
+        return "the document must be a JSON object"
+    stamp = doc.pop("@timestamp", None)
+    if stamp is None:
+        ns = ctx.received_at_ns
+    else:
+        parsed_ns = parse_timestamp(stamp)
+        if parsed_ns is None:
+            return f"failed to parse field [@timestamp] of type [date]: {to_text(stamp)[:100]}"
+        ns = parsed_ns
+    fields: dict[str, str] = {}
+    try:
+        message = next((doc.pop(k) for k in _MESSAGE_KEYS if isinstance(doc.get(k), str)), "")
+        flatten(doc, "", fields)
+    except ParseError as exc:  # too deep, too many fields: this document alone
+        return exc.message
+    except RecursionError:
+        return f"the document is nested deeper than {MAX_DEPTH} levels"
+    level_text = next((fields.pop(k) for k in _LEVEL_KEYS if k in fields), None)
+    level, number, severity_text = level_fields(level_text)
+    row: dict[str, Any] = {
+        "timestamp": ns,
+        "message": message,
+        "level": level,
+        "severity_number": number,
+        "severity_text": severity_text,
+        "dataset": index,
+    }
+    for column, keys in _COLUMN_KEYS:
+        value = next((fields.pop(k) for k in keys if fields.get(k)), None)
+        if value is not None:
+            row[column] = value
+    if doc_id is not None:
+        fields["_id"] = doc_id
+    row["attributes"] = fields
+    return row

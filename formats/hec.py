@@ -1,0 +1,174 @@
+"""Splunk HTTP Event Collector: `/services/collector/event` (JSON events) and `/raw` (lines).
+
+Event endpoint: one or many JSON event objects, concatenated with or without whitespace
+between them (splunk-handler sends them so, with no Content-Type). Events are taken in
+order, as HEC does: the first bad event stops the request, the events before it are
+stored, and it is the one `Rejection` (its reason is HEC's error text, which the gateway's
+dialect turns into HEC's code and `invalid-event-number`).
+
+Mapping of an event (input -> column):
+
+    time (epoch seconds, fraction allowed; number or string) -> timestamp; absent = receive time
+    event, a string                                -> message
+    event, an object                               -> message from its message / msg / log / text
+                                                      (else the whole object as JSON), level from
+                                                      its level / log_level / severity, every other
+                                                      key to its column or attributes (dotted)
+    host                                           -> host
+    index                                          -> dataset
+    source, sourcetype                             -> attributes["source"], attributes["sourcetype"]
+    fields {...}                                   -> well-known names to their columns (service,
+                                                      env, trace_id, ...), the rest to attributes
+
+Raw endpoint: every non-empty line is one event whose message is the line, stamped with the
+receive time; `?host=`, `?source=`, `?sourcetype=`, `?index=` apply to every line (and are
+defaults for events that do not say them).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from formats.base import ParseContext, Parsed, ParseError, Rejection
+from formats.common import (
+    WELL_KNOWN_COLUMNS,
+    level_fields,
+    parse_timestamp,
+    put_attribute,
+    split_fields,
+    to_text,
+)
+
+NO_DATA: Final = "No data"
+INVALID_FORMAT: Final = "Invalid data format"
+EVENT_REQUIRED: Final = "Event field is required"
+EVENT_BLANK: Final = "Event field cannot be blank"
+
+_MESSAGE_KEYS: Final = ("message", "msg", "log", "text")
+_LEVEL_KEYS: Final = ("level", "log_level", "severity", "levelname")
+_SKIP: Final = frozenset((*_MESSAGE_KEYS, *_LEVEL_KEYS))
+_FIELD_COLUMNS: Final = {k: v for k, v in WELL_KNOWN_COLUMNS.items() if v not in ("tags", "dataset")}
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constants)
+
+
+def parse_event(body: bytes, ctx: ParseContext) -> Parsed:
+    if not body.strip():
+        raise ParseError(NO_DATA, code="no_data")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(INVALID_FORMAT, code="invalid_format", position=exc.start) from None
+    defaults = _defaults(ctx)
+    rows: list[dict[str, Any]] = []
+    pos, end, n = 0, len(text), 0
+    while True:
+        while pos < end and text[pos] in " \t\r\n":
+            pos += 1
+        if pos >= end:
+            break
+        try:
+            event, pos = _DECODER.raw_decode(text, pos)
+        except (ValueError, RecursionError):
+            return _stop(rows, n, INVALID_FORMAT)
+        row = _event_row(event, defaults, ctx)
+        if isinstance(row, str):
+            return _stop(rows, n, row)
+        rows.append(row)
+        n += 1
+    return Parsed(rows=rows)
+
+
+def parse_raw(body: bytes, ctx: ParseContext) -> Parsed:
+    if not body.strip():
+        raise ParseError(NO_DATA, code="no_data")
+    defaults = _defaults(ctx)
+    text = body.decode("utf-8", "replace")  # raw data is whatever the sender had; keep what we can
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        row: dict[str, Any] = {"timestamp": ctx.received_at_ns, "message": line, "level": "info"}
+        row["severity_number"], row["severity_text"] = 9, ""
+        attributes: dict[str, str] = {}
+        _apply_meta(defaults, row, attributes)
+        row["attributes"] = attributes
+        rows.append(row)
+    return Parsed(rows=rows)
+
+
+def _stop(rows: list[dict[str, Any]], n: int, reason: str) -> Parsed:
+    """HEC stops at a bad event: the ones before it are kept, the rest of the body is not read."""
+    return Parsed(rows=rows, rejected=[Rejection(n, reason)])
+
+
+def _defaults(ctx: ParseContext) -> dict[str, str]:
+    return {k: v for k in ("host", "source", "sourcetype", "index") if (v := ctx.query.get(k))}
+
+
+def _apply_meta(meta: dict[str, Any], row: dict[str, Any], attributes: dict[str, str]) -> None:
+    for key in ("host", "source", "sourcetype", "index"):
+        value = meta.get(key)
+        if value is None or value == "":
+            continue
+        text = value if isinstance(value, str) else to_text(value)
+        if key == "host":
+            row["host"] = text
+        elif key == "index":
+            row["dataset"] = text
+        else:
+            attributes[key] = text
+
+
+def _event_row(event: Any, defaults: dict[str, str], ctx: ParseContext) -> dict[str, Any] | str:
+    """One event's row, or HEC's text for why it stops the request."""
+    if not isinstance(event, dict):
+        return INVALID_FORMAT
+    if "event" not in event:
+        return EVENT_REQUIRED
+    body = event["event"]
+    if body is None or body == "" or body == {}:
+        return EVENT_BLANK
+    raw_time = event.get("time")
+    if raw_time is None:
+        ts = ctx.received_at_ns
+    else:
+        parsed = parse_timestamp(raw_time)
+        if parsed is None:
+            return INVALID_FORMAT
+        ts = parsed
+    row: dict[str, Any] = {"timestamp": ts}
+    attributes: dict[str, str] = {}
+    try:
+        level_value: Any = None
+        if isinstance(body, dict):
+            message_key = next((k for k in _MESSAGE_KEYS if isinstance(body.get(k), str)), None)
+            row["message"] = body[message_key] if message_key is not None else to_text(body)
+            level_key = next((k for k in _LEVEL_KEYS if body.get(k) is not None), None)
+            level_value = body[level_key] if level_key is not None else None
+            split_fields(body, _SKIP, row, attributes)
+            for key in _SKIP:  # what did not become the message or the level stays an attribute
+                if key in body and key != message_key and key != level_key:
+                    put_attribute(attributes, key, body[key])
+        else:
+            row["message"] = body if isinstance(body, str) else to_text(body)
+        row["level"], row["severity_number"], row["severity_text"] = level_fields(level_value)
+        fields = event.get("fields")
+        if fields is not None:
+            if not isinstance(fields, dict):
+                return INVALID_FORMAT
+            split_fields(fields, frozenset(), row, attributes, _FIELD_COLUMNS)
+        _apply_meta({**defaults, **{k: v for k, v in event.items() if k != "event"}}, row, attributes)
+        for key, value in event.items():
+            if key not in ("event", "time", "fields", "host", "source", "sourcetype", "index"):
+                put_attribute(attributes, key, value)
+    except ParseError as exc:  # over-deep or too many fields: this event stops the request
+        return f"{INVALID_FORMAT}: {exc.message}"
+    row["attributes"] = attributes
+    return row

@@ -1,0 +1,146 @@
+"""Elasticsearch `_bulk`: `POST`/`PUT` `/_bulk` and `/<index>/_bulk`, and the probes shippers send first.
+
+Answers are Elasticsearch's: `200 {"took", "errors", "items": [...]}` with one item per action
+in action order (`201` for a stored document, `400` with an `error` object for a refused
+one), errors as `{"error": {"root_cause", "type", "reason"}, "status"}`, and every answer
+carries `X-Elastic-Product: Elasticsearch` (the official clients refuse a reply without it).
+The key: `ApiKey <base64 id:key>` (the key part; an unencoded key is taken too), Basic
+(the password), or Bearer. A rate refusal is a whole-request `429`, which
+`helpers.streaming_bulk(max_retries=...)` retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Any, Final
+
+from aiohttp import web
+
+from formats import Parsed
+from formats.es_bulk import BulkItem
+from gateway.dialects.base import Dialect, Problem, json_response
+from millrace.keys import SCOPE_LOGS
+
+PRODUCT_HEADER: Final = {"X-Elastic-Product": "Elasticsearch"}
+VERSION: Final = "8.17.0"  # what the probes report: the shippers in docs/shippers.md accept 8.x
+_TYPES: Final = {
+    401: "security_exception",
+    403: "security_exception",
+    413: "content_too_long_exception",
+    415: "media_type_header_exception",
+    429: "es_rejected_execution_exception",
+    503: "unavailable_shards_exception",
+}
+
+
+def _decoded(value: str) -> str | None:
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def token(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if not value:
+        return None
+    if scheme == "bearer":
+        return value
+    if scheme == "apikey":
+        decoded = _decoded(value)
+        if decoded is not None and ":" in decoded:
+            return decoded.partition(":")[2] or None
+        return value
+    if scheme == "basic":
+        decoded = _decoded(value)
+        if decoded is None:
+            return None
+        user, _, password = decoded.partition(":")
+        return password or user or None
+    return None
+
+
+def _with_product(response: web.Response) -> web.Response:
+    response.headers.update(PRODUCT_HEADER)
+    return response
+
+
+def _item(item: BulkItem, position: int, received_at_ns: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"_index": item.index, "status": item.status}
+    if item.error is None:
+        body["_id"] = item.id if item.id is not None else f"{received_at_ns:x}-{position}"
+        body.update(
+            _version=1,
+            result="created",
+            _shards={"total": 1, "successful": 1, "failed": 0},
+            _seq_no=position,
+            _primary_term=1,
+        )
+    else:
+        body["_id"] = item.id
+        body["error"] = {"type": item.error_type, "reason": item.error}
+    return {item.op: body}
+
+
+def _success(parsed: Parsed, received_at_ns: int) -> web.Response:
+    items: list[BulkItem] = parsed.answer or []
+    body = {
+        "took": max(0, (time.time_ns() - received_at_ns) // 1_000_000),
+        "errors": bool(parsed.rejected),
+        "items": [_item(item, i, received_at_ns) for i, item in enumerate(items)],
+    }
+    return _with_product(json_response(200, body))
+
+
+def _error(problem: Problem) -> web.Response:
+    kind = _TYPES.get(problem.status, "illegal_argument_exception")
+    cause = {"type": kind, "reason": problem.message}
+    response = json_response(
+        problem.status,
+        {"error": {"root_cause": [cause], **cause}, "status": problem.status},
+        problem.retry_after,
+    )
+    if problem.status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="security", ApiKey'
+    return _with_product(response)
+
+
+ES_BULK = Dialect(
+    name="es_bulk",
+    scope=SCOPE_LOGS,
+    token=token,
+    success=_success,
+    error=_error,
+    statuses={"request_too_large": 413},
+)
+
+
+def probe(request: web.Request) -> web.Response:
+    """The answer to a shipper's probe, once its key was admitted (the paths docs/shippers.md lists)."""
+    path = request.path.rstrip("/")
+    if path == "":
+        major = int(VERSION.split(".")[0])
+        body: dict[str, Any] = {
+            "name": "millrace",
+            "cluster_name": "millrace",
+            "cluster_uuid": "millrace",
+            "version": {
+                "number": VERSION,
+                "build_flavor": "default",
+                "build_type": "tar",
+                "lucene_version": "9.12.0",
+                "minimum_wire_compatibility_version": f"{major - 1}.18.0",
+                "minimum_index_compatibility_version": f"{major - 1}.0.0",
+            },
+            "tagline": "You Know, for Search",
+        }
+        if request.method == "HEAD":
+            return _with_product(web.Response(status=200, content_type="application/json"))
+    elif path == "/_license":
+        body = {"license": {"status": "active", "uid": "millrace", "type": "basic", "issued_to": "millrace"}}
+    else:  # /_cluster/health
+        body = {"cluster_name": "millrace", "status": "green", "timed_out": False, "number_of_nodes": 1}
+    return _with_product(json_response(200, body))

@@ -124,3 +124,12 @@ def test_the_bench_drives_public_entry_points_only() -> None:
         if "workers" in imported_roots(path)
     }
     assert crossing == set()
+
+
+def test_the_readme_stays_a_users_page() -> None:
+    """The README is for users (at most 250 lines); design, delivery, operations and figures
+    live in docs/, each linked from it."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    for doc in ("design", "delivery", "operations", "performance", "internals"):
+        assert f"docs/{doc}.md" in text, doc

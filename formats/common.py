@@ -68,6 +68,12 @@ def parse_timestamp(value: Any) -> int | None:
     return None
 
 
+def time_or_received(value: Any, ctx: ParseContext) -> int | None:
+    """An item's event time by the one rule, the receive time when it gives none, or None when
+    what it gives is not a time (the caller refuses the item in its API's own words)."""
+    return ctx.received_at_ns if value is None else parse_timestamp(value)
+
+
 def _text_time(text: str) -> int | None:
     try:
         dt = datetime.fromisoformat(text)

@@ -43,8 +43,8 @@ from formats.common import (
     copy_well_known,
     flatten,
     json_body,
-    parse_timestamp,
     put_attribute,
+    time_or_received,
     utf8_exceeds,
 )
 from formats.useragent import user_agent
@@ -126,9 +126,7 @@ def _each(
 
 def _time(item: dict[str, Any], ctx: ParseContext) -> int | str:
     raw = item.get("timestamp")
-    if raw is None:
-        return ctx.received_at_ns
-    ts = parse_timestamp(raw)
+    ts = time_or_received(raw, ctx)
     return f"timestamp {raw!r} is not an ISO 8601 time" if ts is None else ts
 
 

@@ -34,9 +34,9 @@ from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
     WELL_KNOWN_COLUMNS,
     level_fields,
-    parse_timestamp,
     put_attribute,
     split_fields,
+    time_or_received,
     to_text,
 )
 
@@ -135,14 +135,9 @@ def _event_row(event: Any, defaults: dict[str, str], ctx: ParseContext) -> dict[
     body = event["event"]
     if body is None or body == "" or body == {}:
         return EVENT_BLANK
-    raw_time = event.get("time")
-    if raw_time is None:
-        ts = ctx.received_at_ns
-    else:
-        parsed = parse_timestamp(raw_time)
-        if parsed is None:
-            return INVALID_FORMAT
-        ts = parsed
+    ts = time_or_received(event.get("time"), ctx)
+    if ts is None:
+        return INVALID_FORMAT
     row: dict[str, Any] = {"timestamp": ts}
     attributes: dict[str, str] = {}
     try:

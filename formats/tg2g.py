@@ -37,9 +37,9 @@ from formats.common import (
     flatten,
     json_body,
     level_fields,
-    parse_timestamp,
     split_fields,
     str_list,
+    time_or_received,
 )
 
 _ENVELOPE = frozenset({"source", "entity", "logs"})
@@ -110,13 +110,9 @@ def _row(i: int, item: dict[str, Any], base: dict[str, Any], ctx: ParseContext) 
     if not isinstance(message, str):
         return f"logs[{i}].message must be a string"
     raw_ts = item.get("timestamp")
-    if raw_ts is None:
-        ts = ctx.received_at_ns
-    else:
-        parsed_ts = parse_timestamp(raw_ts)
-        if parsed_ts is None:
-            return f"logs[{i}].timestamp {raw_ts!r} is not an ISO 8601 time"
-        ts = parsed_ts
+    ts = time_or_received(raw_ts, ctx)
+    if ts is None:
+        return f"logs[{i}].timestamp {raw_ts!r} is not an ISO 8601 time"
     level, number, severity_text = level_fields(item.get("level"))
     row: dict[str, Any] = {
         "timestamp": ts,

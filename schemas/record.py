@@ -135,10 +135,6 @@ _LEVEL_ALIASES: Final = {
 }
 
 
-# Public: the store-side AstraLog parser (formats/astralog_store.py) builds its SQL from it.
-LEVEL_ALIASES: Final = _LEVEL_ALIASES
-
-
 def level_of(name: str) -> str | None:
     """The normalized level a free-form name means, or None when it names no level."""
     return _LEVEL_ALIASES.get(name.strip().lower())

@@ -546,10 +546,17 @@ class LocalBroker:
             # Topics are created on purpose (ensure_topics), never by a typo in a client.
             "auto.create.topics.enable=false\n"
             # The 3 s default only helps many consumers joining at once; it slows every start.
-            "group.initial.rebalance.delay.ms=0\n",
-            # broker.session.timeout.ms stays at Kafka's 9 s although a start after a crash
-            # waits it out (the old registration must expire): lower, and a GC pause under
-            # load could fence the only broker.
+            "group.initial.rebalance.delay.ms=0\n"
+            # A node that died stays in every partition's in-sync replicas, holding up each
+            # acks=all write, until the controller fences it when its session times out; its
+            # restart waits that out too (the old registration must expire). One node keeps
+            # Kafka's 9 s: lower, and a GC pause under load could fence the only broker. Of
+            # three, a node fenced by mistake only hands its leaderships to the others.
+            + (
+                "broker.session.timeout.ms=6000\nbroker.heartbeat.interval.ms=1000\n"
+                if self.count > 1
+                else ""
+            ),
         )
         shutil.copyfile(LOG4J_CONFIG, self.config_dir / "log4j2.yaml")
 

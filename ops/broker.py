@@ -53,6 +53,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -337,7 +338,8 @@ class LocalBroker:
         """Start the JVM (formatting storage on first use) and return its pid without waiting
         for it to serve: the supervisor restarts a node this way and goes on watching the others."""
         if (pid := self.pid()) is not None:
-            log.info("kafka_already_running", node=self.node, pid=pid, bootstrap=self.settings.bootstrap)
+            if self._proc is None or self._proc.pid != pid:  # not ours: say so
+                log.info("kafka_already_running", node=self.node, pid=pid, bootstrap=self.settings.bootstrap)
             return pid
         self.pid_file.unlink(missing_ok=True)  # stale: its process is gone
         for port in (self.port, self.controller_port):
@@ -612,16 +614,21 @@ class LocalBroker:
         write_secret(marker, f"User:{LOCAL_CLIENT_USER} All on topics, groups, transactional ids\n")
         log.info("kafka_acls_added", principal=LOCAL_CLIENT_USER)
 
+    def cluster_id(self) -> str:
+        """The id every node of this cluster is formatted with: made once, then read."""
+        id_file = self.cluster_dir / "cluster.id"
+        if id_file.is_file() and id_file.read_text().strip():
+            return id_file.read_text().strip()
+        self.cluster_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = _new_cluster_id()
+        id_file.write_text(cluster_id + "\n")
+        return cluster_id
+
     def _format_storage(self, java: str, credentials: dict[str, str]) -> None:
         """Format KRaft storage once; a data dir with meta.properties is never touched again."""
         if (self.data_dir / "meta.properties").exists():
             return
-        id_file = self.cluster_dir / "cluster.id"
-        if id_file.is_file() and id_file.read_text().strip():
-            cluster_id = id_file.read_text().strip()
-        else:
-            cluster_id = _new_cluster_id()
-            id_file.write_text(cluster_id + "\n")
+        cluster_id = self.cluster_id()
         cmd = [
             java,
             "-Xmx256m",
@@ -725,14 +732,26 @@ class LocalCluster:
         """Launch every node, then wait for each: a node of three serves only once a majority
         of the controllers has elected a leader, so none can be waited for alone."""
         try:
-            for node in self.nodes:
-                node.launch()
-            deadline = time.monotonic() + timeout_s
-            for node in self.nodes:
-                node.wait_started(max(10.0, deadline - time.monotonic()))
+            self.launch()
+            self.wait_started(timeout_s)
         except BaseException:
             self.stop()
             raise
+
+    def launch(self) -> None:
+        """Start every node's JVM (formatting storage on first use), side by side: each format
+        is a JVM run of its own. What they share (passwords, cluster id) is made first, once."""
+        first = self.nodes[0]
+        first.root.mkdir(parents=True, exist_ok=True)
+        first._credentials()
+        first.cluster_id()
+        with ThreadPoolExecutor(len(self.nodes), thread_name_prefix="kafka-launch") as pool:
+            list(pool.map(LocalBroker.launch, self.nodes))
+
+    def wait_started(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            node.wait_started(max(10.0, deadline - time.monotonic()))
 
     def is_running(self) -> bool:
         return any(node.is_running() for node in self.nodes)

@@ -175,10 +175,16 @@ def run(settings: Settings) -> int:
     try:
         if cluster is not None:
             cluster.fetch()
-            for node in cluster.nodes:  # all launched before any is waited for: a quorum needs two
-                supervisor.start(node.name, BrokerHandle(node))
+            # All launched before any is waited for: a node of three serves once a quorum has
+            # formed. A launch that fails half-way leaves none of them running.
+            try:
+                cluster.launch()
+            except BaseException:
+                cluster.stop()
+                raise
             for node in cluster.nodes:
-                node.wait_started()
+                supervisor.start(node.name, BrokerHandle(node))
+            cluster.wait_started()
         token = asyncio.run(_prepare(settings))
         supervisor.start("worker", _role("worker", settings))
         # The worker owns the store (and in embedded mode answers reads): up before the gateway.

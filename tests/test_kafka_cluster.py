@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from millrace.config import Settings
 from millrace.kafka.topics import admin_client, ensure_topics, envelope_producer
-from ops.broker import LocalCluster, broker_name
+from ops.broker import LocalBroker, LocalCluster, broker_name
 from tests.conftest import free_port, free_port_run
 from tests.test_cli_run import millrace, status_json, stored_per_service
 
@@ -64,12 +64,15 @@ async def min_insync(settings: Settings, topic: str) -> str:
     return str(entry["config_value"])
 
 
-def test_three_local_brokers_replicate_every_topic(tmp_path: Path) -> None:
+def test_three_local_brokers_replicate_every_topic(tmp_path: Path, broker: LocalBroker | None) -> None:
     """Three nodes start together; Millrace's topics have three replicas, all in sync, and take
     acks=all writes from the SCRAM principal only when two replicas must have them."""
     settings = Settings.from_env(cluster_env(tmp_path / "home"))
     assert settings.replication_factor == 3 and settings.bootstrap.count(",") == 2
     cluster = LocalCluster(settings)
+    if broker is not None:  # the session broker's jars: the same POM, no second Maven run
+        cluster.nodes[0].root.mkdir(parents=True)
+        cluster.nodes[0].lib_dir.symlink_to(broker.lib_dir)
     cluster.fetch()
     try:
         cluster.start()

@@ -217,7 +217,7 @@ def run(settings: Settings) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Gateways first, all at once (each stops accepting and flushes its producer), then the
-        # worker (stores and commits what it consumed), then the broker.
+        # worker (stores and commits what it consumed), then the brokers, together.
         supervisor.stop([gateways, ["worker"], brokers], STOP_TIMEOUT_S)
         (settings.run_dir / "runner.pid").unlink(missing_ok=True)
         print("Millrace stopped.", flush=True)

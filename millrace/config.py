@@ -47,6 +47,11 @@ class Settings:
         "KAFKA_BOOTSTRAP_SERVERS", "", "An existing Kafka cluster; empty runs the project's local broker"
     )
     kafka_port: int = _setting("MILLRACE_KAFKA_PORT", "9092", "Port of the local broker (when it is used)")
+    kafka_brokers: int = _setting(
+        "MILLRACE_KAFKA_BROKERS",
+        "1",
+        "Local KRaft brokers: 1, or 3 (ports MILLRACE_KAFKA_PORT to +5; replication 3, min.insync 2)",
+    )
     kafka_security_protocol: str = _setting(
         "KAFKA_SECURITY_PROTOCOL",
         "PLAINTEXT",
@@ -73,7 +78,9 @@ class Settings:
         "MILLRACE_PARTITIONS", "4", "Partitions of the raw topic when Millrace creates it"
     )
     replication_factor: int = _setting(
-        "MILLRACE_REPLICATION_FACTOR", "1", "Replication factor of the topics Millrace creates"
+        "MILLRACE_REPLICATION_FACTOR",
+        "1",
+        "Replication factor of the topics Millrace creates (local brokers: MILLRACE_KAFKA_BROKERS)",
     )
     consumer_group: str = _setting(
         "MILLRACE_CONSUMER_GROUP", "millrace-workers", "Kafka group of the workers"
@@ -185,9 +192,17 @@ class Settings:
     def local_broker(self) -> bool:
         return not self.kafka_bootstrap_servers
 
+    def local_ports(self, node: int) -> tuple[int, int]:
+        """Client and controller port of local broker `node` (1-based): two per node from kafka_port."""
+        first = self.kafka_port + 2 * (node - 1)
+        return first, first + 1
+
     @property
     def bootstrap(self) -> str:
-        return self.kafka_bootstrap_servers or f"localhost:{self.kafka_port}"
+        if self.kafka_bootstrap_servers:
+            return self.kafka_bootstrap_servers
+        nodes = range(1, self.kafka_brokers + 1)
+        return ",".join(f"localhost:{self.local_ports(n)[0]}" for n in nodes)
 
     @property
     def worker_query_url(self) -> str:
@@ -212,6 +227,7 @@ class Settings:
         parsers: dict[str, Callable[[str, str], Any]] = {
             "port": lambda n, v: _int(n, v, 1, 65535),
             "kafka_port": lambda n, v: _int(n, v, 1, 65535),
+            "kafka_brokers": lambda n, v: int(_choice(n, v.strip(), ("1", "3"))),
             "worker_query_port": lambda n, v: _int(n, v, 1, 65535),
             "partitions": lambda n, v: _int(n, v, 1, 10000),
             "gateway_processes": lambda n, v: _int(n, v, 1, 64),
@@ -261,6 +277,8 @@ class Settings:
                 "port; with a chdb:// DSN leave it at 127.0.0.1, or use an http(s):// ClickHouse DSN"
             )
         _check_kafka_security(values)
+        if not values["kafka_bootstrap_servers"]:
+            _check_local_brokers(values, explicit_rf="MILLRACE_REPLICATION_FACTOR" in env)
         if values["clickhouse_ca"] and not dsn.startswith("https://"):
             raise ConfigError(
                 "MILLRACE_CLICKHOUSE_CA is set but MILLRACE_CLICKHOUSE_DSN is not https://; unset one"
@@ -272,6 +290,23 @@ class Settings:
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _check_local_brokers(values: dict[str, Any], *, explicit_rf: bool) -> None:
+    """The local brokers' topics are replicated to every one of them (3: min.insync.replicas=2)."""
+    brokers = values["kafka_brokers"]
+    if explicit_rf and values["replication_factor"] != brokers:
+        raise ConfigError(
+            f"MILLRACE_REPLICATION_FACTOR={values['replication_factor']} does not fit "
+            f"MILLRACE_KAFKA_BROKERS={brokers}: the local brokers' topics are replicated to all of "
+            "them; unset MILLRACE_REPLICATION_FACTOR (it is for KAFKA_BOOTSTRAP_SERVERS)"
+        )
+    if values["kafka_port"] + 2 * brokers - 1 > 65535:
+        raise ConfigError(
+            f"MILLRACE_KAFKA_PORT={values['kafka_port']} leaves no room for {brokers} local brokers "
+            f"(ports up to +{2 * brokers - 1}); set a lower port"
+        )
+    values["replication_factor"] = brokers
 
 
 def _check_kafka_security(values: Mapping[str, Any]) -> None:

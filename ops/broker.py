@@ -1,4 +1,9 @@
-"""The project-managed local Kafka broker: one KRaft node (broker and controller) in one JVM.
+"""The project-managed local Kafka brokers: KRaft nodes, each broker and controller in one JVM.
+
+One node by default; MILLRACE_KAFKA_BROKERS=3 starts three (a combined-mode quorum of three
+voters: every node is a controller too, so any one of them may fail; docs/operations.md says
+why not dedicated controllers). Node n listens for clients on MILLRACE_KAFKA_PORT + 2(n-1) and
+for its controller on the port above.
 
 The jars come from Maven Central through deploy/kafka/pom.xml, which pins the version;
 everything else lives under <MILLRACE_HOME>/kafka:
@@ -9,6 +14,10 @@ everything else lives under <MILLRACE_HOME>/kafka:
     logs/     broker.log: the JVM's stdout and stderr
     cluster.id
     credentials.json  the SASL passwords, generated at the first start (0600)
+
+Three nodes live apart from the single one (another quorum, other replicas), in
+cluster-3/ (its cluster.id and ACL marker) with config/, data/ and logs/ under
+cluster-3/node-<n>/; lib/ and credentials.json are shared.
 
 Only authenticated clients get in (audit F2): the client listener takes SASL/SCRAM-SHA-512
 only, the controller listener SASL/PLAIN with a password in the (private) config, and the
@@ -44,6 +53,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -53,6 +63,7 @@ from millrace.kafka.topics import (
     LOCAL_CLIENT_USER,
     LOCAL_MECHANISM,
     local_credentials_file,
+    local_min_insync,
     wait_for_kafka,
 )
 from millrace.keys import write_secret
@@ -63,15 +74,14 @@ DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
 POM = DEPLOY_DIR / "pom.xml"
 LOG4J_CONFIG = DEPLOY_DIR / "log4j2.yaml"
 
-NODE_ID = 1
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"  # what bin/kafka-storage.sh runs; lives in kafka_2.13
 ACL_TOOL = "org.apache.kafka.tools.AclCommand"  # bin/kafka-acls.sh; in kafka-tools
 ADMIN_USER = "admin"  # the broker's own principal (inter-broker and controller): a super user
 ACLS_MARKER = "acls.added"  # beside data/, removed whenever data/ is formatted afresh
+# A node of three gets a smaller heap: three JVMs share the machine with the pipeline itself.
+HEAP_OPTS = {1: ("-Xms256m", "-Xmx768m"), 3: ("-Xms128m", "-Xmx384m")}
 JVM_OPTS = (
-    "-Xms256m",
-    "-Xmx768m",
     "-XX:+UseG1GC",
     "-XX:MaxGCPauseMillis=20",
     # A broker that ran out of heap should die and say so, not limp on.
@@ -193,22 +203,34 @@ def _new_cluster_id() -> str:
             return cid
 
 
-class LocalBroker:
-    """A single-node KRaft broker on localhost:kafka_port, its controller on kafka_port + 1."""
+def broker_name(node: int) -> str:
+    """The supervisor's name for local node `node`: broker, broker-2, broker-3."""
+    return "broker" if node == 1 else f"broker-{node}"
 
-    def __init__(self, settings: Settings) -> None:
+
+class LocalBroker:
+    """Local KRaft node `node` (1-based) of MILLRACE_KAFKA_BROKERS: broker on
+    localhost:kafka_port + 2(node-1), its controller on the port above."""
+
+    def __init__(self, settings: Settings, node: int = 1) -> None:
+        if not 1 <= node <= settings.kafka_brokers:
+            raise ValueError(f"node {node} is not one of the {settings.kafka_brokers} local brokers")
         self.settings = settings
+        self.node, self.count = node, settings.kafka_brokers
+        self.name = broker_name(node)
         self.root = settings.home / "kafka"
         self.lib_dir = self.root / "lib"
-        self.data_dir = self.root / "data"
-        self.config_dir = self.root / "config"
-        self.logs_dir = self.root / "logs"
+        self.cluster_dir = self.root if self.count == 1 else self.root / f"cluster-{self.count}"
+        node_dir = self.cluster_dir if self.count == 1 else self.cluster_dir / f"node-{node}"
+        self.data_dir = node_dir / "data"
+        self.config_dir = node_dir / "config"
+        self.logs_dir = node_dir / "logs"
         self.log_file = self.logs_dir / "broker.log"
         self.server_properties = self.config_dir / "server.properties"
-        self.pid_file = settings.run_dir / "kafka.pid"
-        self.port = settings.kafka_port
-        self.controller_port = settings.kafka_port + 1
+        self.pid_file = settings.run_dir / ("kafka.pid" if node == 1 else f"kafka-{node}.pid")
+        self.port, self.controller_port = settings.local_ports(node)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     # -- fetch -------------------------------------------------------------------------------
 
@@ -281,6 +303,13 @@ class LocalBroker:
     def is_running(self) -> bool:
         return self.pid() is not None
 
+    def poll(self) -> int | None:
+        """None while the node runs; once it ended, its exit status (negative: the signal), or 1
+        for a node this object did not start (found running): only its parent learns how it ended."""
+        if self._proc is not None:
+            return self._proc.poll()
+        return None if self.is_running() else 1
+
     def serves_metadata(self, timeout_s: float = 2.0) -> bool:
         return answers_api_versions("localhost", self.port, timeout_s)
 
@@ -300,16 +329,23 @@ class LocalBroker:
     # -- start -------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 90) -> None:
-        """Start the broker (formatting storage on first use); return once it serves metadata."""
-        if self.is_running():
-            log.info("kafka_already_running", pid=self.pid(), bootstrap=self.settings.bootstrap)
-            self.wait_ready(timeout_s)
-            return
+        """Start the node (formatting storage on first use); return once Millrace's clients can
+        use it. A node of three needs the others up too: `LocalCluster.start` launches them all."""
+        self.launch()
+        self.wait_started(timeout_s)
+
+    def launch(self) -> int:
+        """Start the JVM (formatting storage on first use) and return its pid without waiting
+        for it to serve: the supervisor restarts a node this way and goes on watching the others."""
+        if (pid := self.pid()) is not None:
+            if self._proc is None or self._proc.pid != pid:  # not ours: say so
+                log.info("kafka_already_running", node=self.node, pid=pid, bootstrap=self.settings.bootstrap)
+            return pid
         self.pid_file.unlink(missing_ok=True)  # stale: its process is gone
         for port in (self.port, self.controller_port):
             if port_in_use(port):
                 raise BrokerError(
-                    f"port {port} is already in use by another process; the local broker needs "
+                    f"port {port} is already in use by another process; local broker {self.node} needs "
                     f"{self.port} and {self.controller_port}: set MILLRACE_KAFKA_PORT to a free port"
                 )
         java = self._java()
@@ -325,6 +361,7 @@ class LocalBroker:
             self.log_file.replace(self.log_file.with_suffix(".log.1"))
         cmd = [
             java,
+            *HEAP_OPTS.get(self.count, HEAP_OPTS[3]),
             *JVM_OPTS,
             f"-Dlog4j2.configurationFile={self.config_dir / 'log4j2.yaml'}",
             "-cp",
@@ -332,13 +369,12 @@ class LocalBroker:
             MAIN_CLASS,
             str(self.server_properties),
         ]
-        started = time.monotonic()
         # 0600 from creation: the broker log names topics and clients.
         fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as out:
             out.write(f"\n=== millrace: starting Kafka broker at {time.strftime('%FT%T%z')} ===\n".encode())
             out.flush()
-            log_offset = out.tell()
+            self._log_offset = out.tell()
             self._proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -349,15 +385,22 @@ class LocalBroker:
                 umask=PRIVATE_UMASK,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
-        log.info("kafka_starting", pid=self._proc.pid, bootstrap=self.settings.bootstrap)
+        log.info("kafka_starting", node=self.node, pid=self._proc.pid, port=self.port)
+        return self._proc.pid
+
+    def wait_started(self, timeout_s: float = 90) -> None:
+        """After `launch` (of every node): until it serves metadata, the client principal has its
+        ACLs (added once per cluster) and sees this node in the cluster. Stops it on failure."""
+        started = time.monotonic()
         try:
-            self.wait_ready(timeout_s, log_offset=log_offset)
-            self._add_acls(java, credentials)
+            self.wait_ready(timeout_s, log_offset=self._log_offset)
+            self.add_acls()
             self._wait_usable(max(10.0, timeout_s - (time.monotonic() - started)))
         except BaseException:
             self.stop()  # leave no half-started broker behind
             raise
-        log.info("kafka_started", pid=self._proc.pid, seconds=round(time.monotonic() - started, 1))
+        seconds = round(time.monotonic() - started, 1)
+        log.info("kafka_started", node=self.node, pid=self.pid(), seconds=seconds)
 
     def wait_ready(self, timeout_s: float = 90, *, log_offset: int = 0) -> None:
         """Block until the broker serves metadata; BrokerError if it exits or time runs out."""
@@ -386,7 +429,7 @@ class LocalBroker:
 
         def probe() -> None:
             try:
-                asyncio.run(wait_for_kafka(self.settings, timeout_s))
+                asyncio.run(wait_for_kafka(self.settings, timeout_s, node_id=self.node))
             except BaseException as exc:
                 failed.append(exc)
 
@@ -422,9 +465,11 @@ class LocalBroker:
         writes from now on is private by its umask."""
         self.settings.home.chmod(0o700)
         for path in (self.root, *self.root.rglob("*")):
-            if path.is_symlink():
-                continue
-            path.chmod(0o700 if path.is_dir() else 0o600)
+            # Another node may be running and removing its own files meanwhile.
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_symlink():
+                    continue
+                path.chmod(0o700 if path.is_dir() else 0o600)
 
     def _credentials(self) -> dict[str, str]:
         """The principals' passwords: generated once, kept 0600 from the first byte."""
@@ -456,13 +501,19 @@ class LocalBroker:
         port, cport = self.port, self.controller_port
         admin = credentials[ADMIN_USER]
         scram = LOCAL_MECHANISM.lower()
+        voters = ",".join(
+            f"{n}@localhost:{self.settings.local_ports(n)[1]}" for n in range(1, self.count + 1)
+        )
+        # Every replica on every node (internal topics too); an acks=all write needs
+        # min.insync.replicas of them: 2 of 3, so one node may be down without a refusal.
+        rf, min_isr = self.count, local_min_insync(self.settings)
         # The file holds the admin password: private from its first byte, like the credentials.
         write_secret(
             self.server_properties,
             "# Written by ops.broker on every start: edits here are overwritten.\n"
             "process.roles=broker,controller\n"
-            f"node.id={NODE_ID}\n"
-            f"controller.quorum.voters={NODE_ID}@localhost:{cport}\n"
+            f"node.id={self.node}\n"
+            f"controller.quorum.voters={voters}\n"
             f"listeners=CLIENT://localhost:{port},CONTROLLER://localhost:{cport}\n"
             f"advertised.listeners=CLIENT://localhost:{port}\n"
             "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT\n"
@@ -486,30 +537,39 @@ class LocalBroker:
             f"super.users=User:{ADMIN_USER}\n"
             "allow.everyone.if.no.acl.found=false\n"
             f"log.dirs={self.data_dir}\n"
-            # One node: every internal topic must fit on it.
-            "offsets.topic.replication.factor=1\n"
-            "transaction.state.log.replication.factor=1\n"
-            "transaction.state.log.min.isr=1\n"
-            "share.coordinator.state.topic.replication.factor=1\n"
-            "share.coordinator.state.topic.min.isr=1\n"
-            "min.insync.replicas=1\n"
+            f"offsets.topic.replication.factor={rf}\n"
+            f"transaction.state.log.replication.factor={rf}\n"
+            f"transaction.state.log.min.isr={min_isr}\n"
+            f"share.coordinator.state.topic.replication.factor={rf}\n"
+            f"share.coordinator.state.topic.min.isr={min_isr}\n"
+            f"min.insync.replicas={min_isr}\n"
+            # Kafka's default, said out loud: a replica that missed acknowledged writes never leads.
+            "unclean.leader.election.enable=false\n"
             # Topics are created on purpose (ensure_topics), never by a typo in a client.
             "auto.create.topics.enable=false\n"
             # The 3 s default only helps many consumers joining at once; it slows every start.
-            "group.initial.rebalance.delay.ms=0\n",
-            # broker.session.timeout.ms stays at Kafka's 9 s although a start after a crash
-            # waits it out (the old registration must expire): lower, and a GC pause under
-            # load could fence the only broker.
+            "group.initial.rebalance.delay.ms=0\n"
+            # A node that died stays in every partition's in-sync replicas, holding up each
+            # acks=all write, until the controller fences it when its session times out; its
+            # restart waits that out too (the old registration must expire). One node keeps
+            # Kafka's 9 s: lower, and a GC pause under load could fence the only broker. Of
+            # three, a node fenced by mistake only hands its leaderships to the others.
+            + (
+                "broker.session.timeout.ms=6000\nbroker.heartbeat.interval.ms=1000\n"
+                if self.count > 1
+                else ""
+            ),
         )
         shutil.copyfile(LOG4J_CONFIG, self.config_dir / "log4j2.yaml")
 
-    def _add_acls(self, java: str, credentials: dict[str, str]) -> None:
-        """Once per metadata log: the client principal may use every topic, group and
-        transactional id (all of them are Millrace's on this broker); nothing on the cluster
-        itself (an idempotent producer needs only Write on a topic)."""
-        marker = self.root / ACLS_MARKER
+    def add_acls(self) -> None:
+        """Once per metadata log (of the cluster, which replicates them): the client principal
+        may use every topic, group and transactional id (all of them are Millrace's on these
+        brokers); nothing on the cluster itself (an idempotent producer needs only Write on a topic)."""
+        marker = self.cluster_dir / ACLS_MARKER
         if marker.exists():
             return
+        java, credentials = self._java(), self._credentials()
         admin_config = self.config_dir / "admin.properties"
         write_secret(
             admin_config,
@@ -554,16 +614,21 @@ class LocalBroker:
         write_secret(marker, f"User:{LOCAL_CLIENT_USER} All on topics, groups, transactional ids\n")
         log.info("kafka_acls_added", principal=LOCAL_CLIENT_USER)
 
+    def cluster_id(self) -> str:
+        """The id every node of this cluster is formatted with: made once, then read."""
+        id_file = self.cluster_dir / "cluster.id"
+        if id_file.is_file() and id_file.read_text().strip():
+            return id_file.read_text().strip()
+        self.cluster_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = _new_cluster_id()
+        id_file.write_text(cluster_id + "\n")
+        return cluster_id
+
     def _format_storage(self, java: str, credentials: dict[str, str]) -> None:
         """Format KRaft storage once; a data dir with meta.properties is never touched again."""
         if (self.data_dir / "meta.properties").exists():
             return
-        id_file = self.root / "cluster.id"
-        if id_file.is_file() and id_file.read_text().strip():
-            cluster_id = id_file.read_text().strip()
-        else:
-            cluster_id = _new_cluster_id()
-            id_file.write_text(cluster_id + "\n")
+        cluster_id = self.cluster_id()
         cmd = [
             java,
             "-Xmx256m",
@@ -577,7 +642,8 @@ class LocalBroker:
             "--config",
             str(self.server_properties),
         ]
-        (self.root / ACLS_MARKER).unlink(missing_ok=True)  # a fresh metadata log has no ACLs
+        if self.node == 1:  # a fresh metadata log has no ACLs
+            (self.cluster_dir / ACLS_MARKER).unlink(missing_ok=True)
         for user, password in credentials.items():
             cmd += ["--add-scram", f"{LOCAL_MECHANISM}=[name={user},password={password}]"]
         done = subprocess.run(
@@ -591,18 +657,24 @@ class LocalBroker:
 
     # -- stop --------------------------------------------------------------------------------
 
+    def signal_stop(self) -> None:
+        """SIGTERM without waiting: the nodes of a cluster are asked together (one left alone
+        could not finish its controlled shutdown without a controller quorum)."""
+        if (pid := self.pid()) is not None:
+            self._signal(pid, signal.SIGTERM)
+
     def stop(self, timeout_s: float = 30) -> None:
         """SIGTERM the broker's process group, SIGKILL it after timeout_s; idempotent."""
         pid = self.pid()
         if pid is not None:
-            log.info("kafka_stopping", pid=pid)
+            log.info("kafka_stopping", node=self.node, pid=pid)
             self._signal(pid, signal.SIGTERM)
             if not self._wait_gone(pid, timeout_s):
                 log.warning("kafka_stop_timeout", pid=pid, timeout_s=timeout_s)
                 self._signal(pid, signal.SIGKILL)
                 if not self._wait_gone(pid, 10):
                     raise BrokerError(f"the Kafka broker (pid {pid}) survived SIGKILL")
-            log.info("kafka_stopped", pid=pid)
+            log.info("kafka_stopped", node=self.node, pid=pid)
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(1)  # reap, so no zombie is left behind
@@ -639,36 +711,98 @@ class LocalBroker:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class LocalCluster:
+    """All MILLRACE_KAFKA_BROKERS local nodes, started and stopped together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.nodes = [LocalBroker(settings, n) for n in range(1, settings.kafka_brokers + 1)]
+
+    def node(self, name: str) -> LocalBroker:
+        """The node the supervisor calls `name` (broker, broker-2, ...)."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def fetch(self) -> None:
+        self.nodes[0].fetch()  # one lib/ for all
+
+    def start(self, timeout_s: float = 120) -> None:
+        """Launch every node, then wait for each: a node of three serves only once a majority
+        of the controllers has elected a leader, so none can be waited for alone."""
+        try:
+            self.launch()
+            self.wait_started(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def launch(self) -> None:
+        """Start every node's JVM (formatting storage on first use), side by side: each format
+        is a JVM run of its own. What they share (passwords, cluster id) is made first, once."""
+        first = self.nodes[0]
+        first.root.mkdir(parents=True, exist_ok=True)
+        first._credentials()
+        first.cluster_id()
+        with ThreadPoolExecutor(len(self.nodes), thread_name_prefix="kafka-launch") as pool:
+            list(pool.map(LocalBroker.launch, self.nodes))
+
+    def wait_started(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            node.wait_started(max(10.0, deadline - time.monotonic()))
+
+    def is_running(self) -> bool:
+        return any(node.is_running() for node in self.nodes)
+
+    def pids(self) -> dict[str, int | None]:
+        return {node.name: node.pid() for node in self.nodes}
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM every node at once, then wait for each (SIGKILL after timeout_s)."""
+        for node in self.nodes:
+            with contextlib.suppress(OSError):
+                node.signal_stop()
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            node.stop(max(1.0, deadline - time.monotonic()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m ops.broker", description="Manage the project's local Kafka broker."
+        prog="python -m ops.broker", description="Manage the project's local Kafka brokers."
     )
     p.add_argument("action", choices=["fetch", "start", "stop", "status", "run"])
     args = p.parse_args(argv)
-    broker = LocalBroker(Settings.from_env())
+    cluster = LocalCluster(Settings.from_env())
     try:
         if args.action == "fetch":
-            broker.fetch()
+            cluster.fetch()
         elif args.action == "start":
-            broker.start()
+            cluster.fetch()
+            cluster.start()
         elif args.action == "stop":
-            broker.stop()
+            cluster.stop()
         elif args.action == "run":
-            return _run_foreground(broker)
+            return _run_foreground(cluster)
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    pid = broker.pid()
-    if pid is None:
-        print(f"broker stopped (would listen on {broker.settings.bootstrap})")
+    if not cluster.is_running():
+        print(f"brokers stopped (would listen on {cluster.settings.bootstrap})")
         return 0 if args.action in ("fetch", "stop") else 1
-    ready = "serving" if broker.serves_metadata() else "not serving yet"
-    print(f"broker running (pid {pid}) on {broker.settings.bootstrap}, {ready}")
-    return 0
+    code = 0
+    for node in cluster.nodes:
+        pid = node.pid()
+        state = "stopped" if pid is None else "serving" if node.serves_metadata() else "not serving yet"
+        code |= state != "serving"
+        print(f"{node.name} (pid {pid or '-'}) on localhost:{node.port}: {state}")
+    return code
 
 
-def _run_foreground(broker: LocalBroker) -> int:
-    """Start, then stop on SIGINT/SIGTERM; exit 1 if the broker dies by itself."""
+def _run_foreground(cluster: LocalCluster) -> int:
+    """Start, then stop on SIGINT/SIGTERM; exit 1 if a broker dies by itself."""
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -679,11 +813,12 @@ def _run_foreground(broker: LocalBroker) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     code = 0
     try:
-        broker.start()
-        print(f"Kafka broker serving on {broker.settings.bootstrap}; Ctrl-C stops it.", flush=True)
+        cluster.fetch()
+        cluster.start()
+        print(f"Kafka serving on {cluster.settings.bootstrap}; Ctrl-C stops it.", flush=True)
         while not stopping:
-            if not broker.is_running():
-                log.error("kafka_exited", log_tail=broker.log_tail(lines=10))
+            if gone := [node for node in cluster.nodes if not node.is_running()]:
+                log.error("kafka_exited", node=gone[0].node, log_tail=gone[0].log_tail(lines=10))
                 code = 1
                 break
             time.sleep(0.5)
@@ -691,7 +826,7 @@ def _run_foreground(broker: LocalBroker) -> int:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     finally:
-        broker.stop()
+        cluster.stop()
     return code
 
 

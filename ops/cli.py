@@ -117,17 +117,17 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _broker(settings: Settings, args: argparse.Namespace) -> int:
-    from ops.broker import LocalBroker
+    from ops.broker import LocalCluster
 
-    broker = LocalBroker(settings)
+    cluster = LocalCluster(settings)
     if args.action == "fetch":
-        broker.fetch()
+        cluster.fetch()
     elif args.action == "start":
-        broker.fetch()
-        broker.start()
+        cluster.fetch()
+        cluster.start()
     elif args.action == "stop":
-        broker.stop()
-    print(f"broker {'running' if broker.is_running() else 'stopped'} on {settings.bootstrap}")
+        cluster.stop()
+    print(f"broker {'running' if cluster.is_running() else 'stopped'} on {settings.bootstrap}")
     return 0
 
 

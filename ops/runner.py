@@ -24,7 +24,7 @@ import structlog
 from millrace import keys
 from millrace.config import Settings
 from millrace.kafka.topics import ensure_topics, wait_for_kafka
-from ops.broker import LocalBroker, process_exited
+from ops.broker import LocalBroker, LocalCluster, process_exited
 from ops.supervisor import POLL_S, STATE_FILE, Command, GaveUp, Supervisor, describe_exit, read_state
 
 log = structlog.get_logger()
@@ -73,23 +73,22 @@ def log_file(settings: Settings) -> Path:
 
 
 class BrokerHandle:
-    """The local broker under the supervisor: `start` returns once it serves metadata again."""
+    """A local broker node under the supervisor. `start` launches the JVM and returns at once:
+    a restart must not hold up the supervisor (the other nodes, worker and gateways are
+    watched meanwhile); `millrace status` shows the node ready once it serves again."""
 
     def __init__(self, broker: LocalBroker) -> None:
         self.broker = broker
 
     def start(self) -> int:
-        self.broker.start()
-        return self.broker.pid() or 0
+        return self.broker.launch()
 
     def poll(self) -> int | None:
-        proc = self.broker._proc  # the exit status lives only on its Popen
-        if proc is not None:
-            return proc.poll()
-        return None if self.broker.is_running() else 1  # found running at start: no status to tell
+        return self.broker.poll()
 
     def signal_stop(self) -> None:
-        """Nothing: the broker stops alone, last."""
+        # The brokers are their own last stage, all asked together.
+        self.broker.signal_stop()
 
     def stop(self, timeout_s: float) -> None:
         self.broker.stop(timeout_s)
@@ -170,12 +169,22 @@ def run(settings: Settings) -> int:
         extra_state={"base_url": base_url(settings), "log_file": str(log_file(settings))},
     )
     gateways = _gateway_names(settings)
+    cluster = LocalCluster(settings) if settings.local_broker else None
+    brokers = [node.name for node in cluster.nodes] if cluster else []
     code = 0
     try:
-        if settings.local_broker:
-            broker = LocalBroker(settings)
-            broker.fetch()
-            supervisor.start("broker", BrokerHandle(broker))
+        if cluster is not None:
+            cluster.fetch()
+            # All launched before any is waited for: a node of three serves once a quorum has
+            # formed. A launch that fails half-way leaves none of them running.
+            try:
+                cluster.launch()
+            except BaseException:
+                cluster.stop()
+                raise
+            for node in cluster.nodes:
+                supervisor.start(node.name, BrokerHandle(node))
+            cluster.wait_started()
         token = asyncio.run(_prepare(settings))
         supervisor.start("worker", _role("worker", settings))
         # The worker owns the store (and in embedded mode answers reads): up before the gateway.
@@ -208,8 +217,8 @@ def run(settings: Settings) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Gateways first, all at once (each stops accepting and flushes its producer), then the
-        # worker (stores and commits what it consumed), then the broker.
-        supervisor.stop([gateways, ["worker"], ["broker"]], STOP_TIMEOUT_S)
+        # worker (stores and commits what it consumed), then the brokers, together.
+        supervisor.stop([gateways, ["worker"], brokers], STOP_TIMEOUT_S)
         (settings.run_dir / "runner.pid").unlink(missing_ok=True)
         print("Millrace stopped.", flush=True)
     return code
@@ -260,9 +269,9 @@ def down(settings: Settings) -> int:
         pid_file.unlink(missing_ok=True)
     # A runner killed hard leaves its children behind: its state file still names them.
     _stop_orphans(settings)
-    # ...and the broker, whose pid file still finds it.
+    # ...and the brokers, whose pid files still find them.
     if settings.local_broker:
-        LocalBroker(settings).stop()
+        LocalCluster(settings).stop()
     print("Millrace is down.")
     return 0
 
@@ -274,11 +283,11 @@ def _stop_orphans(settings: Settings) -> None:
     state = read_state(path)
     if state is None:
         return
-    names = {"worker": 1, "broker": 2}
+    names = {"worker": 1}
     listed = sorted(state.get("processes", []), key=lambda p: names.get(p["name"], 0))
     for entry in listed:
         pid = entry.get("pid")
-        if entry["name"] == "broker" or not isinstance(pid, int) or not _is_ours(pid, settings):
+        if entry["name"].startswith("broker") or not isinstance(pid, int) or not _is_ours(pid, settings):
             continue
         log.warning("stopping_orphan", process=entry["name"], pid=pid)
         with contextlib.suppress(ProcessLookupError):

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from millrace.config import Settings
 from millrace.kafka.topics import admin_client, client_options
-from ops.broker import LocalBroker, process_exited
+from ops.broker import LocalCluster, process_exited
 from ops.runner import http_ok, log_file
 from ops.supervisor import STATE_FILE, read_state
 
@@ -74,8 +74,8 @@ class Status:
 
 
 def _ready(name: str, settings: Settings) -> bool:
-    if name == "broker":
-        return LocalBroker(settings).serves_metadata()
+    if name.startswith("broker"):
+        return LocalCluster(settings).node(name).serves_metadata()
     if name == "worker":
         return http_ok(f"{settings.worker_query_url}/internal/health")
     # Gateways share the port: its /ready answers for whichever the kernel picked.

@@ -52,6 +52,22 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+def free_port_run(n: int) -> int:
+    """A port p with p+1 .. p+n-1 free too (three local brokers take six ports from p)."""
+    for _ in range(100):
+        p = free_port()
+        if p + n > 65536:
+            continue
+        try:
+            for q in range(p + 1, p + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", q))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError(f"no run of {n} free ports")
+
+
 def kafka_env(settings: Settings) -> dict[str, str]:
     """The KAFKA_* variables that take a process with a home of its own to the broker `settings`
     reaches, with the same credentials (the local broker's live in its home)."""

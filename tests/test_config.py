@@ -29,11 +29,35 @@ def test_readme_settings_table_lists_every_setting_with_its_default() -> None:
         ({"MILLRACE_TRUSTED_PROXIES": "10.0.0.0/8,not-an-ip"}, "not-an-ip"),
         ({"MILLRACE_KAFKA_COMPRESSION": "brotli"}, "MILLRACE_KAFKA_COMPRESSION"),
         ({"MILLRACE_PRODUCE_TIMEOUT_S": "-1"}, "MILLRACE_PRODUCE_TIMEOUT_S"),
+        ({"MILLRACE_KAFKA_BROKERS": "2"}, "one of 1, 3"),
+        (
+            {"MILLRACE_KAFKA_BROKERS": "3", "MILLRACE_REPLICATION_FACTOR": "1"},
+            "MILLRACE_REPLICATION_FACTOR=1",
+        ),
+        ({"MILLRACE_KAFKA_BROKERS": "3", "MILLRACE_KAFKA_PORT": "65531"}, "no room for 3 local brokers"),
     ],
 )
 def test_invalid_setting_is_refused_naming_it(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)):
         Settings.from_env(env)
+
+
+def test_three_local_brokers_take_two_ports_each_and_replicate_to_all(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"MILLRACE_HOME": str(tmp_path), "MILLRACE_KAFKA_BROKERS": "3", "MILLRACE_KAFKA_PORT": "19000"}
+    )
+    assert settings.bootstrap == "localhost:19000,localhost:19002,localhost:19004"
+    assert [settings.local_ports(n) for n in (1, 2, 3)] == [(19000, 19001), (19002, 19003), (19004, 19005)]
+    assert settings.replication_factor == 3
+    # An existing cluster's topics follow MILLRACE_REPLICATION_FACTOR, not the local count.
+    external = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+            "MILLRACE_KAFKA_BROKERS": "3",
+            "MILLRACE_REPLICATION_FACTOR": "2",
+        }
+    )
+    assert (external.bootstrap, external.replication_factor) == ("k:9092", 2)
 
 
 def test_defaults_run_embedded_with_a_local_broker(tmp_path: Path) -> None:

@@ -93,16 +93,25 @@ def envelope_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
 
 def wanted_topics(settings: Settings) -> list[NewTopic]:
     rf = settings.replication_factor
+    # The local brokers' topics say min.insync.replicas themselves (2 of 3: an acks=all write is
+    # on two brokers before it is acknowledged); on a cluster of the operator's, its default rules.
+    durable = {"min.insync.replicas": str(local_min_insync(settings))} if settings.local_broker else {}
     # One envelope carries a whole request body: let the largest allowed one through
     # (brokers default to about 1 MB per record batch).
-    big = {"max.message.bytes": str(settings.max_decompressed_bytes + ENVELOPE_OVERHEAD)}
+    big = {"max.message.bytes": str(settings.max_decompressed_bytes + ENVELOPE_OVERHEAD), **durable}
     return [
         NewTopic(settings.topic, settings.partitions, rf, topic_configs=big),
         NewTopic(settings.dlq_topic, settings.partitions, rf, topic_configs=big),
         # One partition: every gateway reads the whole key set from the start, in order,
         # and compaction keeps only the latest record per key id.
-        NewTopic(settings.keys_topic, 1, rf, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(settings.keys_topic, 1, rf, topic_configs={"cleanup.policy": "compact", **durable}),
     ]
+
+
+def local_min_insync(settings: Settings) -> int:
+    """min.insync.replicas on the local brokers: 2 of 3 (one may fail without losing an
+    acknowledged write or refusing new ones), 1 of 1."""
+    return 2 if settings.kafka_brokers >= 3 else 1
 
 
 @contextlib.asynccontextmanager
@@ -117,8 +126,9 @@ async def admin_client(settings: Settings) -> AsyncIterator[Any]:
         await admin.close()
 
 
-async def wait_for_kafka(settings: Settings, timeout_s: float) -> None:
-    """Retry until the cluster at `settings.bootstrap` answers a metadata request with at least one broker."""
+async def wait_for_kafka(settings: Settings, timeout_s: float, node_id: int | None = None) -> None:
+    """Retry until the cluster at `settings.bootstrap` answers a metadata request with at least one
+    broker (with `node_id`: with that broker among them, i.e. registered and unfenced)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last: BaseException | None = None
@@ -126,9 +136,11 @@ async def wait_for_kafka(settings: Settings, timeout_s: float) -> None:
         try:
             async with admin_client(settings) as admin:
                 cluster = await admin.describe_cluster()
-            if cluster.get("brokers"):
+            brokers = {b["node_id"] for b in cluster.get("brokers") or ()}
+            if brokers and (node_id is None or node_id in brokers):
                 return
-            last = RuntimeError("no broker is registered yet")
+            missing = f"broker {node_id} is" if brokers else "no broker is"
+            last = RuntimeError(f"{missing} registered yet")
         except (TimeoutError, KafkaError, OSError) as exc:
             last = exc
         if loop.time() >= deadline:

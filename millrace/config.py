@@ -168,6 +168,16 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
         "MILLRACE_TRUSTED_PROXIES", "", "CIDRs whose X-Forwarded-For is believed (comma separated)"
     )
+    alerts_topic: str = _setting(
+        "MILLRACE_ALERTS_TOPIC",
+        "millrace.alerts",
+        "Topic whose partitions the alert evaluators share (Kafka group): each rule has one owner",
+    )
+    alert_allow_private_targets: bool = _setting(
+        "MILLRACE_ALERT_ALLOW_PRIVATE_TARGETS",
+        "false",
+        "true lets webhooks reach loopback, private and link-local addresses (never the worker's port)",
+    )
     restart_limit: int = _setting(
         "MILLRACE_RESTART_LIMIT",
         "5",
@@ -234,6 +244,7 @@ class Settings:
             "body_timeout_s": _positive_float,
             "idle_timeout_s": _positive_float,
             "trusted_proxies": _networks,
+            "alert_allow_private_targets": _bool,
             "otlp_key_header": _header_name,
             "log_level": lambda n, v: _choice(n, v.lower(), ("debug", "info", "warning", "error")),
             "log_format": lambda n, v: _choice(n, v.lower(), ("json", "console")),
@@ -330,6 +341,13 @@ def _rate(name: str, raw: str) -> float:
     if not 0 <= value < float("inf"):
         raise ConfigError(f"{name}={value} must be 0 (no limit) or positive")
     return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name}={raw!r} is not a boolean; set it to true or false")
+    return value in ("true", "1", "yes")
 
 
 def _fraction(name: str, raw: str) -> float:

@@ -78,6 +78,8 @@ def _ready(name: str, settings: Settings) -> bool:
         return LocalBroker(settings).serves_metadata()
     if name == "worker":
         return http_ok(f"{settings.worker_query_url}/internal/health")
+    if name == "alerts":
+        return True  # no port of its own: running is ready (it retries the store by itself)
     # Gateways share the port: its /ready answers for whichever the kernel picked.
     return http_ok(f"http://127.0.0.1:{settings.port}/ready")
 

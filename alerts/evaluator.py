@@ -1,0 +1,177 @@
+"""The evaluator process (`millrace alerts`): every owned rule at its interval, through the
+read core, then events, state and webhooks.
+
+Order per transition, for restarts without duplicates: the event is written first (its id
+is deterministic), then the group's state with the next sequence number, and only then
+is the webhook queued. A crash before the state write re-evaluates to the same event id
+(the store keeps one row); a crash after it finds the state moved on (no second event),
+and the deliveries it still owed are found again from the attempts table (`unfinished`)
+when the rule is next acquired. Rules are re-read every RELOAD_S, so an API change or a
+new rule is picked up within about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import Counter
+
+import structlog
+import uvloop
+
+from alerts.backend import Backend, StoreUnavailable, backend_for
+from alerts.evaluate import NOTIFYING, GroupState, step
+from alerts.owners import Owners
+from alerts.webhook import BACKOFF_BASE_S, RETRY_FOR_S, Deliverer, Job
+from millrace.config import Settings
+from reads.alerts import Rule
+
+log = structlog.get_logger()
+
+RELOAD_S = 1.0
+TICK_S = 0.25
+RETRY_AFTER_FAILURE_S = 5.0
+
+
+class Evaluator:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend | None = None,
+        *,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        retry_for_s: float = RETRY_FOR_S,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend or backend_for(settings)
+        self.owners = Owners(settings)
+        self.deliverer = Deliverer(
+            settings, self.backend, backoff_base_s=backoff_base_s, retry_for_s=retry_for_s
+        )
+        self.rules: dict[str, Rule] = {}
+        self._next_reload = 0.0
+        self._due: dict[str, float] = {}
+        self._states: dict[str, dict[str, GroupState]] = {}
+        self.evaluations: Counter[str] = Counter()  # rule id -> evaluations by this replica
+
+    async def start(self) -> None:
+        await self.owners.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except StoreUnavailable as exc:
+                log.warning("alerts_store_unavailable", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_reload:
+            bodies = await self.backend.store("rules", {})
+            self.rules = {r.id: r for r in map(Rule.from_json, bodies)}
+            self._next_reload = now + RELOAD_S
+        for rule_id in set(self._states) - {r for r, rule in self.rules.items() if self._mine(rule)}:
+            # Lost (or deleted, disabled): forget it; whoever owns it next reads its state back.
+            self._states.pop(rule_id, None)
+            self._due.pop(rule_id, None)
+        for rule in self.rules.values():
+            if not self._mine(rule):
+                continue
+            if rule.id not in self._states:
+                await self._acquire(rule)
+            if time.monotonic() < self._due.get(rule.id, 0.0):
+                continue
+            try:
+                await self.evaluate(rule)
+            except StoreUnavailable as exc:
+                log.warning("alert_evaluation_failed", rule_id=rule.id, project=rule.project, error=str(exc))
+                self._due[rule.id] = time.monotonic() + min(rule.interval_s, RETRY_AFTER_FAILURE_S)
+                continue
+            # From the previous due time, so evaluations keep their rhythm (not drift by their cost).
+            due = self._due.get(rule.id, now) + rule.interval_s
+            self._due[rule.id] = due if due > time.monotonic() else time.monotonic() + rule.interval_s
+
+    def _mine(self, rule: Rule) -> bool:
+        return rule.enabled and self.owners.owns(rule.id)
+
+    async def _acquire(self, rule: Rule) -> None:
+        """A rule newly ours: its groups' state from the store, and the webhooks still owed."""
+        ref = {"project": rule.project, "rule_id": rule.id}
+        stored = await self.backend.store("states", ref)
+        self._states[rule.id] = {s["group_key"]: GroupState(**s) for s in stored}
+        since = time.time_ns() - int(self.deliverer.retry_for_s * 1e9)
+        for owed in await self.backend.store("unfinished", {**ref, "since_ns": since}):
+            for channel in rule.channels:
+                if channel.url not in owed["done_urls"]:
+                    self.deliverer.submit(Job(owed["event"], channel.url, channel.secret))
+        self._due[rule.id] = time.monotonic()
+
+    async def evaluate(self, rule: Rule) -> None:
+        now_ns = time.time_ns()
+        values = await self.backend.read(
+            "alert_values",
+            {"project": rule.project, "query": rule.query, "window_s": rule.window_s, "now_ns": now_ns},
+        )
+        self.evaluations[rule.id] += 1
+        states = self._states.setdefault(rule.id, {})
+        seen = set()
+        for item in values:
+            key = item["group_key"]
+            seen.add(key)
+            await self._apply(rule, states.get(key) or GroupState(key), float(item["value"]), now_ns)
+        for key, prior in list(states.items()):
+            # A group that no longer shows up counts nothing now (a count by service with no rows).
+            if key not in seen and prior.state in ("pending", "firing"):
+                await self._apply(rule, prior, 0.0, now_ns)
+
+    async def _apply(self, rule: Rule, prior: GroupState, value: float, now_ns: int) -> None:
+        states = self._states[rule.id]
+        nxt, event = step(rule, prior, value, now_ns)
+        if event is None:
+            states[prior.group_key] = nxt
+            return
+        await self.backend.store("put_event", {"project": rule.project, "event": event})
+        await self.backend.store(
+            "put_state", {"project": rule.project, "rule_id": rule.id, "state": nxt.to_dict()}
+        )
+        states[prior.group_key] = nxt
+        log.info(
+            "alert_transition",
+            rule_id=rule.id,
+            project=rule.project,
+            group=prior.group_key,
+            state=nxt.state,
+            previous=prior.state,
+            value=value,
+            event_id=event["event_id"],
+        )
+        if event["state"] in NOTIFYING:
+            for channel in rule.channels:
+                self.deliverer.submit(Job(event, channel.url, channel.secret))
+
+    async def close(self) -> None:
+        await self.owners.stop()
+        await self.deliverer.close()
+        await self.backend.close()
+
+
+async def main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    evaluator = Evaluator(settings)
+    try:
+        await evaluator.start()
+        log.info("alerts_evaluator_started")
+        await evaluator.run(stop)
+    finally:
+        await evaluator.close()
+
+
+def serve(settings: Settings) -> None:
+    uvloop.run(main(settings))

@@ -61,12 +61,14 @@ class Evaluator:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            pause = TICK_S
             try:
                 await self.tick()
-            except StoreUnavailable as exc:
-                log.warning("alerts_store_unavailable", error=str(exc))
+            except StoreUnavailable as exc:  # the worker restarting, the server away: wait, retry
+                log.warning("alerts_store_unavailable", error=str(exc), retry_in_s=RETRY_AFTER_FAILURE_S)
+                pause = RETRY_AFTER_FAILURE_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_S)
+                await asyncio.wait_for(stop.wait(), pause)
 
     async def tick(self) -> None:
         now = time.monotonic()

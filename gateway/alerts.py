@@ -10,6 +10,7 @@ cannot run is refused here with its position. Storage goes through the read back
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -173,7 +174,9 @@ class _Answer(Exception):
         self.response = response
 
 
-def handler(api: Any, name: str) -> Any:
+def handler(
+    api: Callable[[web.Request], AlertsApi], name: str
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The handler `name` of the app's AlertsApi, with helper refusals turned into answers."""
 
     async def handle(request: web.Request) -> web.StreamResponse:

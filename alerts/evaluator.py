@@ -109,7 +109,8 @@ class Evaluator:
         for owed in await self.backend.store("unfinished", {**ref, "since_ns": since}):
             for channel in rule.channels:
                 if channel.url not in owed["done_urls"]:
-                    self.deliverer.submit(Job(owed["event"], channel.url, channel.secret))
+                    tried = owed["attempts"].get(channel.url, 0)
+                    self.deliverer.submit(Job(owed["event"], channel.url, channel.secret, tried))
         self._due[rule.id] = time.monotonic()
 
     async def evaluate(self, rule: Rule) -> None:

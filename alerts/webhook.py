@@ -105,6 +105,7 @@ class Job:
     event: dict[str, Any]
     url: str
     secret: str
+    attempts_before: int = 0  # made by an earlier process (a resumed delivery)
 
 
 class Deliverer:
@@ -152,7 +153,7 @@ class Deliverer:
         # The budget runs from the event, not from this process: a restarted evaluator resuming
         # the delivery continues it rather than starting a new one.
         deadline = int(job.event["timestamp_ns"]) / 1e9 + self.retry_for_s
-        attempt = 0
+        attempt = job.attempts_before
         while True:
             attempt += 1
             status, problem = await self._post(job.url, body, headers)

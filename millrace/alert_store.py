@@ -210,23 +210,41 @@ def deliveries(
 
 def unfinished(client: Client, project: str, rule_id: str, since_ns: int) -> list[dict[str, Any]]:
     """Notifying events since `since_ns` with no final attempt ('delivered' or 'failed') to
-    some URL yet: what a (re)started evaluator still owes. Rows: the event and the URLs done."""
+    some URL yet: what a (re)started evaluator still owes. Rows: the event, the URLs done and
+    the attempts made per URL."""
     result = client.query(
         "SELECT e.event_id, toUnixTimestamp64Nano(e.timestamp), e.rule_name, e.group_key, e.state, "
         "e.previous_state, e.value, e.op, e.threshold, e.seq, "
-        "groupArrayIf(d.url, d.outcome IN ('delivered', 'failed')) "
+        "groupArrayIf(d.url, d.outcome IN ('delivered', 'failed')), "
+        "groupArrayIf((d.url, d.attempt), d.url != '') "
         "FROM (SELECT * FROM alert_events FINAL WHERE project = {project:String} AND rule_id = {rule:String} "
         "AND state IN ('firing', 'resolved') "
         "AND timestamp >= fromUnixTimestamp64Nano({since:Int64}, 'UTC')) AS e "
-        "LEFT JOIN (SELECT event_id, url, outcome FROM alert_deliveries WHERE project = {project:String} "
-        "AND rule_id = {rule:String}) AS d ON d.event_id = e.event_id "
+        "LEFT JOIN (SELECT event_id, url, outcome, attempt FROM alert_deliveries "
+        "WHERE project = {project:String} AND rule_id = {rule:String}) AS d ON d.event_id = e.event_id "
         "GROUP BY e.event_id, e.timestamp, e.rule_name, e.group_key, e.state, e.previous_state, e.value, "
         "e.op, e.threshold, e.seq ORDER BY e.timestamp",
         parameters={"project": project, "rule": rule_id, "since": since_ns},
         settings={"join_use_nulls": 0},
     )
     out = []
-    for event_id, ts, name, group, state, previous, value, op, threshold, seq, done in result.result_rows:
+    for (
+        event_id,
+        ts,
+        name,
+        group,
+        state,
+        previous,
+        value,
+        op,
+        threshold,
+        seq,
+        done,
+        tried,
+    ) in result.result_rows:
+        attempts: dict[str, int] = {}
+        for url, attempt in tried:
+            attempts[str(url)] = max(attempts.get(str(url), 0), int(attempt))
         out.append(
             {
                 "event": {
@@ -244,6 +262,7 @@ def unfinished(client: Client, project: str, rule_id: str, since_ns: int) -> lis
                     "seq": int(seq),
                 },
                 "done_urls": sorted({str(u) for u in done if u}),
+                "attempts": attempts,  # per URL, the attempts made so far: numbering goes on
             }
         )
     return out

@@ -484,6 +484,39 @@ async def test_a_failing_receiver_is_retried_then_failed_and_ingest_goes_on(
 
 
 @pytest.mark.integration
+async def test_a_delivery_owed_by_a_stopped_evaluator_is_resumed_by_the_next(
+    stack: Stack, gateway: Gateway, receiver: Receiver, evaluators: Evaluators
+) -> None:
+    """At least once: the next owner of the rule resends what was neither delivered nor failed,
+    with the same event id and signature, and its attempts go on counting."""
+    receiver.status = 503
+    a = await tenant(stack, "resume", gateway)
+    status, created = await api(
+        stack, "POST", "/v1/alerts", a.key, errors_rule(receiver.url), base=gateway.url
+    )
+    assert status == 201
+    first = await evaluators.start(backoff_base_s=0.3, retry_for_s=120)
+    await send_errors(stack, a, 11, seconds_ago=0)
+    await wait_for(lambda: len(receiver.calls) >= 2, 30, "two failed attempts")
+    await evaluators.stop(first)  # its retries die with it; the attempts table remembers them
+    tried = len(receiver.calls)
+    receiver.status = 200
+    await evaluators.start(backoff_base_s=0.3, retry_for_s=120)
+    await wait_for(lambda: len(receiver.calls) > tried, 30, "the resumed delivery")
+    assert {orjson.loads(b)["id"] for _, b in receiver.calls} == {orjson.loads(receiver.calls[0][1])["id"]}
+    assert len({b for _, b in receiver.calls}) == 1  # the very same body every time
+    verify(receiver, "s3cret")
+
+    async def delivered() -> list[dict[str, Any]]:
+        _, shown = await api(stack, "GET", f"/v1/alerts/{created['id']}", a.key, base=gateway.url)
+        return [d for d in shown["deliveries"] if d["outcome"] == "delivered"]
+
+    (done,) = await wait_for(delivered, 10, "the delivered attempt")
+    assert done["attempt"] == tried + 1
+    await api(stack, "DELETE", f"/v1/alerts/{created['id']}", a.key, base=gateway.url)
+
+
+@pytest.mark.integration
 async def test_two_replicas_evaluate_each_rule_once(
     stack: Stack, gateway: Gateway, evaluators: Evaluators
 ) -> None:

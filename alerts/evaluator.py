@@ -26,7 +26,7 @@ from alerts.evaluate import NOTIFYING, GroupState, step
 from alerts.owners import Owners
 from alerts.webhook import BACKOFF_BASE_S, RETRY_FOR_S, Deliverer, Job
 from millrace.config import Settings
-from reads.alerts import Rule
+from reads.alerts import Rule, readable
 
 log = structlog.get_logger()
 
@@ -67,14 +67,16 @@ class Evaluator:
             except StoreUnavailable as exc:  # the worker restarting, the server away: wait, retry
                 log.warning("alerts_store_unavailable", error=str(exc), retry_in_s=RETRY_AFTER_FAILURE_S)
                 pause = RETRY_AFTER_FAILURE_S
+            except Exception:  # a bug costs a round, never the process (a crash loop stops `run`)
+                log.exception("alerts_round_failed", retry_in_s=RETRY_AFTER_FAILURE_S)
+                pause = RETRY_AFTER_FAILURE_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
 
     async def tick(self) -> None:
         now = time.monotonic()
         if now >= self._next_reload:
-            bodies = await self.backend.store("rules", {})
-            self.rules = {r.id: r for r in map(Rule.from_json, bodies)}
+            self.rules = {r.id: r for r in _parsed(await self.backend.store("rules", {}))}
             self._next_reload = now + RELOAD_S
         for rule_id in set(self._states) - {r for r, rule in self.rules.items() if self._mine(rule)}:
             # Lost (or deleted, disabled): forget it; whoever owns it next reads its state back.
@@ -83,13 +85,13 @@ class Evaluator:
         for rule in self.rules.values():
             if not self._mine(rule):
                 continue
-            if rule.id not in self._states:
-                await self._acquire(rule)
             if time.monotonic() < self._due.get(rule.id, 0.0):
                 continue
             try:
+                if rule.id not in self._states:
+                    await self._acquire(rule)
                 await self.evaluate(rule)
-            except StoreUnavailable as exc:
+            except Exception as exc:  # this rule waits; the others are evaluated
                 log.warning("alert_evaluation_failed", rule_id=rule.id, project=rule.project, error=str(exc))
                 self._due[rule.id] = time.monotonic() + min(rule.interval_s, RETRY_AFTER_FAILURE_S)
                 continue
@@ -104,9 +106,11 @@ class Evaluator:
         """A rule newly ours: its groups' state from the store, and the webhooks still owed."""
         ref = {"project": rule.project, "rule_id": rule.id}
         stored = await self.backend.store("states", ref)
-        self._states[rule.id] = {s["group_key"]: GroupState(**s) for s in stored}
         since = time.time_ns() - int(self.deliverer.retry_for_s * 1e9)
-        for owed in await self.backend.store("unfinished", {**ref, "since_ns": since}):
+        owed_list = await self.backend.store("unfinished", {**ref, "since_ns": since})
+        # Only now: a failure above leaves the rule unacquired, to be tried again whole.
+        self._states[rule.id] = {s["group_key"]: GroupState(**s) for s in stored}
+        for owed in owed_list:
             for channel in rule.channels:
                 if channel.url not in owed["done_urls"]:
                     tried = owed["attempts"].get(channel.url, 0)
@@ -160,6 +164,13 @@ class Evaluator:
         await self.owners.stop()
         await self.deliverer.close()
         await self.backend.close()
+
+
+def _parsed(bodies: list[str]) -> list[Rule]:
+    rules, problems = readable(bodies)
+    for problem in problems:
+        log.error("alert_rule_unreadable", error=problem)
+    return rules
 
 
 async def main(settings: Settings) -> None:

@@ -13,14 +13,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from gateway.dialects.base import bearer, json_response
 from gateway.read import ReadApi, ReadUnavailable, error
 from millrace.keys import SCOPE_ALERTS_READ, SCOPE_ALERTS_WRITE, ApiKey
-from reads.alerts import MAX_RULES_PER_PROJECT, Rule, RuleError, new_id, parse_rule
+from reads.alerts import MAX_RULES_PER_PROJECT, Rule, RuleError, new_id, parse_rule, readable
 from reads.query import QueryError, format_ns
 from reads.slots import ReadsBusy
+
+log = structlog.get_logger()
 
 
 class AlertsApi:
@@ -54,7 +57,10 @@ class AlertsApi:
         payload: dict[str, Any] = {"project": project}
         if rule_id is not None:
             payload["id"] = rule_id
-        return [Rule.from_json(body) for body in await self._store("rules", payload)]
+        rules, problems = readable(await self._store("rules", payload))
+        for problem in problems:
+            log.error("alert_rule_unreadable", project=project, error=problem)
+        return rules
 
     async def _one(self, project: str, rule_id: str) -> Rule:
         found = await self._rules(project, rule_id)

@@ -37,6 +37,8 @@ MAX_CHANNELS = 5
 MIN_INTERVAL_S = 1  # seconds are allowed so tests (and eager users) need not wait minutes
 MAX_RULES_PER_PROJECT = 500
 _ALLOW = "MILLRACE_ALERT_ALLOW_PRIVATE_TARGETS"
+# What GET shows beside the fields: ignored when a rule is sent back (GET, edit, PUT).
+_SHOWN_ONLY = {"id", "created_at", "updated_at", "state", "deliveries"}
 _FIELDS = {"name", "query", "condition", "window", "interval", "for", "enabled", "channels"}
 
 
@@ -118,6 +120,18 @@ class Rule:
         return cls(**data)
 
 
+def readable(bodies: list[str]) -> tuple[list[Rule], list[str]]:
+    """The stored bodies that read as rules, and the problems of those that do not (skipped:
+    one damaged row must not take the API or the evaluator down with it)."""
+    rules, problems = [], []
+    for body in bodies:
+        try:
+            rules.append(Rule.from_json(body))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            problems.append(f"{type(exc).__name__}: {exc} in {body[:100]!r}")
+    return rules, problems
+
+
 def new_id() -> str:
     return f"alr_{secrets.token_hex(8)}"
 
@@ -157,7 +171,7 @@ def parse_rule(
     value), or RuleError naming the first problem."""
     if not isinstance(body, dict):
         raise RuleError("the body must be a JSON object describing the rule")
-    unknown = sorted(set(body) - _FIELDS - {"id", "created_at", "updated_at"})
+    unknown = sorted(set(body) - _FIELDS - _SHOWN_ONLY)
     if unknown:
         raise RuleError(f"unknown field '{unknown[0]}'; a rule has {', '.join(sorted(_FIELDS))}")
     if existing is not None:
@@ -190,7 +204,9 @@ def parse_rule(
     enabled = body.get("enabled", True)
     if not isinstance(enabled, bool):
         raise RuleError("'enabled' must be true or false")
-    channels = _channels(body.get("channels", []), allow_private, internal_port)
+    # A channel sent back without its secret (as GET shows it) keeps the secret it had.
+    kept = {c.url: c.secret for c in existing.channels} if existing else {}
+    channels = _channels(body.get("channels", []), allow_private, internal_port, kept)
     compile_alert(query, project, parse_duration(window, 0), now_ns=0, window_given="window" in body)
     return Rule(
         id=rule_id,
@@ -218,7 +234,9 @@ def _query_window(text: str) -> str | None:
     return window.last_text if window is not None and window.last_s is not None else None
 
 
-def _channels(raw: Any, allow_private: bool, internal_port: int | None) -> tuple[Channel, ...]:
+def _channels(
+    raw: Any, allow_private: bool, internal_port: int | None, kept: dict[str, str]
+) -> tuple[Channel, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_CHANNELS:
         raise RuleError(f"'channels' must be a list of at most {MAX_CHANNELS} webhooks")
     out = []
@@ -227,7 +245,8 @@ def _channels(raw: Any, allow_private: bool, internal_port: int | None) -> tuple
             raise RuleError(
                 f'channels[{i}] must be {{"type": "webhook", "url": "https://...", "secret": "..."}}'
             )
-        url, secret = item.get("url"), item.get("secret", "")
+        url = item.get("url")
+        secret = item["secret"] if "secret" in item else kept.get(url, "") if isinstance(url, str) else ""
         if not isinstance(url, str) or not isinstance(secret, str):
             raise RuleError(f"channels[{i}]: 'url' and 'secret' are text")
         problem = url_problem(url, allow_private, internal_port)

@@ -30,7 +30,7 @@ from alerts.backend import Backend, StoreUnavailable, WorkerBackend
 from alerts.evaluate import GroupState, event_id, step
 from alerts.evaluator import Evaluator
 from alerts.webhook import signature
-from millrace import keys
+from millrace import alert_store, keys
 from millrace.config import Settings
 from reads.alerts import Rule, RuleError, parse_rule, url_problem
 from tests.conftest import Gateway, Stack, Tenant, free_port, free_port_pair
@@ -86,6 +86,36 @@ def test_a_query_that_yields_no_number_is_refused_with_its_position(
     with pytest.raises(RuleError) as err:
         parse_rule("p", body, rule_id="alr_x", now="", allow_private=False)
     assert (err.value.position, err.value.status) == (position, status)
+
+
+def test_an_update_keeps_fields_and_secrets_it_does_not_mention() -> None:
+    body = {
+        "name": "x",
+        "query": "count by service",
+        "condition": {"op": ">", "threshold": 1},
+        "window": "5m",
+        "channels": [{"url": "https://h.example.com/a", "secret": "s1"}],
+    }
+    first = parse_rule("p", body, rule_id="alr_x", now="t0", allow_private=False)
+    shown = {**first.public(), "state": [], "deliveries": []}  # what GET returns: no secrets
+    again = parse_rule(
+        "p", {**shown, "interval": "30s"}, rule_id="alr_x", now="t1", allow_private=False, existing=first
+    )
+    assert (again.channels, again.interval, again.window, again.created_at) == (
+        first.channels,
+        "30s",
+        "5m",
+        "t0",
+    )
+    cleared = parse_rule(
+        "p",
+        {"channels": [{"url": "https://h.example.com/a", "secret": ""}]},
+        rule_id="alr_x",
+        now="t2",
+        allow_private=False,
+        existing=first,
+    )
+    assert cleared.channels[0].secret == ""
 
 
 @pytest.mark.parametrize(
@@ -527,6 +557,9 @@ async def test_two_replicas_evaluate_each_rule_once(
         status, created = await api(stack, "POST", "/v1/alerts", a.key, body, base=gateway.url)
         assert status == 201
         ids.append(created["id"])
+    # A damaged row is skipped by the API and the evaluators alike, never a crash.
+    alert_store.put_rule(stack.client, a.project, "alr_damaged", "{not a rule")
+    assert (await api(stack, "GET", "/v1/alerts", a.key, base=gateway.url))[0] == 200
     one, two = await evaluators.start(), await evaluators.start()
     await wait_for(
         lambda: (

@@ -20,11 +20,13 @@ from collections import Counter
 
 import structlog
 import uvloop
+from aiohttp import web
 
 from alerts.backend import Backend, StoreUnavailable, backend_for
 from alerts.evaluate import NOTIFYING, GroupState, step
 from alerts.owners import Owners
 from alerts.webhook import BACKOFF_BASE_S, RETRY_FOR_S, Deliverer, Job
+from millrace import metrics
 from millrace.config import Settings
 from reads.alerts import Rule, readable
 
@@ -173,17 +175,35 @@ def _parsed(bodies: list[str]) -> list[Rule]:
     return rules
 
 
+def health_app(evaluator: Evaluator) -> web.Application:
+    """`/internal/health` (the partitions it owns) and `/metrics`: for container probes and
+    Prometheus, when MILLRACE_ALERTS_PORT is set. No tenant data."""
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "partitions": sorted(evaluator.owners.partitions)})
+
+    app = web.Application()
+    app.router.add_get("/internal/health", health)
+    app.router.add_get("/metrics", metrics.handle)
+    return app
+
+
 async def main(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     evaluator = Evaluator(settings)
+    runner = web.AppRunner(health_app(evaluator), access_log=None)
     try:
         await evaluator.start()
-        log.info("alerts_evaluator_started")
+        if settings.alerts_port:
+            await runner.setup()
+            await web.TCPSite(runner, settings.worker_host, settings.alerts_port).start()
+        log.info("alerts_evaluator_started", port=settings.alerts_port or None)
         await evaluator.run(stop)
     finally:
+        await runner.cleanup()
         await evaluator.close()
 
 

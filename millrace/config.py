@@ -173,6 +173,11 @@ class Settings:
         "millrace.alerts",
         "Topic whose partitions the alert evaluators share (Kafka group): each rule has one owner",
     )
+    alerts_port: int = _setting(
+        "MILLRACE_ALERTS_PORT",
+        "0",
+        "Alert evaluator's /internal/health and /metrics port, on MILLRACE_WORKER_HOST (0: none)",
+    )
     alert_allow_private_targets: bool = _setting(
         "MILLRACE_ALERT_ALLOW_PRIVATE_TARGETS",
         "false",
@@ -223,6 +228,7 @@ class Settings:
             "port": lambda n, v: _int(n, v, 1, 65535),
             "kafka_port": lambda n, v: _int(n, v, 1, 65535),
             "worker_query_port": lambda n, v: _int(n, v, 1, 65535),
+            "alerts_port": lambda n, v: _int(n, v, 0, 65535),
             "partitions": lambda n, v: _int(n, v, 1, 10000),
             "gateway_processes": lambda n, v: _int(n, v, 1, 64),
             "replication_factor": lambda n, v: _int(n, v, 1, 32),

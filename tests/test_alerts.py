@@ -631,6 +631,7 @@ def test_millrace_up_evaluates_alerts_and_a_killed_evaluator_repeats_nothing(tmp
         "MILLRACE_WORKER_QUERY_PORT": str(free_port()),
         "MILLRACE_BATCH_AGE_MS": "200",
         "MILLRACE_ALERT_ALLOW_PRIVATE_TARGETS": "true",
+        "MILLRACE_ALERTS_PORT": str(alerts_port := free_port()),
     }
     receiver = ThreadReceiver()
     up = millrace(env, "up")
@@ -639,6 +640,17 @@ def test_millrace_up_evaluates_alerts_and_a_killed_evaluator_repeats_nothing(tmp
         found = re.search(r"API key \(project 'dev', all scopes\): (\S+)", up.stdout)
         assert found, up.stdout
         base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {found[1]}"}
+        # The one evaluator owns every partition of the alerts topic (its health port says so).
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = cli_http("GET", f"http://127.0.0.1:{alerts_port}/internal/health")
+            except OSError as exc:  # not listening yet: it opens once it joined the group
+                status, body = 0, str(exc).encode()
+            if status == 200 and len(orjson.loads(body)["partitions"]) == 8:
+                break
+            assert time.monotonic() < deadline, (status, body)
+            time.sleep(0.3)
         status, body = cli_http("POST", base + "/v1/alerts", orjson.dumps(errors_rule(receiver.url)), auth)
         assert status == 201, body
         # Stamped 40 s ago: over the threshold now, out of the 1-minute window 20 s from now.

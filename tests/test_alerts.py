@@ -32,7 +32,9 @@ from alerts.evaluator import Evaluator
 from alerts.webhook import signature
 from millrace import alert_store, keys
 from millrace.config import Settings
+from ops.cli import parser as cli_parser
 from reads.alerts import Rule, RuleError, parse_rule, url_problem
+from reads.gql.autocomplete import suggest
 from tests.conftest import Gateway, Stack, Tenant, free_port, free_port_pair
 from tests.test_cli_run import http as cli_http
 from tests.test_cli_run import kill, millrace, wait_healed
@@ -579,6 +581,19 @@ async def test_two_replicas_evaluate_each_rule_once(
     assert (mine | theirs, mine & theirs) == (set(ids), set())
     for rule_id in ids:
         await api(stack, "DELETE", f"/v1/alerts/{rule_id}", a.key, base=gateway.url)
+
+
+def test_alert_scopes_are_scopes_keys_create_accepts() -> None:
+    record, _ = keys.new_key("shop", keys.parse_scopes("alerts:read,alerts:write"))
+    assert record.scopes == {"alerts:read", "alerts:write"}
+    assert cli_parser().parse_args(["keys", "create", "--project", "p", "--scopes", "alerts:read"]).scopes
+
+
+def test_autocomplete_knows_the_alert_timeline() -> None:
+    empty = {"log_properties": [], "event_properties": [], "event_names": []}
+    assert [s["text"] for s in suggest("from:al", 7, empty)["suggestions"]] == ["alert_events"]
+    assert [s["text"] for s in suggest("from:alert_events st", 20, empty)["suggestions"]] == ["state:"]
+    assert [s["text"] for s in suggest("from:alert_events state:f", 25, empty)["suggestions"]] == ["firing"]
 
 
 def test_the_signature_is_hmac_sha256_of_the_body() -> None:

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from gateway import explorer
+from gateway import alerts, explorer
 from gateway.body import BodyError
 from gateway.dialects import es_bulk as es_bulk_route
 from gateway.dialects import hec as hec_route
@@ -38,6 +38,7 @@ PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 KEYS = web.AppKey("keys", KeyStore)
 INGESTOR = web.AppKey("ingestor", Ingestor)
 READ_API = web.AppKey("read_api", ReadApi)
+ALERTS_API = web.AppKey("alerts_api", alerts.AlertsApi)
 
 
 @web.middleware
@@ -107,6 +108,9 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
     app[INGESTOR] = Ingestor(settings, app[KEYS].ring, app[PRODUCER])
     reader: ReadBackend = WorkerReader(settings) if settings.embedded_store else StoreReader(settings)
     app[READ_API] = ReadApi(app[KEYS].ring, reader, app[INGESTOR].limits)
+    app[ALERTS_API] = alerts.AlertsApi(
+        app[READ_API], settings.alert_allow_private_targets, settings.worker_query_port
+    )
     yield
     await reader.close()
 
@@ -216,6 +220,15 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/gql/autocomplete", read("autocomplete"))
     app.router.add_get("/v1/schema", read("schema"))
     app.router.add_get("/v1/info", read("info"))
+
+    def alerts_api(request: web.Request) -> alerts.AlertsApi:
+        return request.app[ALERTS_API]
+
+    app.router.add_get("/v1/alerts", alerts.handler(alerts_api, "index"))
+    app.router.add_post("/v1/alerts", alerts.handler(alerts_api, "create"))
+    app.router.add_get("/v1/alerts/{id}", alerts.handler(alerts_api, "show"))
+    app.router.add_put("/v1/alerts/{id}", alerts.handler(alerts_api, "update"))
+    app.router.add_delete("/v1/alerts/{id}", alerts.handler(alerts_api, "delete"))
     # GET / is the explorer's page for a browser and Elasticsearch's cluster info for a client
     # with a key (Elasticsearch clients always send theirs), so the explorer's routes are
     # added here, the root through `root`.

@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.body import BodyError, read_body
 from gateway.dialects.base import bearer, json_response
 from gateway.limits import Limits
-from millrace import internal, store
+from millrace import alert_store, internal, store
 from millrace.config import Settings
 from millrace.keys import SCOPE_READ, ApiKey, KeyRing
 from reads.gql.autocomplete import suggest
@@ -38,6 +38,9 @@ class ReadBackend(Protocol):
     async def call(self, op: str, payload: dict[str, Any]) -> Any:
         """One of `reads.query.read_call`'s reads."""
 
+    async def alerts(self, op: str, payload: dict[str, Any]) -> Any:
+        """One of `millrace.alert_store.call`'s operations (alert rules and their history)."""
+
     async def close(self) -> None: ...
 
 
@@ -54,6 +57,9 @@ class StoreReader:
 
     async def call(self, op: str, payload: dict[str, Any]) -> Any:
         return await self._run(str(payload.get("project")), read_call, op, payload)
+
+    async def alerts(self, op: str, payload: dict[str, Any]) -> Any:
+        return await self._run(str(payload.get("project")), alert_store.call, op, payload)
 
     async def _run(self, project: str, fn: Any, *args: Any) -> Any:
         try:
@@ -85,6 +91,9 @@ class WorkerReader:
 
     async def call(self, op: str, payload: dict[str, Any]) -> Any:
         return (await self._post(f"/internal/v1/read/{op}", payload))["result"]
+
+    async def alerts(self, op: str, payload: dict[str, Any]) -> Any:
+        return (await self._post(f"/internal/v1/alerts/{op}", payload))["result"]
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
@@ -188,7 +197,7 @@ class ReadApi:
         key = self.authorize(request)
         if isinstance(key, web.Response):
             return key
-        body = await self._json_body(request)
+        body = await self.json_body(request)
         if isinstance(body, web.Response):
             return body
         q = body.get("q") if isinstance(body, dict) else None
@@ -217,7 +226,7 @@ class ReadApi:
         key = self.authorize(request)
         if isinstance(key, web.Response):
             return key
-        body = await self._json_body(request)
+        body = await self.json_body(request)
         if isinstance(body, web.Response):
             return body
         queries = body.get("queries") if isinstance(body, dict) else None
@@ -297,7 +306,7 @@ class ReadApi:
         except ReadUnavailable as exc:
             return error(503, "UNAVAILABLE", f"the store cannot answer right now: {exc}")
 
-    async def _json_body(self, request: web.Request) -> Any:
+    async def json_body(self, request: web.Request) -> Any:
         """The body as JSON (None when it is not), or the refusal: 408 past the body deadline,
         413 past the size cap, 400/415 for an encoding that does not decode."""
         try:

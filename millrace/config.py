@@ -175,6 +175,21 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
         "MILLRACE_TRUSTED_PROXIES", "", "CIDRs whose X-Forwarded-For is believed (comma separated)"
     )
+    alerts_topic: str = _setting(
+        "MILLRACE_ALERTS_TOPIC",
+        "millrace.alerts",
+        "Topic whose partitions the alert evaluators share (Kafka group): each rule has one owner",
+    )
+    alerts_port: int = _setting(
+        "MILLRACE_ALERTS_PORT",
+        "0",
+        "Alert evaluator's /internal/health and /metrics port, on MILLRACE_WORKER_HOST (0: none)",
+    )
+    alert_allow_private_targets: bool = _setting(
+        "MILLRACE_ALERT_ALLOW_PRIVATE_TARGETS",
+        "false",
+        "true lets webhooks reach loopback, private and link-local addresses (never the worker's port)",
+    )
     restart_limit: int = _setting(
         "MILLRACE_RESTART_LIMIT",
         "5",
@@ -229,6 +244,7 @@ class Settings:
             "kafka_port": lambda n, v: _int(n, v, 1, 65535),
             "kafka_brokers": lambda n, v: int(_choice(n, v.strip(), ("1", "3"))),
             "worker_query_port": lambda n, v: _int(n, v, 1, 65535),
+            "alerts_port": lambda n, v: _int(n, v, 0, 65535),
             "partitions": lambda n, v: _int(n, v, 1, 10000),
             "gateway_processes": lambda n, v: _int(n, v, 1, 64),
             "replication_factor": lambda n, v: _int(n, v, 1, 32),
@@ -250,6 +266,7 @@ class Settings:
             "body_timeout_s": _positive_float,
             "idle_timeout_s": _positive_float,
             "trusted_proxies": _networks,
+            "alert_allow_private_targets": _bool,
             "otlp_key_header": _header_name,
             "log_level": lambda n, v: _choice(n, v.lower(), ("debug", "info", "warning", "error")),
             "log_format": lambda n, v: _choice(n, v.lower(), ("json", "console")),
@@ -365,6 +382,13 @@ def _rate(name: str, raw: str) -> float:
     if not 0 <= value < float("inf"):
         raise ConfigError(f"{name}={value} must be 0 (no limit) or positive")
     return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name}={raw!r} is not a boolean; set it to true or false")
+    return value in ("true", "1", "yes")
 
 
 def _fraction(name: str, raw: str) -> float:

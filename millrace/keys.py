@@ -35,7 +35,9 @@ log = structlog.get_logger()
 SCOPE_LOGS = "logs:write"
 SCOPE_EVENTS = "events:write"
 SCOPE_READ = "data:read"
-ALL_SCOPES = (SCOPE_LOGS, SCOPE_EVENTS, SCOPE_READ)
+SCOPE_ALERTS_READ = "alerts:read"  # GoodLogs: list and show alert rules
+SCOPE_ALERTS_WRITE = "alerts:write"  # GoodLogs: create, update and delete them
+ALL_SCOPES = (SCOPE_LOGS, SCOPE_EVENTS, SCOPE_READ, SCOPE_ALERTS_READ, SCOPE_ALERTS_WRITE)
 
 # Names a key's `limits` may carry (see gateway/limits.py).
 LIMIT_REQUESTS_PER_S = "requests_per_s"

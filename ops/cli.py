@@ -28,6 +28,13 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from alerts.evaluator import serve
+
+    serve(settings)
+    return 0
+
+
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from millrace import store
 
@@ -266,6 +273,7 @@ def parser() -> argparse.ArgumentParser:
     status_p.add_argument("--json", action="store_true", help="print the same as one JSON object")
     add("gateway", _gateway, "run one gateway process")
     add("worker", _worker, "run one worker process (owns the embedded ClickHouse engine in chdb mode)")
+    add("alerts", _alerts, "run the alert evaluator (rules at their interval, events, webhooks)")
     add("migrate", _migrate, "apply the ClickHouse migrations in schemas/migrations (idempotent)")
     add("topics", _topics, "create Millrace's Kafka topics if missing and list them")
     add("config", _config, "list every setting with its default")
@@ -331,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # They stop processes: a console that went away must not stop them half-way.
         sys.stdout, sys.stderr = Console(sys.stdout), Console(sys.stderr)
     log.configure(settings.log_level, fmt, process=args.command)
-    if args.command in ("worker", "gateway"):
+    if args.command in ("worker", "gateway", "alerts"):
         from ops.noise import quiet_kafka_startup
 
         quiet_kafka_startup()

@@ -1,8 +1,9 @@
 """`millrace run` / `up` / `down`: the whole pipeline on one machine.
 
 Order matters both ways. Up: broker, topics, dev key, worker (owns the embedded
-engine, applies migrations), gateway. Down: gateway first (stops accepting, flushes
-its producer), then the worker (stores and commits what it consumed), then the broker.
+engine, applies migrations), alert evaluator, gateway. Down: gateway first (stops
+accepting, flushes its producer), the alert evaluator, then the worker (stores and
+commits what it consumed), then the broker.
 In between, the supervisor (ops/supervisor.py) restarts whichever exits by itself.
 """
 
@@ -189,6 +190,9 @@ def run(settings: Settings) -> int:
         supervisor.start("worker", _role("worker", settings))
         # The worker owns the store (and in embedded mode answers reads): up before the gateway.
         _wait_ready(settings, supervisor, READY_TIMEOUT_S, f"{settings.worker_query_url}/internal/health")
+        # The alert evaluator reads and writes through the worker (embedded) or the server;
+        # it needs no gateway (rules reach it through the store).
+        supervisor.start("alerts", _role("alerts", settings))
         # Several gateways share the port (SO_REUSEPORT): the kernel spreads connections over
         # them, each answers only once it listens, so one /ready answer is enough to go on.
         for name in gateways:
@@ -217,8 +221,9 @@ def run(settings: Settings) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Gateways first, all at once (each stops accepting and flushes its producer), then the
-        # worker (stores and commits what it consumed), then the brokers, together.
-        supervisor.stop([gateways, ["worker"], brokers], STOP_TIMEOUT_S)
+        # alert evaluator (its webhooks in flight are resumed by the next start), then the worker
+        # (stores and commits what it consumed), then the brokers, together.
+        supervisor.stop([gateways, ["alerts"], ["worker"], brokers], STOP_TIMEOUT_S)
         (settings.run_dir / "runner.pid").unlink(missing_ok=True)
         print("Millrace stopped.", flush=True)
     return code

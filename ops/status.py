@@ -78,6 +78,9 @@ def _ready(name: str, settings: Settings) -> bool:
         return LocalCluster(settings).node(name).serves_metadata()
     if name == "worker":
         return http_ok(f"{settings.worker_query_url}/internal/health")
+    if name == "alerts":
+        # Without a port of its own, running is ready (it retries the store by itself).
+        return not settings.alerts_port or http_ok(f"http://127.0.0.1:{settings.alerts_port}/internal/health")
     # Gateways share the port: its /ready answers for whichever the kernel picked.
     return http_ok(f"http://127.0.0.1:{settings.port}/ready")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from reads.alerts import RuleError, compile_alert, samples
 from reads.gql import GQLError, compile_query, compile_text
 from reads.gql.ast import Compare, Expr, Field, Limit, Query, Text, Value, Window
 from reads.gql.compile import TIME_COLUMNS, Compiled
@@ -107,7 +108,7 @@ def _search_rows(client: Client, compiled: Compiled) -> list[dict[str, Any]]:
     rows = []
     for values in result.result_rows:
         row = dict(zip(compiled.columns, values, strict=True))
-        for c in TIME_COLUMNS:
+        for c in TIME_COLUMNS.intersection(row):
             row[c] = format_ns(int(row[c]))
         rows.append(row)
     return rows
@@ -251,6 +252,19 @@ def _num(value: Any) -> float | None:
     return None if number != number else round(number, 1)  # NaN when there are no rows
 
 
+def alert_values(client: Client, project: str, text: str, window_s: int, now_ns: int) -> list[dict[str, Any]]:
+    """An alert rule's query over its window ending at `now_ns`: one value per group, as JSON.
+    The evaluator's read, compiled and run like every other query (QueryError if it cannot run)."""
+    try:
+        compiled = compile_alert(text, project, window_s, now_ns, window_given=False)
+    except RuleError as exc:
+        raise QueryError(exc.message) from None
+    return [
+        {"group_key": s.group_key, "value": s.value, "labels": s.labels}
+        for s in samples(run_compiled(client, compiled))
+    ]
+
+
 def read_call(client: Client, op: str, payload: dict[str, Any]) -> Any:
     """The GoodLogs reads by name, with JSON-able arguments and results: what the gateway's
     direct reader calls and what the worker's internal port serves in embedded mode."""
@@ -262,6 +276,10 @@ def read_call(client: Client, op: str, payload: dict[str, Any]) -> Any:
         if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
             raise QueryError("'queries' must be a list of strings")
         return run_gql_batch(client, project, queries, int(payload["now_ns"]))
+    if op == "alert_values":
+        return alert_values(
+            client, project, payload["query"], int(payload["window_s"]), int(payload["now_ns"])
+        )
     if op == "schema":
         return discovered_schema(client, project)
     if op == "usage":

@@ -135,7 +135,12 @@ async def test_local_broker_lifecycle(tmp_path: Path) -> None:
         # Two at once: the loser of the creation race must shrug off TopicAlreadyExists.
         await asyncio.gather(ensure_topics(settings), ensure_topics(settings))
         await ensure_topics(settings)
-        assert await describe(settings) == {settings.topic: 3, settings.dlq_topic: 3, settings.keys_topic: 1}
+        assert await describe(settings) == {
+            settings.topic: 3,
+            settings.dlq_topic: 3,
+            settings.keys_topic: 1,
+            settings.alerts_topic: 8,
+        }
         async with admin_client(settings) as admin:
             (response,) = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, settings.keys_topic)]

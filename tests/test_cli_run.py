@@ -213,6 +213,7 @@ def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
         assert [(p["name"], p["restarts"]) for p in state["processes"]] == [
             ("broker", 0),
             ("worker", 0),
+            ("alerts", 0),
             ("gateway", 0),
             ("gateway-2", 0),
         ]
@@ -376,7 +377,7 @@ def test_a_console_that_went_away_does_not_stop_the_shutdown(
             raise AssertionError("the runner ended before it was ready:\n" + "".join(seen))
         state = orjson.loads((home / "run" / "state.json").read_bytes())
         pids = {p["name"]: p["pid"] for p in state["processes"]}
-        assert set(pids) == {"worker", "gateway"}
+        assert set(pids) == {"worker", "alerts", "gateway"}
         runner.stdout.close()  # tee is gone
         runner.send_signal(signal.SIGINT)
         assert runner.wait(90) == 0

@@ -9,15 +9,25 @@ import pytest
 
 from millrace.config import ConfigError, Settings, describe
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+_ROW = re.compile(r"^\| `([A-Z_]+)` \| (?:`([^`]*)`|\(empty\)) \| (.+?) \|$", flags=re.M)
 
 
-def test_readme_settings_table_lists_every_setting_with_its_default() -> None:
-    rows = re.findall(
-        r"^\| `([A-Z_]+)` \| (?:`([^`]*)`|\(empty\)) \| (.+?) \|$", README.read_text(), flags=re.M
-    )
-    documented = {name: default for name, default, _ in rows}
-    assert {env: default for env, default, _ in describe()} == documented
+def _documented(path: Path) -> dict[str, str]:
+    """Variable -> default, from a settings table (the meaning column may say more than the code)."""
+    return {name: default for name, default, _ in _ROW.findall(path.read_text())}
+
+
+def test_the_settings_page_lists_every_setting_with_its_default() -> None:
+    assert {env: default for env, default, _ in describe()} == _documented(ROOT / "docs" / "settings.md")
+
+
+def test_the_readme_shows_settings_as_the_code_has_them_and_links_the_rest() -> None:
+    shown = _documented(ROOT / "README.md")
+    assert shown, "the README shows the settings most often set"
+    known = {env: default for env, default, _ in describe()}
+    assert {env: known.get(env) for env in shown} == shown
+    assert "docs/settings.md" in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -371,7 +371,7 @@ def depends_on(service: dict[str, Any]) -> dict[str, str]:
 def test_compose_runs_the_millrace_roles() -> None:
     ours = millrace_services()
     commands = {n: s.get("command") for n, s in ours.items()}
-    assert {"gateway", "worker", "migrate", "topics"} <= {c[0] for c in commands.values() if c}
+    assert {"gateway", "worker", "alerts", "migrate", "topics"} <= {c[0] for c in commands.values() if c}
     assert services()["kafka"]["image"] == "apache/kafka:4.1.1"
     assert str(services()["clickhouse"]["image"]).startswith("clickhouse/clickhouse-server")
 
@@ -591,7 +591,7 @@ def test_k8s_manifests_parse_and_are_all_listed() -> None:
         assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"].get("name"), doc
     kinds = sorted(d["kind"] for d in manifests())
     for kind, count in {
-        "Deployment": 2,
+        "Deployment": 3,  # gateway, worker, alert evaluator
         "Service": 1,
         "HorizontalPodAutoscaler": 1,
         "ScaledObject": 1,
@@ -622,6 +622,7 @@ def test_every_container_runs_a_real_millrace_command() -> None:
             assert cli_accepts(container["args"]), f"{where}: `millrace {container['args']}` does not parse"
     roles = {w["metadata"]["name"]: [c["args"] for c in containers(w)] for w in workloads()}
     assert roles["millrace-gateway"] == [["gateway"]] and roles["millrace-worker"] == [["worker"]]
+    assert roles["millrace-alerts"] == [["alerts"]]
     assert roles["millrace-setup"] == [["topics"], ["migrate"]], "topics first (init container), then migrate"
 
 

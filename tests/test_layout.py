@@ -14,7 +14,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRST_PARTY = {"schemas", "formats", "millrace", "reads", "gateway", "workers", "ops", "bench", "tests"}
+FIRST_PARTY = {
+    "schemas",
+    "formats",
+    "millrace",
+    "reads",
+    "gateway",
+    "workers",
+    "alerts",
+    "ops",
+    "bench",
+    "tests",
+}
 
 # package -> the first-party packages it may import (itself always allowed)
 ALLOWED: dict[str, set[str]] = {
@@ -24,7 +35,11 @@ ALLOWED: dict[str, set[str]] = {
     "reads": {"schemas", "millrace"},
     "gateway": {"schemas", "formats", "millrace", "reads"},  # never the worker
     "workers": {"schemas", "formats", "millrace", "reads"},  # never the gateway
-    "ops": {"schemas", "formats", "millrace", "reads", "gateway", "workers"},  # starts both processes
+    # The alert evaluator is a process of its own (it must not share the gateway's event loop
+    # or the worker's consumer): it reads through the read core and stores through the
+    # shared kernel, never through the other processes' code.
+    "alerts": {"schemas", "millrace", "reads"},
+    "ops": {"schemas", "formats", "millrace", "reads", "gateway", "workers", "alerts"},  # starts them all
 }
 
 # Declared dependencies (pyproject) by import name, for `formats/` and `schemas/`.

@@ -19,7 +19,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from millrace import internal, metrics, store
+from millrace import alert_store, internal, metrics, store
 from millrace.config import Settings
 from millrace.gc_tuning import tune_gc
 from reads.query import LogQuery, QueryError, project_stats, read_call, run_logs
@@ -100,6 +100,19 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
         op = request.match_info["op"]
         return await answer(request, str(project), "result", read_call, op, payload)
 
+    async def alerts(request: web.Request) -> web.Response:
+        """Alert rules, state, events and deliveries (`millrace.alert_store.call`), for the
+        gateway's rules API and the evaluator: they may not open this engine themselves."""
+        try:
+            payload = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": str(exc)}})
+        if not isinstance(payload, dict):
+            return _json(400, {"error": {"code": "VALIDATION_ERROR", "message": "a JSON object, please"}})
+        # The evaluator's all-projects reads share one slot of their own.
+        project = str(payload.get("project") or "_alerts")
+        return await answer(request, project, "result", alert_store.call, request.match_info["op"], payload)
+
     async def close(app: web.Application) -> None:
         pool.shutdown()
         client.close()
@@ -118,6 +131,7 @@ def read_app(settings: Settings, flood: FloodGuard | None = None) -> web.Applica
 
     app.router.add_post("/internal/v1/logs", logs)
     app.router.add_post("/internal/v1/read/{op}", read)
+    app.router.add_post("/internal/v1/alerts/{op}", alerts)
     app.router.add_get("/internal/v1/stats", stats)
     app.on_cleanup.append(close)
     return app

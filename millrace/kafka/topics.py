@@ -27,6 +27,9 @@ log = structlog.get_logger()
 CLIENT_ID = "millrace-admin"
 REQUEST_TIMEOUT_MS = 15_000
 ENVELOPE_OVERHEAD = 64 * 1024  # room for an envelope's metadata on top of the largest body
+# The alerts topic carries no records: its partitions are shares of the alert rules that the
+# evaluators' Kafka group hands out, one owner each (alerts/owners.py).
+ALERT_PARTITIONS = 8
 
 
 # The local broker's SASL principals (ops.broker writes their passwords at its first start).
@@ -105,6 +108,7 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
         # One partition: every gateway reads the whole key set from the start, in order,
         # and compaction keeps only the latest record per key id.
         NewTopic(settings.keys_topic, 1, rf, topic_configs={"cleanup.policy": "compact", **durable}),
+        NewTopic(settings.alerts_topic, ALERT_PARTITIONS, rf, topic_configs=durable),
     ]
 
 
@@ -151,7 +155,7 @@ async def wait_for_kafka(settings: Settings, timeout_s: float, node_id: int | No
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the raw, dead-letter and keys topics if absent; return once all have leaders."""
+    """Create the raw, dead-letter, keys and alerts topics if absent; return once all have leaders."""
     wanted = wanted_topics(settings)
     async with admin_client(settings) as admin:
         existing = await _partitions(admin, [t.name for t in wanted])

@@ -18,6 +18,7 @@ from schemas.record import LEVELS
 MAX_SUGGESTIONS = 20
 _WORD_BREAK = " \t\r\n(|"
 _FROM_EVENTS = re.compile(r"\bfrom\s*:?\s*events\b", re.IGNORECASE)
+_FROM_ALERTS = re.compile(r"\bfrom\s*:?\s*alert_events\b", re.IGNORECASE)
 # After these a field name is wanted on its own (`count by ev|`), not a `field:` filter.
 _NAME_ONLY = re.compile(r"(\b(by|sort|distinct)\s+|count_distinct\(\s*|,\s*)$", re.IGNORECASE)
 _COMPARE = re.compile(r"^(-?)([^:=<>!]+?)(:|!=|>=|<=|==|=|>|<)(.*)$")
@@ -47,8 +48,19 @@ _EVENT_FIELDS = (
     ("$device", "device class from the User-Agent"),
     ("$ip", "client IP"),
 )
+_ALERT_FIELDS = (
+    ("state", "pending, firing, resolved or ok"),
+    ("previous_state", "the state before the transition"),
+    ("rule", "rule id"),
+    ("rule_name", "rule name"),
+    ("group", "the group's fields, for a count by rule"),
+    ("value", "the value that moved it"),
+    ("threshold", "the rule's threshold"),
+    ("event_id", "the transition's id (the webhook's)"),
+    ("timestamp", "time of the transition"),
+)
 _KEYWORDS = (
-    ("from:", "from:logs (default) or from:events"),
+    ("from:", "from:logs (default), from:events or from:alert_events"),
     ("last:", "time window, e.g. last:1h, last:24h, last:30d"),
     ("since:", "from this ISO 8601 time"),
     ("until:", "up to this ISO 8601 time (exclusive)"),
@@ -78,7 +90,9 @@ def suggest(text: str, cursor: int, schema: dict[str, Any]) -> dict[str, Any]:
     while end < len(text) and text[end] not in _WORD_BREAK:
         end += 1
     word = text[start:cursor]
-    source = "events" if _FROM_EVENTS.search(text) else "logs"
+    source = (
+        "alert_events" if _FROM_ALERTS.search(text) else "events" if _FROM_EVENTS.search(text) else "logs"
+    )
 
     compare = _COMPARE.match(word)
     if name_only := _NAME_ONLY.search(text[:start]):
@@ -119,7 +133,11 @@ def _values(field: str, prefix: str, source: str, schema: dict[str, Any]) -> lis
     name = field.lower()
     options: list[tuple[str, str]]
     if name == "from":
-        options = [("logs", "log entries"), ("events", "product analytics events")]
+        options = [
+            ("logs", "log entries"),
+            ("events", "product analytics events"),
+            ("alert_events", "alert transitions"),
+        ]
     elif name == "last":
         options = [(w, "time window") for w in _WINDOWS]
     elif source == "logs" and name in ("severity", "level"):
@@ -127,6 +145,10 @@ def _values(field: str, prefix: str, source: str, schema: dict[str, Any]) -> lis
         options = [(s["name"], f"{s['volume']:,} logs") for s in seen] or [(lvl, "level") for lvl in LEVELS]
     elif source == "logs" and name == "service":
         options = [(s["name"], f"{s['volume']:,} logs") for s in schema.get("log_services") or []]
+    elif source == "alert_events" and name in ("state", "previous_state"):
+        options = [(state, "alert state") for state in ("pending", "firing", "resolved", "ok")]
+    elif source == "alert_events":
+        options = []
     elif source == "events" and name in ("event", "event_name", "name"):
         options = [(s["name"], f"{s['volume']:,} events") for s in schema.get("event_names") or []]
     else:
@@ -155,7 +177,7 @@ def _quoted_if_needed(value: str) -> str:
 def _fields(prefix: str, source: str, schema: dict[str, Any]) -> list[dict[str, Any]]:
     negate = "-" if prefix.startswith("-") else ""
     bare = prefix.removeprefix("-").lower()
-    builtin = _EVENT_FIELDS if source == "events" else _LOG_FIELDS
+    builtin = {"events": _EVENT_FIELDS, "alert_events": _ALERT_FIELDS}.get(source, _LOG_FIELDS)
     out = [
         {"text": f"{negate}{name}:", "description": desc, "kind": "field"}
         for name, desc in builtin
@@ -163,7 +185,8 @@ def _fields(prefix: str, source: str, schema: dict[str, Any]) -> list[dict[str, 
     ]
     unit = "events" if source == "events" else "logs"
     known = {name for name, _ in builtin}
-    for prop in schema.get("event_properties" if source == "events" else "log_properties") or []:
+    props = [] if source == "alert_events" else schema.get(f"{unit[:-1]}_properties") or []
+    for prop in props:
         if prop["key"].lower().startswith(bare) and prop["key"] not in known:
             out.append(
                 {

@@ -50,9 +50,25 @@ _NOT_SHOWN = frozenset({"severity_number", "kafka_topic", "kafka_partition", "ka
 LOG_OUTPUT = tuple(c for c in LOG_COLUMN_NAMES if c not in _NOT_SHOWN)
 EVENT_OUTPUT = tuple(c for c in EVENT_COLUMN_NAMES if c not in _NOT_SHOWN)
 TIME_COLUMNS = frozenset({"timestamp", "observed_timestamp"})
-SOURCES = {LOGS_TABLE: LOG_OUTPUT, EVENTS_TABLE: EVENT_OUTPUT}
+# The timeline of alert transitions (migration 005), read like the other sources. Its rows
+# are replaced by event id (a transition written twice is one row), hence FINAL.
+ALERT_EVENTS_TABLE = "alert_events"
+ALERT_EVENT_OUTPUT = (
+    "timestamp",
+    "event_id",
+    "rule_id",
+    "rule_name",
+    "group_key",
+    "state",
+    "previous_state",
+    "value",
+    "op",
+    "threshold",
+)
+SOURCES = {LOGS_TABLE: LOG_OUTPUT, EVENTS_TABLE: EVENT_OUTPUT, ALERT_EVENTS_TABLE: ALERT_EVENT_OUTPUT}
+_FROM = {ALERT_EVENTS_TABLE: f"{ALERT_EVENTS_TABLE} FINAL"}
 
-Kind = Literal["string", "text", "level", "time", "array"]
+Kind = Literal["string", "text", "level", "time", "array", "number"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +138,23 @@ _EVENT_FIELDS: dict[str, Column] = {
     "distinctid": Column("distinct_id", "string"),
     "$distinct_id": Column("distinct_id", "string"),
 }
-FIELDS = {LOGS_TABLE: _LOG_FIELDS, EVENTS_TABLE: _EVENT_FIELDS}
+_ALERT_EVENT_FIELDS: dict[str, Column] = {
+    "timestamp": Column("timestamp", "time"),
+    "event_id": Column("event_id", "string"),
+    "id": Column("event_id", "string"),
+    "rule": Column("rule_id", "string"),
+    "rule_id": Column("rule_id", "string"),
+    "rule_name": Column("rule_name", "string"),
+    "name": Column("rule_name", "string"),
+    "group": Column("group_key", "string"),
+    "group_key": Column("group_key", "string"),
+    "state": Column("state", "string"),
+    "previous_state": Column("previous_state", "string"),
+    "value": Column("value", "number"),
+    "op": Column("op", "string"),
+    "threshold": Column("threshold", "number"),
+}
+FIELDS = {LOGS_TABLE: _LOG_FIELDS, EVENTS_TABLE: _EVENT_FIELDS, ALERT_EVENTS_TABLE: _ALERT_EVENT_FIELDS}
 
 _SQL_OPS = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
@@ -147,11 +179,14 @@ class _Params:
         return f"{{{name}:{type_}}}"
 
 
-def resolve(table: str, name: str, params: _Params) -> Column:
+def resolve(table: str, name: str, params: _Params, pos: int = 0) -> Column:
     """A known column, or the property of that exact name (the key bound as a parameter)."""
     column = FIELDS[table].get(name.lower())
     if column is not None:
         return column
+    if table not in MAP_COLUMN:  # alert events have no free-form properties
+        known = ", ".join(sorted(FIELDS[table]))
+        raise GQLError(f"{table} has no field '{name}'; its fields are {known}", pos, 422)
     return Column(f"{MAP_COLUMN[table]}[{params.add(name, 'String')}]", "string")
 
 
@@ -178,14 +213,11 @@ def compile_query(query: Query, project: str, now_ns: int) -> Compiled:
 def _source(query: Query) -> str:
     if query.source in SOURCES:
         return query.source
-    if query.source == "alert_events":
-        raise GQLError(
-            "from:alert_events: Millrace has no alerts, so there are no alert events to read;"
-            " the sources are logs and events",
-            query.source_pos,
-            status=422,
-        )
-    raise GQLError(f"unknown source '{query.source}': use from:logs or from:events", query.source_pos, 422)
+    raise GQLError(
+        f"unknown source '{query.source}': use from:logs, from:events or from:alert_events",
+        query.source_pos,
+        422,
+    )
 
 
 def _search(query: Query, table: str, where_sql: str, params: _Params) -> Compiled:
@@ -204,13 +236,13 @@ def _search(query: Query, table: str, where_sql: str, params: _Params) -> Compil
                 raise GQLError(f"a search returns at most {SEARCH_MAX} rows", stage.pos, 422)
             limit = stage.n
         elif isinstance(stage, Sort):
-            order += _sort_keys(resolve(table, stage.field.name, params), stage)
+            order += _sort_keys(resolve(table, stage.field.name, params, stage.field.pos), stage)
     order.append("timestamp DESC")  # newest first, and the tie-breaker of any sort
     output = SOURCES[table]
     # Aliases must not shadow columns: ClickHouse resolves WHERE names against aliases first.
     columns = ", ".join(f"toUnixTimestamp64Nano({c}) AS {c}_ns" if c in TIME_COLUMNS else c for c in output)
     sql = (
-        f"SELECT {columns} FROM {table} WHERE {where_sql} "
+        f"SELECT {columns} FROM {_FROM.get(table, table)} WHERE {where_sql} "
         f"ORDER BY {', '.join(order)} LIMIT {params.add(limit, 'UInt32')}"
     )
     return Compiled(sql, params.values, "search", table, output)
@@ -220,7 +252,7 @@ def _sort_keys(column: Column, stage: Sort) -> list[str]:
     direction = "DESC" if stage.descending else "ASC"
     if column.kind == "level":
         return [f"severity_number {direction}"]
-    if column.kind in ("time", "array"):
+    if column.kind in ("time", "array", "number"):
         return [f"{column.sql} {direction}"]
     # Properties hold text; numbers among them sort as numbers, first.
     return [f"toFloat64OrNull({column.sql}) {direction} NULLS LAST", f"{column.sql} {direction}"]
@@ -234,7 +266,7 @@ def _aggregate(query: Query, agg: Aggregate, table: str, where_sql: str, params:
             groups.append(f"{_bin(table, group, params)} AS g{i}")
             bins.append(i)
             continue
-        column = resolve(table, group.name, params)
+        column = resolve(table, group.name, params, group.pos)
         if column.kind == "time":
             raise GQLError(
                 f"cannot group by the time field '{group.name}': bucket it, e.g. bin({group.name}, 1m)",
@@ -246,13 +278,13 @@ def _aggregate(query: Query, agg: Aggregate, table: str, where_sql: str, params:
     if agg.target is None:
         value = "count()"
     else:
-        target = resolve(table, agg.target.name, params)
+        target = resolve(table, agg.target.name, params, agg.target.pos)
         if target.kind == "time":
             raise GQLError(f"cannot count distinct values of '{agg.target.name}'", agg.target.pos, 422)
         # An absent property (or an empty id) is not a distinct value: it counts no user.
         value = (
             f"uniqExact({target.sql})"
-            if target.kind == "array"
+            if target.kind in ("array", "number")
             else f"uniqExactIf({target.sql}, {target.sql} != '')"
         )
     having = [_having(s.expr, params) for s in query.pipeline if isinstance(s, Having)]
@@ -267,7 +299,9 @@ def _aggregate(query: Query, agg: Aggregate, table: str, where_sql: str, params:
     if bins and not order:
         order.append(f"g{bins[0]} ASC")  # a time series reads oldest first, as a chart draws it
     order += ["value DESC", *(f"g{i} ASC" for i in range(len(groups)))]
-    inner = f"SELECT {', '.join([*groups, f'{value} AS value'])} FROM {table} WHERE {where_sql}"
+    inner = (
+        f"SELECT {', '.join([*groups, f'{value} AS value'])} FROM {_FROM.get(table, table)} WHERE {where_sql}"
+    )
     if groups:
         inner += f" GROUP BY {', '.join(f'g{i}' for i in range(len(groups)))}"
     if having:
@@ -335,6 +369,11 @@ def _text(table: str, text: str, params: _Params) -> str:
     p = params.add(text, "String")
     if table == LOGS_TABLE:
         return f"positionCaseInsensitiveUTF8(message, {p}) > 0"
+    if table == ALERT_EVENTS_TABLE:
+        return (
+            f"(positionCaseInsensitiveUTF8(rule_name, {p}) > 0"
+            f" OR positionCaseInsensitiveUTF8(group_key, {p}) > 0)"
+        )
     return (
         f"(positionCaseInsensitiveUTF8(event, {p}) > 0"
         f" OR arrayExists(v -> positionCaseInsensitiveUTF8(v, {p}) > 0, mapValues(properties)))"
@@ -343,15 +382,17 @@ def _text(table: str, text: str, params: _Params) -> str:
 
 def _compare(table: str, cmp: Compare, params: _Params) -> str:
     name = cmp.field.name
-    map_column = MAP_COLUMN[table]
     column = FIELDS[table].get(name.lower())
     if cmp.op == "exists":
         if column is None:
-            return f"mapContains({map_column}, {params.add(name, 'String')})"
+            resolve(table, name, params, cmp.field.pos)  # refuses a field the table cannot have
+            return f"mapContains({MAP_COLUMN[table]}, {params.add(name, 'String')})"
         if column.kind == "array":
             return f"notEmpty({column.sql})"
-        return "1" if column.kind in ("time", "level") else f"{column.sql} != ''"
-    column = column or resolve(table, name, params)
+        return "1" if column.kind in ("time", "level", "number") else f"{column.sql} != ''"
+    column = column or resolve(table, name, params, cmp.field.pos)
+    if column.kind == "number":
+        return _number(column, cmp, params)
     if column.kind == "level":
         return _level(column, cmp, params)
     if column.kind == "time":
@@ -395,6 +436,16 @@ def _time(column: Column, cmp: Compare, params: _Params) -> str:
     except GQLError as exc:
         raise GQLError(exc.reason, exc.position, 422) from None
     return f"{column.sql} {_SQL_OPS[cmp.op]} fromUnixTimestamp64Nano({params.add(ns, 'Int64')}, 'UTC')"
+
+
+def _number(column: Column, cmp: Compare, params: _Params) -> str:
+    numbers = [v.number for v in cmp.values]
+    for value, number in zip(cmp.values, numbers, strict=True):
+        if number is None:
+            raise GQLError(f"'{cmp.field.name}' is a number; {value.text!r} is not", value.pos, 422)
+    if cmp.op == "in":
+        return f"{column.sql} IN {params.add(numbers, 'Array(Float64)')}"
+    return f"{column.sql} {_SQL_OPS[cmp.op]} {params.add(numbers[0], 'Float64')}"
 
 
 def _array(column: Column, cmp: Compare, params: _Params) -> str:

@@ -1,0 +1,88 @@
+"""How the evaluator reaches the store: the worker's internal port in embedded mode (the
+worker owns the chDB engine; a second engine on its data path is not allowed), a
+ClickHouse server directly otherwise. Both run the same functions: `reads.query.read_call`
+for the rule's query and `millrace.alert_store.call` for rules, state, events and attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from millrace import alert_store, internal, store
+from millrace.config import Settings
+from reads.query import read_call
+
+
+class StoreUnavailable(Exception):
+    """The store (or the worker in front of it) did not answer; the evaluation is retried."""
+
+
+class Backend(Protocol):
+    async def read(self, op: str, payload: dict[str, Any]) -> Any: ...
+
+    async def store(self, op: str, payload: dict[str, Any]) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class WorkerBackend:
+    def __init__(self, settings: Settings) -> None:
+        self._url = settings.worker_query_url
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30),
+            headers={internal.HEADER: internal.ensure_token(settings)},
+        )
+
+    async def read(self, op: str, payload: dict[str, Any]) -> Any:
+        return await self._post(f"/internal/v1/read/{op}", payload)
+
+    async def store(self, op: str, payload: dict[str, Any]) -> Any:
+        return await self._post(f"/internal/v1/alerts/{op}", payload)
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        try:
+            async with self._session.post(f"{self._url}{path}", data=orjson.dumps(payload)) as resp:
+                answer = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            raise StoreUnavailable(f"the worker's internal port is unreachable: {exc}") from exc
+        if resp.status != 200:
+            message = answer.get("error", {}).get("message", "") if isinstance(answer, dict) else ""
+            raise StoreUnavailable(f"the worker answered {resp.status}: {message}")
+        return answer["result"]
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class DirectBackend:
+    """A ClickHouse server: the synchronous client in one thread of our own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._client = store.connect(settings, create_database=False)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alerts-store")
+
+    async def read(self, op: str, payload: dict[str, Any]) -> Any:
+        return await self._run(read_call, op, payload)
+
+    async def store(self, op: str, payload: dict[str, Any]) -> Any:
+        return await self._run(alert_store.call, op, payload)
+
+    async def _run(self, fn: Any, op: str, payload: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, self._client, op, payload)
+        except Exception as exc:
+            raise StoreUnavailable(f"{op}: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        self._pool.shutdown()
+        self._client.close()
+
+
+def backend_for(settings: Settings) -> Backend:
+    return WorkerBackend(settings) if settings.embedded_store else DirectBackend(settings)

@@ -495,12 +495,16 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
             value = kv.get("value")
             text = _json_scalar(value)
             if text is not None:
-                _add(attributes, key, text)
+                if len(attributes) >= MAX_ATTRIBUTE_KEYS:
+                    raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+                attributes[key] = text
             elif not _put_flat(attributes, key, _json_texts(value)):
                 _put(attributes, key, _json_value(value))
-    flags = _int(record.get("flags", 0), "flags")
-    if flags:
-        attributes["flags"] = str(flags)
+    flags = record.get("flags", 0)
+    if flags or type(flags) is not int:  # 0 is the usual value: no call for it
+        flags = _int(flags, "flags")
+        if flags:
+            attributes["flags"] = str(flags)
     if record.get("eventName"):
         attributes["event.name"] = _message(record["eventName"])
     severity_text = record.get("severityText") or ""
@@ -524,6 +528,6 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
         severity_text,
         message,
         attributes,
-        _hex_id(record.get("traceId"), "traceId"),
-        _hex_id(record.get("spanId"), "spanId"),
+        "" if (trace_id := record.get("traceId")) is None else _hex_id(trace_id, "traceId"),
+        "" if (span_id := record.get("spanId")) is None else _hex_id(span_id, "spanId"),
     )

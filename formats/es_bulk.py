@@ -74,7 +74,7 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
     actions: dict[bytes, tuple[str, dict[str, Any]]] = {}  # shippers repeat one action line
     n = 0
     while n < len(lines):
-        line = lines[n]
+        line = bytes(lines[n])  # the line itself when the body is bytes; a hashable copy of a buffer's
         known = actions.get(line)
         if known is None:
             known = actions[line] = _action(line, n)

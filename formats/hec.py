@@ -229,8 +229,15 @@ def _event_row(event: Any, defaults: dict[str, str], ctx: ParseContext) -> dict[
             split_fields(fields, frozenset(), row, attributes, _FIELD_COLUMNS)
         for key in _META_KEYS:  # the event's own, else the query's (an empty one is not replaced)
             value = event[key] if key in event else defaults.get(key)
-            if value is not None and value != "":
-                _set_meta(key, value, row, attributes)
+            if value is None or value == "":
+                continue
+            text = value if type(value) is str else to_text(value)
+            if key == "host":
+                row["host"] = text
+            elif key == "index":
+                row["dataset"] = text
+            else:
+                attributes[key] = text
         for key, value in event.items():
             if key not in _ENVELOPE_KEYS:
                 put_attribute(attributes, key, value)

@@ -111,6 +111,7 @@ def kafka_produce(
     compression: str,
     max_bytes: int,
     log_file: Path,
+    separator: bytes = b"\n",
 ) -> dict[str, Any]:
     if not any(lib_dir.glob("kafka-tools-*.jar")):
         return {"error": f"kafka-tools jar missing from {lib_dir} (deploy/kafka/pom.xml fetches it)"}
@@ -133,6 +134,8 @@ def kafka_produce(
         "1000000000",  # ended by us once the windows cover `seconds`
         "--payload-file",
         str(bodies_file),
+        "--payload-delimiter",  # a regular expression to the tool: the separators used are literal
+        separator.decode(),
         "--throughput",
         "-1",
         # Security settings go in a file: the tool's --producer-props cannot carry a value with
@@ -243,7 +246,7 @@ def clickhouse_insert(bodies_file: Path, dialect: Dialect, batch_rows: int, seco
     from millrace import store
     from millrace.config import Settings
 
-    bodies = [b for b in bodies_file.read_bytes().split(b"\n") if b]
+    bodies = payloads.read_pool(dialect, bodies_file.read_bytes())
     batch, parse_s, parsed_logs = _rows(bodies, dialect, batch_rows)
     with tempfile.TemporaryDirectory(prefix="millrace-bench-ch-") as tmp:
         settings = Settings.from_env({"MILLRACE_HOME": tmp})

@@ -55,7 +55,7 @@ def quantile(hist: dict[int, int], q: float) -> float | None:
 class LoadConfig:
     url: str  # full URL of the ingest endpoint
     headers: dict[str, str]
-    bodies_file: str  # one body per line
+    bodies_file: str  # bodies split by `separator` (payloads.pool_bytes)
     logs_per_body: int
     connections: int
     duration_s: float

@@ -5,13 +5,16 @@ a cache miss, a payment failure with an error name, a few metadata keys (one nes
 flattening is exercised), a request id and an ISO timestamp within a second or two of
 now. An AstraLog log is 250-400 bytes of JSON, which is what the issue asks for.
 
-Bodies are deterministic for a seed, single-line JSON (Kafka's ProducerPerformance reads
-its payload file one line per record), and are checked with the project's own parser
-before any load is sent, so "acknowledged" always means "every log of it accepted".
+Bodies are deterministic for a seed and are checked with the project's own parser before
+any load is sent, so "acknowledged" always means "every log of it accepted". A pool is one
+file of bodies split by the dialect's separator: a newline for the single-line JSON bodies
+(Kafka's ProducerPerformance reads them one record per line), the ASCII record separator for
+Elasticsearch `_bulk`, whose NDJSON bodies hold newlines of their own.
 """
 
 from __future__ import annotations
 
+import base64
 import random
 import time
 from collections.abc import Callable
@@ -275,6 +278,30 @@ def _hec(evs: list[Event]) -> bytes:
     )
 
 
+def _es_bulk(evs: list[Event]) -> bytes:
+    # ECS documents after a bare `create` action (the index is the path's), as Filebeat and
+    # Fluent Bit's `es` output send them.
+    lines: list[bytes] = []
+    for e in evs:
+        doc: dict[str, Any] = {
+            "@timestamp": _iso(e.ts_ms),
+            "message": e.message,
+            "log": {"level": e.level, "logger": e.service},
+            "service": {"name": e.service, "environment": "prod"},
+            "host": {"name": e.host},
+            "cloud": {"region": e.region},
+            "http": e.http,
+            "user": {"id": str(e.user_id)},
+            "transaction": {"id": e.request_id},
+            "event": {"duration": int(e.duration_ms * 1_000_000)},
+        }
+        if e.error:
+            doc["error"] = {"type": e.error}
+        lines.append(b'{"create":{}}')
+        lines.append(orjson.dumps(doc))
+    return b"\n".join(lines) + b"\n"
+
+
 def _any(value: Any) -> dict[str, Any]:
     if isinstance(value, bool):
         return {"boolValue": value}
@@ -328,6 +355,7 @@ class Dialect:
     auth: Callable[[str], dict[str, str]]
     render: Callable[[list[Event]], bytes]
     max_batch: int | None = None  # the dialect's own documented cap on logs per request
+    separator: bytes = b"\n"  # between bodies in a pool file (never inside one)
 
 
 DIALECTS: dict[str, Dialect] = {
@@ -382,6 +410,15 @@ DIALECTS: dict[str, Dialect] = {
         Dialect(
             "otlp", "otlp", "/v1/logs", "application/json", lambda k: {"Authorization": f"Bearer {k}"}, _otlp
         ),
+        Dialect(
+            "es_bulk",
+            "es_bulk",
+            "/logs-bench/_bulk",
+            "application/x-ndjson",
+            lambda k: {"Authorization": "ApiKey " + base64.b64encode(f"bench:{k}".encode()).decode()},
+            _es_bulk,
+            separator=b"\x1e",
+        ),
     )
 }
 
@@ -403,12 +440,21 @@ def headers(dialect: Dialect, key: str, gzip: bool = False) -> dict[str, str]:
 
 
 def bodies(dialect: Dialect, logs_per_body: int, count: int, seed: int = 1) -> list[bytes]:
-    """`count` distinct bodies of `logs_per_body` logs each (single-line JSON)."""
+    """`count` distinct bodies of `logs_per_body` logs each (none holding its dialect's separator)."""
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000)
     out = [dialect.render(events(rng, logs_per_body, now_ms)) for _ in range(count)]
-    assert all(b"\n" not in b for b in out), "bodies must be single-line for the payload file"
+    assert all(dialect.separator not in b for b in out), "a body holds its pool file's separator"
     return out
+
+
+def pool_bytes(dialect: Dialect, bodies: list[bytes]) -> bytes:
+    """Bodies as one pool file: the load processes and the baselines split it again (read_pool)."""
+    return dialect.separator.join(bodies) + dialect.separator
+
+
+def read_pool(dialect: Dialect, data: bytes) -> list[bytes]:
+    return [b for b in data.split(dialect.separator) if b]
 
 
 def check(dialect: Dialect, body: bytes, logs_per_body: int) -> None:

@@ -259,7 +259,7 @@ def spawn_load(
     dialect: payloads.Dialect,
     per_body: int,
     bodies_file: Path,
-    separator: bytes = b"\n",
+    separator: bytes | None = None,
 ) -> LoadGroup:
     ctx = mp.get_context("spawn")
     group = LoadGroup(go=ctx.Event(), counters=ctx.Array("q", load.SLOTS * args.load_procs, lock=False))
@@ -276,7 +276,7 @@ def spawn_load(
             gzip=args.gzip,
             index=i,
             rate_rps=args.rate / per_body / args.load_procs if args.rate > 0 else 0.0,
-            separator=separator,
+            separator=dialect.separator if separator is None else separator,
         )
         proc = ctx.Process(target=load.main, args=(cfg, group.counters, ready, group.go, send), daemon=True)
         proc.start()
@@ -624,6 +624,7 @@ def baselines(
                 compression=settings.kafka_compression,
                 max_bytes=settings.max_decompressed_bytes + ENVELOPE_OVERHEAD,
                 log_file=work / "producer-performance.log",
+                separator=payloads.DIALECTS[args.dialect].separator,
             )
         except Exception as exc:  # a failed baseline is reported, it does not void the run
             out["kafka_produce"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -680,7 +681,7 @@ def prepare(args: argparse.Namespace, name: str, work: Path) -> tuple[payloads.D
     for body in bodies:
         payloads.check(dialect, body, per_body)
     bodies_file = work / f"bodies-{name}.ndjson"
-    bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+    bodies_file.write_bytes(payloads.pool_bytes(dialect, bodies))
     return dialect, per_body, bodies_file, sum(map(len, bodies)) / len(bodies)
 
 
@@ -712,7 +713,7 @@ def run_peer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The same AstraLog logs, as NDJSON, with the same load, into VictoriaLogs (bench/peer.py)."""
     binary = peer.build()
     _, per_body, bodies_file, _ = prepare(args, "astralog", work)
-    lines = [b for b in bodies_file.read_bytes().split(b"\n") if b]
+    lines = payloads.read_pool(payloads.DIALECTS["astralog"], bodies_file.read_bytes())
     ndjson_file = work / "bodies-victorialogs.ndjson"
     ndjson_file.write_bytes(peer.SEPARATOR.join(peer.ndjson(b) for b in lines))
     vl = peer.start(binary, args.out / "victorialogs.log")

@@ -71,9 +71,14 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
     rows: list[dict[str, Any]] = []
     rejected: list[Rejection] = []
     items: list[BulkItem] = []
+    actions: dict[bytes, tuple[str, dict[str, Any]]] = {}  # shippers repeat one action line
     n = 0
     while n < len(lines):
-        op, meta = _action(lines[n], n)
+        line = bytes(lines[n])  # the line itself when the body is bytes; a hashable copy of a buffer's
+        known = actions.get(line)
+        if known is None:
+            known = actions[line] = _action(line, n)
+        op, meta = known
         index = meta.get("_index", default_index)
         if not isinstance(index, str) or not index:
             raise ParseError(
@@ -153,14 +158,22 @@ def _row(source: bytes, index: str, doc_id: str | None, ctx: ParseContext) -> di
     if ns is None:
         return f"failed to parse field [@timestamp] of type [date]: {to_text(stamp)[:100]}"
     fields: dict[str, str] = {}
+    message = ""
+    for key in _MESSAGE_KEYS:
+        if isinstance(doc.get(key), str):
+            message = doc.pop(key)
+            break
     try:
-        message = next((doc.pop(k) for k in _MESSAGE_KEYS if isinstance(doc.get(k), str)), "")
         flatten(doc, "", fields)
     except ParseError as exc:  # too deep, too many fields: this document alone
         return exc.message
     except RecursionError:
         return f"the document is nested deeper than {MAX_DEPTH} levels"
-    level_text = next((fields.pop(k) for k in _LEVEL_KEYS if k in fields), None)
+    level_text = None
+    for key in _LEVEL_KEYS:
+        if key in fields:
+            level_text = fields.pop(key)
+            break
     level, number, severity_text = level_fields(level_text)
     row: dict[str, Any] = {
         "timestamp": ns,
@@ -171,9 +184,10 @@ def _row(source: bytes, index: str, doc_id: str | None, ctx: ParseContext) -> di
         "dataset": index,
     }
     for column, keys in _COLUMN_KEYS:
-        value = next((fields.pop(k) for k in keys if fields.get(k)), None)
-        if value is not None:
-            row[column] = value
+        for key in keys:
+            if fields.get(key):
+                row[column] = fields.pop(key)
+                break
     if doc_id is not None:
         fields["_id"] = doc_id
     row["attributes"] = fields

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError
@@ -38,14 +38,15 @@ from formats.common import MAX_ATTRIBUTE_KEYS, MAX_DEPTH, json_body, level_field
 
 PROTOBUF: Final = "application/x-protobuf"
 _MAX_NS: Final = 4_102_444_800 * 10**9
-_SEVERITY_RANGES: Final = (
-    (21, "fatal"),
-    (17, "error"),
-    (13, "warn"),
-    (9, "info"),
-    (5, "debug"),
-    (1, "trace"),
-)
+_SEVERITY_LEVELS: Final = (
+    "",
+    *("trace",) * 4,
+    *("debug",) * 4,
+    *("info",) * 4,
+    *("warn",) * 4,
+    *("error",) * 4,
+    *("fatal",) * 4,
+)  # by severityNumber, 1..24
 _RESOURCE_COLUMNS: Final = {
     "service.name": "service",
     "deployment.environment.name": "environment",
@@ -66,37 +67,38 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
             raise ParseError(
                 f"the body is not an ExportLogsServiceRequest: {exc}", code="invalid_protobuf"
             ) from None
-        return _collect(_proto_records(request), ctx, "protobuf")
+        found = _proto_rows(request, ctx.received_at_ns)
+        return Parsed(rows=found.rows, rejected=found.rejected, answer="protobuf")
     doc = json_body(body, ctx)
     if not isinstance(doc, dict):
         raise ParseError("the body must be an OTLP JSON object with 'resourceLogs'", code="invalid_shape")
     resource_logs = doc.get("resourceLogs", [])
     if not isinstance(resource_logs, list):
         raise ParseError("'resourceLogs' must be an array", code="invalid_shape")
-    return _collect(_json_records(resource_logs), ctx, "json")
+    found = _json_rows(resource_logs, ctx.received_at_ns)
+    return Parsed(rows=found.rows, rejected=found.rejected, answer="json")
 
 
-# Each walker yields, per log record, a function that builds its row (or raises _Refused):
-# a malformed record is refused alone, wherever in the request it is.
-_Builder = Callable[[int], dict[str, Any]]
+# A malformed record is refused alone, wherever in the request it is: the walkers below build
+# each record's row inside its own try, numbering records as the answer counts them.
 
 
-def _collect(records: Iterator[_Builder], ctx: ParseContext, encoding: str) -> Parsed:
-    rows: list[dict[str, Any]] = []
-    rejected: list[Rejection] = []
-    for i, build in enumerate(records):
-        try:
-            rows.append(build(ctx.received_at_ns))
-        except _Refused as exc:
-            rejected.append(Rejection(i, f"log record {i}: {exc}"))
-        except ParseError as exc:
-            rejected.append(Rejection(i, f"log record {i}: {exc.message}"))
-    return Parsed(rows=rows, rejected=rejected, answer=encoding)
+class _Rows:
+    """The rows and refusals of one request, record by record."""
+
+    __slots__ = ("rejected", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.rejected: list[Rejection] = []
+
+    def refuse(self, i: int, reason: str) -> None:
+        self.rejected.append(Rejection(i, f"log record {i}: {reason}"))
 
 
 def _row(
     received_at_ns: int,
-    base: dict[str, Any],
+    base: tuple[tuple[tuple[str, Any], ...], dict[str, str]],
     time_ns: int,
     observed_ns: int,
     severity_number: int,
@@ -111,47 +113,56 @@ def _row(
         raise _Refused(f"timeUnixNano {ns} is outside 1970..2100")
     row: dict[str, Any] = {"timestamp": ns, "message": message}
     if 1 <= severity_number <= 24:
-        level = next(name for low, name in _SEVERITY_RANGES if severity_number >= low)
-        row["level"], row["severity_number"], row["severity_text"] = level, severity_number, severity_text
+        row["level"], row["severity_number"], row["severity_text"] = (
+            _SEVERITY_LEVELS[severity_number],
+            severity_number,
+            severity_text,
+        )
     else:
         row["level"], row["severity_number"], row["severity_text"] = level_fields(severity_text or None)
-    for column, value in base.items():
-        if column != "attributes":
-            row[column] = value
+    columns, resource_attributes = base
+    for column, value in columns:
+        row[column] = value
     if trace_id:
         row["trace_id"] = trace_id
     if span_id:
         row["span_id"] = span_id
-    merged = {**base["attributes"], **attributes}
+    if resource_attributes:
+        merged = resource_attributes.copy()
+        merged.update(attributes)  # a record's own attribute wins over the resource's of that name
+    else:
+        merged = attributes
     if len(merged) > MAX_ATTRIBUTE_KEYS:
         raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
     row["attributes"] = merged
     return row
 
 
-def _resource_base(pairs: list[tuple[str, Any]], scope_name: str, scope_version: str) -> dict[str, Any]:
-    base: dict[str, Any] = {}
+_Base = tuple[tuple[tuple[str, Any], ...], dict[str, str]]  # (resource columns, resource attributes)
+
+
+def _resource_base(pairs: list[tuple[str, Any]], scope_name: str, scope_version: str) -> _Base:
+    columns: dict[str, Any] = {}
     attributes: dict[str, str] = {}
     for key, value in pairs:
         column = _RESOURCE_COLUMNS.get(key)
-        if column is not None and column not in base and isinstance(value, str):
-            base[column] = value
+        if column is not None and column not in columns and isinstance(value, str):
+            columns[column] = value
         else:
             _put(attributes, f"resource.{key}", value)
     if scope_name:
         attributes["scope.name"] = scope_name
     if scope_version:
         attributes["scope.version"] = scope_version
-    base["attributes"] = attributes
-    return base
+    return tuple(columns.items()), attributes
 
 
-def _once(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+def _once(build: Callable[[], _Base]) -> Callable[[], _Base]:
     """The resource's columns, worked out for the first record of a scope and shared by the rest
     (a resource that cannot be read refuses each of its records: a failure is not kept)."""
-    kept: list[dict[str, Any]] = []
+    kept: list[_Base] = []
 
-    def base() -> dict[str, Any]:
+    def base() -> _Base:
         if not kept:
             kept.append(build())
         return kept[0]
@@ -170,6 +181,22 @@ def _put(out: dict[str, str], key: str, value: Any, depth: int = 0) -> None:
         if len(out) >= MAX_ATTRIBUTE_KEYS:
             raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
         out[key] = value if isinstance(value, str) else to_text(value)
+
+
+def _add(out: dict[str, str], key: str, text: str) -> None:
+    """One stored text into `out`, as `_put` stores a string."""
+    if len(out) >= MAX_ATTRIBUTE_KEYS:
+        raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+    out[key] = text
+
+
+def _put_flat(out: dict[str, str], key: str, texts: dict[str, str] | None) -> bool:
+    """A kvlist of scalars under `key.`, as `_put` flattens its plain dict; False when there is none."""
+    if texts is None:
+        return False
+    for k, text in texts.items():
+        _add(out, f"{key}.{k}", text)
+    return True
 
 
 def _message(value: Any) -> str:
@@ -195,45 +222,91 @@ def _proto_value(value: Any, depth: int = 0) -> Any:
     return getattr(value, kind)
 
 
-def _proto_records(request: Any) -> Iterator[_Builder]:
+def _proto_text(value: Any, kind: str | None) -> str | None:
+    """A scalar AnyValue's stored text, as `_put(_proto_value(value))` stores it; None otherwise."""
+    if kind == "string_value":
+        text: str = value.string_value
+        return text
+    if kind == "int_value":
+        return str(value.int_value)  # what to_text writes for any int
+    if kind == "double_value":
+        return to_text(value.double_value)
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    return None
+
+
+def _proto_texts(value: Any) -> dict[str, str] | None:
+    """A kvlist of scalars as {key: text} (a repeated key: its first place, its last value, as the
+    plain dict has it); None when some value is not a scalar."""
+    texts: dict[str, str] = {}
+    for kv in value.kvlist_value.values:
+        inner = kv.value
+        text = _proto_text(inner, inner.WhichOneof("value"))
+        if text is None:
+            return None
+        texts[kv.key] = text
+    return texts
+
+
+def _proto_rows(request: Any, received_at_ns: int) -> _Rows:
+    out = _Rows()
+    i = 0
     for resource_logs in request.resource_logs:
         pairs = [(kv.key, kv.value) for kv in resource_logs.resource.attributes]
         for scope_logs in resource_logs.scope_logs:
             scope = scope_logs.scope
 
-            def base_of(pairs: list[tuple[str, Any]] = pairs, scope: Any = scope) -> dict[str, Any]:
+            def base_of(pairs: list[tuple[str, Any]] = pairs, scope: Any = scope) -> _Base:
                 plain = [(k, _proto_value(v)) for k, v in pairs]
                 return _resource_base(plain, scope.name, scope.version)
 
             shared = _once(base_of)
             for record in scope_logs.log_records:
-                yield _proto_builder(record, shared)
+                try:
+                    out.rows.append(_proto_row(record, shared, received_at_ns))
+                except _Refused as exc:
+                    out.refuse(i, str(exc))
+                except ParseError as exc:
+                    out.refuse(i, exc.message)
+                i += 1
+    return out
 
 
-def _proto_builder(record: Any, base_of: Callable[[], dict[str, Any]]) -> _Builder:
-    def build(received_at_ns: int) -> dict[str, Any]:
-        attributes: dict[str, str] = {}
-        for kv in record.attributes:
-            _put(attributes, kv.key, _proto_value(kv.value))
-        if record.flags:
-            attributes["flags"] = str(record.flags)
-        if record.event_name:
-            attributes["event.name"] = record.event_name
-        body = _proto_value(record.body) if record.HasField("body") else None
-        return _row(
-            received_at_ns,
-            base_of(),
-            record.time_unix_nano,
-            record.observed_time_unix_nano,
-            record.severity_number,
-            record.severity_text,
-            _message(body),
-            attributes,
-            record.trace_id.hex(),
-            record.span_id.hex(),
-        )
-
-    return build
+def _proto_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -> dict[str, Any]:
+    attributes: dict[str, str] = {}
+    for kv in record.attributes:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        text = _proto_text(value, kind)
+        if text is not None:
+            _add(attributes, kv.key, text)
+        elif kind != "kvlist_value" or not _put_flat(attributes, kv.key, _proto_texts(value)):
+            _put(attributes, kv.key, _proto_value(value))
+    if record.flags:
+        attributes["flags"] = str(record.flags)
+    if record.event_name:
+        attributes["event.name"] = record.event_name
+    if record.HasField("body"):
+        body = record.body
+        if body.WhichOneof("value") == "string_value":
+            message = body.string_value
+        else:
+            message = _message(_proto_value(body))
+    else:
+        message = ""
+    return _row(
+        received_at_ns,
+        base_of(),
+        record.time_unix_nano,
+        record.observed_time_unix_nano,
+        record.severity_number,
+        record.severity_text,
+        message,
+        attributes,
+        record.trace_id.hex(),
+        record.span_id.hex(),
+    )
 
 
 # -- OTLP JSON -----------------------------------------------------------------------------------
@@ -245,6 +318,12 @@ def _json_value(value: Any, depth: int = 0) -> Any:
         raise _Refused(f"a value is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(value, dict) or not value:
         return None
+    if len(value) == 1:  # the usual shape: one kind, so the precedence below does not matter
+        ((kind, held),) = value.items()
+        if kind == "stringValue" and type(held) is str:
+            return held
+        if kind == "intValue":
+            return _int(held, "intValue")
     if "stringValue" in value:
         return (
             value["stringValue"] if isinstance(value["stringValue"], str) else to_text(value["stringValue"])
@@ -268,6 +347,48 @@ def _json_value(value: Any, depth: int = 0) -> Any:
     return to_text(value)
 
 
+def _json_scalar(value: Any) -> str | None:
+    """The stored text of a one-kind scalar AnyValue, as `_put(_json_value(value))` would store
+    it, without the plain copy; None for anything else (kvlists, arrays, odd shapes)."""
+    if type(value) is not dict or len(value) != 1:
+        return None
+    ((kind, held),) = value.items()
+    if kind == "stringValue":
+        return held if type(held) is str else None
+    if kind == "intValue":
+        return str(_int(held, "intValue"))  # what to_text writes for any int
+    if kind == "doubleValue":
+        return to_text(held) if type(held) is float else None
+    if kind == "boolValue":
+        return "true" if held else "false"
+    return None
+
+
+def _json_texts(value: Any) -> dict[str, str] | None:
+    """A one-kind kvlistValue of scalars as {key: text}, as `_json_value` and `_put` would store
+    it; None for anything else."""
+    if type(value) is not dict or len(value) != 1:
+        return None
+    holder = value.get("kvlistValue")
+    if type(holder) is not dict:
+        return None
+    listed = holder.get("values")
+    if type(listed) is not list:
+        return None
+    texts: dict[str, str] = {}
+    for kv in listed:
+        if type(kv) is not dict:
+            if isinstance(kv, dict):
+                return None
+            continue  # skipped, as _kvs skips it
+        key = kv.get("key", "")
+        text = _json_scalar(kv.get("value"))
+        if text is None:
+            return None
+        texts[key if type(key) is str else str(key)] = text
+    return texts
+
+
 def _list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -286,17 +407,24 @@ def _kvs(holder: Any) -> list[dict[str, Any]]:
 
 
 def _int(value: Any, name: str) -> int:
+    if type(value) is int:  # the common cases first: a JSON integer, or its digits as a string
+        return value
+    if type(value) is str and value.isdigit() and value.isascii() and len(value) <= 40:
+        return int(value)
     if isinstance(value, bool):
         raise _Refused(f"{name} must be an integer")
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) <= 40:
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # '--1', or digits int() does not take ('²'): refused like any non-integer
+            pass
     raise _Refused(f"{name} {to_text(value)[:40]} is not an integer")
 
 
 def _hex_id(value: Any, name: str) -> str:
-    if value in (None, ""):
+    if value is None or value == "":
         return ""
     if not isinstance(value, str):
         raise _Refused(f"{name} must be a hex string")
@@ -309,30 +437,39 @@ def _hex_id(value: Any, name: str) -> str:
             raise _Refused(f"{name} {value[:40]!r} is neither hex nor base64") from None
 
 
-def _json_records(resource_logs: list[Any]) -> Iterator[_Builder]:
+def _json_rows(resource_logs: list[Any], received_at_ns: int) -> _Rows:
+    out = _Rows()
+    i = 0
     for rl in resource_logs:
         if not isinstance(rl, dict):
-            yield _refuse("a resourceLogs entry must be an object")
+            out.refuse(i, "a resourceLogs entry must be an object")
+            i += 1
             continue
         raw_resource = rl.get("resource")
         resource: dict[str, Any] = raw_resource if isinstance(raw_resource, dict) else {}
         pairs = [(str(kv.get("key", "")), kv.get("value")) for kv in _safe_kvs(resource.get("attributes"))]
         for sl in _safe_list(rl.get("scopeLogs")):
             if not isinstance(sl, dict):
-                yield _refuse("a scopeLogs entry must be an object")
+                out.refuse(i, "a scopeLogs entry must be an object")
+                i += 1
                 continue
             raw_scope = sl.get("scope")
             scope: dict[str, Any] = raw_scope if isinstance(raw_scope, dict) else {}
 
-            def base_of(
-                pairs: list[tuple[str, Any]] = pairs, scope: dict[str, Any] = scope
-            ) -> dict[str, Any]:
+            def base_of(pairs: list[tuple[str, Any]] = pairs, scope: dict[str, Any] = scope) -> _Base:
                 plain = [(k, _json_value(v)) for k, v in pairs]
                 return _resource_base(plain, _message(scope.get("name")), _message(scope.get("version")))
 
             shared = _once(base_of)
             for record in _safe_list(sl.get("logRecords")):
-                yield _json_builder(record, shared)
+                try:
+                    out.rows.append(_json_row(record, shared, received_at_ns))
+                except _Refused as exc:
+                    out.refuse(i, str(exc))
+                except ParseError as exc:
+                    out.refuse(i, exc.message)
+                i += 1
+    return out
 
 
 def _safe_list(value: Any) -> list[Any]:
@@ -343,37 +480,54 @@ def _safe_kvs(value: Any) -> list[dict[str, Any]]:
     return [kv for kv in _safe_list(value) if isinstance(kv, dict)]
 
 
-def _refuse(reason: str) -> _Builder:
-    def build(received_at_ns: int) -> dict[str, Any]:
-        raise _Refused(reason)
-
-    return build
-
-
-def _json_builder(record: Any, base_of: Callable[[], dict[str, Any]]) -> _Builder:
-    def build(received_at_ns: int) -> dict[str, Any]:
-        if not isinstance(record, dict):
-            raise _Refused("a log record must be an object")
-        attributes: dict[str, str] = {}
-        for kv in _safe_kvs(record.get("attributes")):
-            _put(attributes, str(kv.get("key", "")), _json_value(kv.get("value")))
-        flags = _int(record.get("flags", 0), "flags")
+def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise _Refused("a log record must be an object")
+    attributes: dict[str, str] = {}
+    listed = record.get("attributes")
+    if isinstance(listed, list):
+        for kv in listed:
+            if not isinstance(kv, dict):
+                continue
+            key = kv.get("key", "")
+            if type(key) is not str:
+                key = str(key)
+            value = kv.get("value")
+            text = _json_scalar(value)
+            if text is not None:
+                if len(attributes) >= MAX_ATTRIBUTE_KEYS:
+                    raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+                attributes[key] = text
+            elif not _put_flat(attributes, key, _json_texts(value)):
+                _put(attributes, key, _json_value(value))
+    flags = record.get("flags", 0)
+    if flags or type(flags) is not int:  # 0 is the usual value: no call for it
+        flags = _int(flags, "flags")
         if flags:
             attributes["flags"] = str(flags)
-        if record.get("eventName"):
-            attributes["event.name"] = _message(record["eventName"])
-        severity_text = record.get("severityText") or ""
-        return _row(
-            received_at_ns,
-            base_of(),
-            _int(record.get("timeUnixNano", 0), "timeUnixNano"),
-            _int(record.get("observedTimeUnixNano", 0), "observedTimeUnixNano"),
-            _int(record.get("severityNumber", 0), "severityNumber"),
-            severity_text if isinstance(severity_text, str) else to_text(severity_text),
-            _message(_json_value(record.get("body"))),
-            attributes,
-            _hex_id(record.get("traceId"), "traceId"),
-            _hex_id(record.get("spanId"), "spanId"),
-        )
-
-    return build
+    if record.get("eventName"):
+        attributes["event.name"] = _message(record["eventName"])
+    severity_text = record.get("severityText") or ""
+    if not isinstance(severity_text, str):
+        severity_text = to_text(severity_text)
+    base = base_of()
+    time_ns = _int(record.get("timeUnixNano", 0), "timeUnixNano")
+    observed_ns = _int(record.get("observedTimeUnixNano", 0), "observedTimeUnixNano")
+    severity_number = _int(record.get("severityNumber", 0), "severityNumber")
+    body = record.get("body")
+    if type(body) is dict and type(text := body.get("stringValue")) is str:
+        message = text
+    else:
+        message = _message(_json_value(body))
+    return _row(
+        received_at_ns,
+        base,
+        time_ns,
+        observed_ns,
+        severity_number,
+        severity_text,
+        message,
+        attributes,
+        "" if (trace_id := record.get("traceId")) is None else _hex_id(trace_id, "traceId"),
+        "" if (span_id := record.get("spanId")) is None else _hex_id(span_id, "spanId"),
+    )

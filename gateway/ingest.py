@@ -153,8 +153,10 @@ class Ingestor:
             parsed = parse(body, ctx)
         except ParseError as exc:
             return dialect.error(dialect.refusal(exc))
-        if (limited := self.limits.after_parse(key, parsed)) is not None:
-            return dialect.error(limited)
+        if (limited := self.limits.after_parse(key, parsed, dialect.split)) is not None:
+            if isinstance(limited, Problem):
+                return dialect.error(limited)
+            parsed = limited  # a part admitted: the dialect answers the rest 429 item by item
         if parsed.rows:
             try:
                 rows = row_codec.encode(parsed.rows)

@@ -11,6 +11,14 @@ bucket is already empty. A request carrying more records than the bucket can eve
 is let through when the bucket is full and leaves it in debt, so a big batch is slowed
 down rather than refused forever.
 
+A dialect that can refuse single items (Elasticsearch `_bulk`, whose clients retry only the
+items answered `429`) passes a `Split`: then a request that does not fit whole is admitted
+in part, its first rows up to the whole tokens left, and the rest is answered `429` per item.
+That is safe because the rows kept and the items refused are disjoint and the client resends
+exactly the refused ones; it needs no debt either, as every retry makes progress. When not
+even one row fits, the request is refused whole as for any dialect (nothing was stored, so a
+client that resends whole requests cannot duplicate anything).
+
 State lives in this process: with several gateway replicas (or processes) each one
 limits on its own, so a key may get up to N times its rate across N replicas.
 """
@@ -22,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from formats import Parsed
-from gateway.dialects.base import Problem
+from gateway.dialects.base import Problem, Split
 from millrace.config import Settings
 from millrace.keys import LIMIT_BURST_S, LIMIT_LOGS_PER_S, LIMIT_REQUESTS_PER_S, ApiKey
 
@@ -118,8 +126,12 @@ class Limits:
         requests.take(1)
         return None
 
-    def after_parse(self, key: ApiKey, parsed: Parsed) -> Problem | None:
-        """The global record cap, then charge the records the parse produced."""
+    def after_parse(self, key: ApiKey, parsed: Parsed, split: Split | None = None) -> Problem | Parsed | None:
+        """The global record cap, then charge the records the parse produced.
+
+        None: all admitted. A Problem: the request is refused. A Parsed (only with `split`): the
+        part admitted, which the gateway stores and answers instead of `parsed`.
+        """
         cap = self.settings.max_records_per_request
         count = len(parsed.rows) + len(parsed.rejected)
         if count > cap:
@@ -127,7 +139,13 @@ class Limits:
         records = self._bucket(self._records, key, LIMIT_LOGS_PER_S, self.settings.rate_logs_per_s)
         if records is None or not parsed.rows:
             return None
-        if (wait := records.wait_for(len(parsed.rows))) > 0:
+        wanted = len(parsed.rows)
+        if split is not None and (fits := min(wanted, math.floor(records.tokens))) > 0:
+            records.take(fits)
+            if fits == wanted:
+                return None
+            return split(parsed, fits, rate_limited(records.wait_for(wanted - fits), "log"))
+        if (wait := records.wait_for(wanted)) > 0:
             return rate_limited(wait, "log")
-        records.take(len(parsed.rows))
+        records.take(wanted)
         return None

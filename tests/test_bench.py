@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
+import base64
+from pathlib import Path
 
-from bench import payloads, peer
+import orjson
+import pytest
+
+from bench import load, payloads, peer
 from bench.report import sweep_rows, sweep_table
 from bench.sampling import readable_lag
 
@@ -82,3 +86,36 @@ def test_peer_ratios_put_millrace_over_the_peer_and_leave_unknowns_unknown() -> 
         "landed_per_s": None,
         "cpu_us_per_log": None,
     }
+
+
+@pytest.mark.parametrize("name", sorted(payloads.DIALECTS))
+def test_every_dialects_pool_file_gives_the_load_back_its_bodies_each_accepted_whole(
+    name: str, tmp_path: Path
+) -> None:
+    dialect = payloads.DIALECTS[name]
+    bodies = payloads.bodies(dialect, payloads.batch_size(dialect, 20), 3)
+    pool = tmp_path / "pool"
+    pool.write_bytes(payloads.pool_bytes(dialect, bodies))
+    cfg = load.LoadConfig(
+        url="http://unused",
+        headers={},
+        bodies_file=str(pool),
+        logs_per_body=20,
+        connections=1,
+        duration_s=1,
+        separator=dialect.separator,
+    )
+    assert sorted(load._load_bodies(cfg)) == sorted(bodies)
+    for body in bodies:
+        payloads.check(dialect, body, payloads.batch_size(dialect, 20))  # raises on any refused log
+
+
+def test_es_bulk_bodies_are_ndjson_create_actions_with_ecs_documents() -> None:
+    dialect = payloads.DIALECTS["es_bulk"]
+    (body,) = payloads.bodies(dialect, 2, 1)
+    lines = [orjson.loads(line) for line in body.splitlines()]
+    assert body.endswith(b"\n") and len(lines) == 4
+    assert lines[0] == lines[2] == {"create": {}}
+    assert {"@timestamp", "message", "log", "service", "host"} <= lines[1].keys()
+    scheme, _, value = payloads.headers(dialect, "mr_k")["Authorization"].partition(" ")
+    assert (scheme, base64.b64decode(value)) == ("ApiKey", b"bench:mr_k")  # id:key, as Filebeat sends it

@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 
 from formats import Parsed
 from gateway.body import BodyError, decompress
+from gateway.dialects.base import Problem
 from gateway.limits import Limits, TokenBucket
 from millrace import keys
 from millrace.config import Settings
@@ -201,6 +202,29 @@ def test_records_bucket_counts_parsed_rows_and_an_oversized_batch_leaves_a_debt(
     assert refused is not None and refused.retry_after == 2  # 150 in debt + 1 at 100/s
     clock.now += 1.6
     assert limits.before_body(key) is None
+
+
+def test_a_dialect_that_refuses_per_item_gets_the_part_that_fits_and_no_debt() -> None:
+    clock = Clock()
+    limits = Limits(_settings(MILLRACE_RATE_LOGS_PER_S="10", MILLRACE_RATE_BURST_S="1"), clock)
+    key = _key()
+    calls: list[tuple[int, int, int | None]] = []
+
+    def split(parsed: Parsed, admitted: int, problem: Problem) -> Parsed:
+        calls.append((admitted, problem.status, problem.retry_after))
+        return Parsed(rows=parsed.rows[:admitted])
+
+    assert limits.after_parse(key, _parsed(4), split) is None  # fits whole: untouched, 6 left
+    part = limits.after_parse(key, _parsed(9), split)
+    assert isinstance(part, Parsed) and [r["message"] for r in part.rows] == ["0", "1", "2", "3", "4", "5"]
+    assert calls == [(6, 429, 1)]
+    refused = limits.after_parse(key, _parsed(3), split)  # not one token: refused whole
+    assert isinstance(refused, Problem) and refused.status == 429 and len(calls) == 1
+    clock.now += 10
+    part = limits.after_parse(key, _parsed(25), split)  # more than the bucket holds: its 10, no debt
+    assert isinstance(part, Parsed) and len(part.rows) == 10
+    clock.now += 0.1
+    assert limits.before_body(key) is None  # one token back already
 
 
 def test_record_cap_counts_rejected_records_too() -> None:

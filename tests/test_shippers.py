@@ -340,6 +340,97 @@ async def test_elasticsearch_streaming_bulk_retries_429s_until_every_document_is
     assert sorted(r[0] for r in stored(stack, project, "message")) == [f"doc {i}" for i in range(6)]
 
 
+async def limited_es_key(stack: Stack, project: str, **limits: float) -> str:
+    from millrace import keys
+
+    _, key = await keys.create(stack.settings, project, frozenset({keys.SCOPE_LOGS}), limits=limits)
+    await stack.wait_for_key(key)
+    return key
+
+
+async def test_elasticsearch_over_the_log_rate_stores_what_fits_and_answers_the_rest_429_per_item(
+    stack: Stack,
+) -> None:
+    """Two log tokens (0.01/s, 200 s of burst: none come back during the test): the first two
+    documents are stored, later ones are 429 items in action order; a refused item keeps its 400."""
+    project = f"es-split-{uuid.uuid4().hex[:8]}"
+    key = await limited_es_key(stack, project, logs_per_s=0.01, burst_s=200)
+    lines = [
+        {"index": {"_index": "a", "_id": "1"}},
+        {"message": "first"},
+        {"delete": {"_index": "a", "_id": "x"}},
+        {"create": {"_index": "b"}},
+        {"message": "second"},
+        {"index": {"_index": "a", "_id": "3"}},
+        {"message": "third"},
+        {"index": {"_index": "a"}},
+        {"@timestamp": "not a time"},
+        {"create": {"_index": "b", "_id": "4"}},
+        {"message": "fourth"},
+    ]
+    body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+    status, text, headers = await post(
+        stack, "/_bulk", body, **{"Authorization": f"ApiKey {key}", "Content-Type": "application/x-ndjson"}
+    )
+
+    assert (status, headers["X-Elastic-Product"]) == (200, "Elasticsearch")
+    answer = orjson.loads(text)
+    assert answer["errors"] is True
+    items = [
+        (op, item["_index"], item["_id"], item["status"]) for e in answer["items"] for op, item in e.items()
+    ]
+    assert [i[0] for i in items] == ["index", "delete", "create", "index", "index", "create"]
+    assert [i[3] for i in items] == [201, 400, 201, 429, 400, 429]
+    assert (items[3][1:3], items[5][1:3]) == (("a", "3"), ("b", "4"))
+    limited = answer["items"][3]["index"]["error"]
+    assert limited["type"] == "es_rejected_execution_exception" and "log rate" in limited["reason"]
+    assert await stack.wait_rows(project, 3, timeout_s=3) == 2  # nothing beyond what fitted
+    assert stored(stack, project, "message, dataset") == [("first", "a"), ("second", "b")]
+
+    # No whole token left: refused before the body is read, a whole-request 429 with Retry-After.
+    status, text, headers = await post(stack, "/_bulk", body, Authorization=f"Bearer {key}")
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+    assert orjson.loads(text)["error"]["type"] == "es_rejected_execution_exception"
+
+
+async def test_elasticsearch_streaming_bulk_retries_only_the_429_items_and_stores_each_document_once(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key allowed 4 logs per second (4 tokens): one chunk of 11 documents goes in over several
+    answers, each a 200 whose 429 items the client resends after its backoff (which refills the bucket)."""
+    from elasticsearch import helpers
+
+    project = f"es-items-retry-{uuid.uuid4().hex[:8]}"
+    key = await limited_es_key(stack, project, logs_per_s=4, burst_s=1)
+    client = es_client(stack, api_key=("millrace", key), http_compress=True)
+    docs = [{"_index": "retry", "_id": f"d{i}", "message": f"doc {i:02}", "n": i} for i in range(11)]
+
+    def send() -> list[tuple[bool, Any]]:
+        return list(
+            helpers.streaming_bulk(
+                client,
+                docs,
+                chunk_size=100,
+                max_retries=8,
+                initial_backoff=1,
+                max_backoff=2,
+                raise_on_error=False,  # else the client raises on 429 items (elasticsearch-py#864)
+            )
+        )
+
+    with caplog.at_level(logging.INFO, logger="elastic_transport.transport"):
+        results = await asyncio.to_thread(send)
+
+    requests = [r.getMessage() for r in caplog.records if "/_bulk" in r.getMessage()]
+    assert len(requests) >= 3 and all("[status:200" in m for m in requests), requests  # per item, not whole
+    assert [ok for ok, _ in results] == [True] * 11
+    assert sorted(info["index"]["_id"] for _, info in results) == sorted(f"d{i}" for i in range(11))
+    assert await stack.wait_rows(project, 12, timeout_s=3) == 11  # and no more: each exactly once
+    rows = stored(stack, project, "message, attributes['_id'], attributes['n']")
+    assert rows == [(f"doc {i:02}", f"d{i}", str(i)) for i in range(11)]
+
+
 async def test_elasticsearch_unsupported_and_broken_items_are_answered_per_item(stack: Stack) -> None:
     from elasticsearch import helpers
 

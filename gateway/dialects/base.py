@@ -22,6 +22,11 @@ class Problem:
     details: list[dict[str, Any]] | None = None
 
 
+# (parsed, rows admitted, the refusal for the rest) -> the Parsed holding only the first
+# `admitted` rows, its answer refusing the others item by item (see gateway.limits).
+Split = Callable[[Parsed, int, Problem], Parsed]
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     name: str  # carried in the envelope; the parser registry key
@@ -33,6 +38,7 @@ class Dialect:
     # The HTTP status of a ParseError code where it is not 400 (a dialect's size caps: 413).
     statuses: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
     headers: tuple[str, ...] = ()  # request headers its parser reads (ParseContext.headers)
+    split: Split | None = None  # set when its answer can refuse single items over the log rate
 
     def refusal(self, exc: ParseError) -> Problem:
         """A parser's refusal as this dialect answers it."""

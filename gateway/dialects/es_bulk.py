@@ -5,8 +5,13 @@ in action order (`201` for a stored document, `400` with an `error` object for a
 one), errors as `{"error": {"root_cause", "type", "reason"}, "status"}`, and every answer
 carries `X-Elastic-Product: Elasticsearch` (the official clients refuse a reply without it).
 The key: `ApiKey <base64 id:key>` (the key part; an unencoded key is taken too), Basic
-(the password), or Bearer. A rate refusal is a whole-request `429`, which
-`helpers.streaming_bulk(max_retries=...)` retries.
+(the password), or Bearer.
+
+Over the key's log rate, the documents that still fit are stored and the rest are answered
+`429` item by item inside a `200` with `errors: true`, as Elasticsearch does when its write
+queue is full, so `helpers.streaming_bulk(max_retries=...)` resends only those. A request
+refused before its body is read (over the request rate, or no log token left at all) is a
+whole-request `429`, which the client retries whole.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from dataclasses import replace
 from typing import Any, Final
 
 from aiohttp import web
 
-from formats import Parsed
+from formats import Parsed, Rejection
 from formats.es_bulk import BulkItem
 from gateway.dialects.base import Dialect, Problem, json_response
 from millrace.keys import SCOPE_LOGS
@@ -95,6 +101,25 @@ def _success(parsed: Parsed, received_at_ns: int) -> web.Response:
     return _with_product(json_response(200, body))
 
 
+def _split(parsed: Parsed, admitted: int, problem: Problem) -> Parsed:
+    """Keep the first `admitted` stored documents; answer the later ones `429`, in action order."""
+    items: list[BulkItem] = list(parsed.answer or [])
+    rejected = list(parsed.rejected)
+    kept = 0
+    for position, item in enumerate(items):
+        if item.error is not None:
+            continue  # refused for itself: a retry would not help, its own answer stands
+        if kept < admitted:
+            kept += 1
+            continue
+        items[position] = replace(
+            item, status=429, error_type=_TYPES[429], error=f"rejected execution: {problem.message}"
+        )
+        rejected.append(Rejection(position, "rate_limited"))
+    rejected.sort(key=lambda r: r.index)
+    return Parsed(rows=parsed.rows[:admitted], rejected=rejected, table=parsed.table, answer=items)
+
+
 def _error(problem: Problem) -> web.Response:
     kind = _TYPES.get(problem.status, "illegal_argument_exception")
     cause = {"type": kind, "reason": problem.message}
@@ -115,6 +140,7 @@ ES_BULK = Dialect(
     success=_success,
     error=_error,
     statuses={"request_too_large": 413},
+    split=_split,
 )
 
 

@@ -63,8 +63,9 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
     if fmt == "text":
         entries, written = text.entries(body, ctx)
         return Parsed(rows=build_rows(entries, ctx, implicit_level="info", severity_texts=written))
-    if fmt == "json":
-        doc = loads(body) if doc is _UNSET else doc
+    if fmt == "json" and doc is _UNSET:
+        # The router's decoding of this very body, when it had one (POST /v1/logs).
+        doc = ctx.document if ctx.document is not None else loads(body)
         # An OBL document says what it is more surely than a Content-Type header does.
         fmt = "obl" if obl.is_obl(doc) else fmt
     if fmt == "obl":

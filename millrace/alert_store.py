@@ -15,23 +15,12 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from schemas.record import ALERT_EVENT_COLUMN_NAMES, ALERT_EVENT_COLUMNS, ALERT_EVENTS_TABLE
+
 MAX_DELIVERIES_SHOWN = 50
 
 _STATE_COLUMNS = ["project", "rule_id", "group_key", "state", "since", "seq", "value", "version"]
-_EVENT_COLUMNS = [
-    "project",
-    "timestamp",
-    "event_id",
-    "rule_id",
-    "rule_name",
-    "group_key",
-    "state",
-    "previous_state",
-    "value",
-    "op",
-    "threshold",
-    "seq",
-]
+_EVENT_COLUMNS = list(ALERT_EVENT_COLUMN_NAMES)
 _DELIVERY_COLUMNS = [
     "project",
     "rule_id",
@@ -55,20 +44,7 @@ _TYPES = {
         "Float64",
         "UInt64",
     ],
-    "alert_events": [
-        "LowCardinality(String)",
-        "DateTime64(9, 'UTC')",
-        "String",
-        "String",
-        "String",
-        "String",
-        "LowCardinality(String)",
-        "LowCardinality(String)",
-        "Float64",
-        "LowCardinality(String)",
-        "Float64",
-        "UInt64",
-    ],
+    ALERT_EVENTS_TABLE: [type_ for _, type_ in ALERT_EVENT_COLUMNS],
     "alert_deliveries": [
         "LowCardinality(String)",
         "String",
@@ -146,7 +122,7 @@ def put_state(client: Client, project: str, rule_id: str, state: dict[str, Any])
 def put_event(client: Client, event: dict[str, Any]) -> None:
     _insert(
         client,
-        "alert_events",
+        ALERT_EVENTS_TABLE,
         _EVENT_COLUMNS,
         [
             event["project"],

@@ -79,6 +79,25 @@ EVENTS_TABLE: Final = "events"
 TABLE_COLUMNS: Final = {LOGS_TABLE: LOG_COLUMN_NAMES, EVENTS_TABLE: EVENT_COLUMN_NAMES}
 TABLE_DEFAULTS: Final = {LOGS_TABLE: LOG_DEFAULTS, EVENTS_TABLE: EVENT_DEFAULTS}
 # Where each table keeps the fields it has no column for (searchable as map keys).
+# The alert timeline (migration 005): one row per state transition of a rule's group, written
+# by the evaluator (millrace.alert_store) and read as GQL's `from:alert_events` (reads.gql).
+ALERT_EVENTS_TABLE: Final = "alert_events"
+ALERT_EVENT_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("project", "LowCardinality(String)"),
+    ("timestamp", "DateTime64(9, 'UTC')"),
+    ("event_id", "String"),
+    ("rule_id", "String"),
+    ("rule_name", "String"),
+    ("group_key", "String"),
+    ("state", "LowCardinality(String)"),
+    ("previous_state", "LowCardinality(String)"),
+    ("value", "Float64"),
+    ("op", "LowCardinality(String)"),
+    ("threshold", "Float64"),
+    ("seq", "UInt64"),
+)
+ALERT_EVENT_COLUMN_NAMES: Final = tuple(c[0] for c in ALERT_EVENT_COLUMNS)
+
 MAP_COLUMN: Final = {LOGS_TABLE: "attributes", EVENTS_TABLE: "properties"}
 
 # Columns a parser may fill. The rest are request facts and bookkeeping that the

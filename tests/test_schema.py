@@ -7,7 +7,7 @@ import re
 import pytest
 
 from millrace import store
-from schemas.record import ENGINE_COLUMNS, EVENT_COLUMNS, LOG_COLUMNS
+from schemas.record import ALERT_EVENT_COLUMNS, ALERT_EVENTS_TABLE, ENGINE_COLUMNS, EVENT_COLUMNS, LOG_COLUMNS
 from tests.conftest import Stack
 
 _COLUMN = re.compile(r"^\s{4}([a-z_]+)\s+(.+?)(?:\s+DEFAULT .+?)?(?:\s+CODEC\(.*\))?,?$")
@@ -28,6 +28,10 @@ def ddl_columns(table: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("table", "spec"), [("logs", LOG_COLUMNS), ("events", EVENT_COLUMNS)])
 def test_record_columns_match_the_ddl(table: str, spec: tuple[tuple[str, str, object], ...]) -> None:
     assert [(name, type_) for name, type_, _ in (*spec, *ENGINE_COLUMNS)] == ddl_columns(table)
+
+
+def test_alert_event_columns_match_the_ddl() -> None:
+    assert list(ALERT_EVENT_COLUMNS) == ddl_columns(ALERT_EVENTS_TABLE)
 
 
 def test_migrations_are_numbered_without_gaps() -> None:

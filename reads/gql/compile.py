@@ -29,6 +29,8 @@ from reads.gql.ast import (
 from reads.gql.lexer import GQLError
 from reads.gql.parser import AGGREGATE_NAMES, parse, parse_time
 from schemas.record import (
+    ALERT_EVENT_COLUMN_NAMES,
+    ALERT_EVENTS_TABLE,
     EVENT_COLUMN_NAMES,
     EVENTS_TABLE,
     LEVELS,
@@ -51,20 +53,9 @@ LOG_OUTPUT = tuple(c for c in LOG_COLUMN_NAMES if c not in _NOT_SHOWN)
 EVENT_OUTPUT = tuple(c for c in EVENT_COLUMN_NAMES if c not in _NOT_SHOWN)
 TIME_COLUMNS = frozenset({"timestamp", "observed_timestamp"})
 # The timeline of alert transitions (migration 005), read like the other sources. Its rows
-# are replaced by event id (a transition written twice is one row), hence FINAL.
-ALERT_EVENTS_TABLE = "alert_events"
-ALERT_EVENT_OUTPUT = (
-    "timestamp",
-    "event_id",
-    "rule_id",
-    "rule_name",
-    "group_key",
-    "state",
-    "previous_state",
-    "value",
-    "op",
-    "threshold",
-)
+# are replaced by event id (a transition written twice is one row), hence FINAL. The tenant
+# and the transition number are not shown.
+ALERT_EVENT_OUTPUT = tuple(c for c in ALERT_EVENT_COLUMN_NAMES if c not in ("project", "seq"))
 SOURCES = {LOGS_TABLE: LOG_OUTPUT, EVENTS_TABLE: EVENT_OUTPUT, ALERT_EVENTS_TABLE: ALERT_EVENT_OUTPUT}
 _FROM = {ALERT_EVENTS_TABLE: f"{ALERT_EVENTS_TABLE} FINAL"}
 

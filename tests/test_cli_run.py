@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,25 @@ def http(
         return exc.code, exc.read()
 
 
+@dataclass
+class Answer:
+    service: str
+    status: int  # 0: no answer (refused, reset, timed out): nothing was promised
+    sent: float
+    done: float
+    retry_after: bool
+
+
 class Load:
     """Light, continuous AstraLog load from a few threads; every request is its own `service`,
-    so what was acknowledged can be matched against what was stored, request by request."""
+    so what was acknowledged can be matched against what was stored, request by request.
+    The chaos tests (this one, the three-broker one) share it."""
 
     LOGS_PER_REQUEST = 20
 
     def __init__(self, base: str, key: str, clients: int = 2) -> None:
         self.base, self.key = base, key
-        self.results: list[tuple[str, int, float]] = []  # service, status (0: no answer), sent at
+        self.answers: list[Answer] = []
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(clients)]
 
@@ -78,26 +89,25 @@ class Load:
         ]
         return orjson.dumps({"logs": logs})
 
-    def post(self, service: str) -> int:
-        sent = time.monotonic()
-        status = self._post(service)
-        self.results.append((service, status, sent))
-        return status
-
-    def _post(self, service: str) -> int:
+    def post(self, service: str) -> Answer:
         req = urllib.request.Request(
             self.base + "/v1/drain",
             data=self.body(service),
             method="POST",
             headers={"Authorization": self.key, "Content-Type": "application/json"},
         )
+        sent = time.monotonic()
+        status, retry_after = 0, False
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return int(resp.status)
+            with urllib.request.urlopen(req, timeout=15) as resp:
+                status = int(resp.status)
         except urllib.error.HTTPError as exc:
-            return int(exc.code)
+            status, retry_after = int(exc.code), exc.headers.get("Retry-After") is not None
         except OSError:
-            return 0  # refused or reset: no answer, so nothing was promised
+            pass
+        answer = Answer(service, status, sent, time.monotonic(), retry_after)
+        self.answers.append(answer)
+        return answer
 
     def client(self, n: int) -> None:
         for i in itertools.count():
@@ -114,13 +124,26 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
         for t in self.threads:
-            t.join(15)
+            t.join(30)
 
     def acked(self) -> set[str]:
-        return {service for service, status, _ in self.results if status == 200}
+        return {a.service for a in self.answers if a.status == 200}
 
     def count(self, status: int) -> int:
-        return sum(1 for _, s, _ in self.results if s == status)
+        return sum(1 for a in self.answers if a.status == status)
+
+    def between(self, start: float, end: float) -> list[Answer]:
+        return [a for a in self.answers if start <= a.sent < end]
+
+    def wait_acked_after(self, t: float, timeout_s: float) -> float:
+        """Seconds from `t` until a request sent after it is acknowledged."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            acked = [a.done for a in list(self.answers) if a.sent >= t and a.status == 200]
+            if acked:
+                return min(acked) - t
+            time.sleep(0.1)
+        raise AssertionError(f"no acknowledgment within {timeout_s} s: {self.answers[-5:]}")
 
 
 def probe_headers(base: str, key: str, load: Load) -> tuple[int, dict[str, str]]:
@@ -252,8 +275,8 @@ def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
             killed = kill(env, "worker")
             t_kill = time.monotonic()
             # Kafka holds what the gateway accepts while no worker runs.
-            while probe.post(f"probe-w{len(probe.results)}") != 200:
-                assert time.monotonic() - t_kill < 2, f"no ack within 2 s: {probe.results[-3:]}"
+            while probe.post(f"probe-w{len(probe.answers)}").status != 200:
+                assert time.monotonic() - t_kill < 2, f"no ack within 2 s: {probe.answers[-3:]}"
                 time.sleep(0.05)
             answered_s = time.monotonic() - t_kill
             worker_s = wait_healed(env, "worker", 1)
@@ -261,7 +284,7 @@ def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
 
             kill(env, "gateway")
             gateway_s = wait_healed(env, "gateway", 1)
-            assert probe.post("probe-g") == 200, probe.results[-1]
+            assert probe.post("probe-g").status == 200, probe.answers[-1]
 
             kill(env, "broker")
             code, state = status_json(env)
@@ -272,7 +295,7 @@ def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
             broker_s = wait_healed(env, "broker", 1, timeout_s=60)
             # The gateway takes new writes again without anyone restarting it.
             deadline = time.monotonic() + 30
-            while probe.post(f"probe-b{len(probe.results)}") != 200:
+            while probe.post(f"probe-b{len(probe.answers)}").status != 200:
                 assert time.monotonic() < deadline, "no acknowledgment after the broker came back"
                 time.sleep(0.2)
             time.sleep(1)
@@ -284,7 +307,7 @@ def test_up_serves_heals_itself_and_goes_down(tmp_path: Path) -> None:
             stored = stored_per_service(base, key[1])
         lost = sorted(s for s in acked if stored.get(s, 0) < Load.LOGS_PER_REQUEST)
         duplicated = sorted(s for s, n in stored.items() if n > Load.LOGS_PER_REQUEST)
-        sent = len(load.results) + len(probe.results)
+        sent = len(load.answers) + len(probe.answers)
         print(
             f"\nreliability: requests sent {sent}, acknowledged {len(acked)}, "
             f"503 {load.count(503) + probe.count(503)}, no answer {load.count(0) + probe.count(0)}; "

@@ -12,11 +12,7 @@ import itertools
 import os
 import re
 import signal
-import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +26,11 @@ from millrace.config import Settings
 from millrace.kafka.topics import admin_client, ensure_topics, envelope_producer
 from ops.broker import LocalBroker, LocalCluster, broker_name
 from tests.conftest import free_port, free_port_run
-from tests.test_cli_run import millrace, status_json, stored_per_service
+from tests.test_cli_run import Answer, Load, millrace, status_json, stored_per_service
 
 pytestmark = pytest.mark.integration
 
-LOGS_PER_REQUEST = 20
+LOGS_PER_REQUEST = Load.LOGS_PER_REQUEST
 
 
 def cluster_env(home: Path) -> dict[str, str]:
@@ -110,87 +106,6 @@ def test_three_local_brokers_replicate_every_topic(tmp_path: Path, broker: Local
     assert not cluster.is_running()
 
 
-@dataclass
-class Answer:
-    service: str
-    status: int  # 0: no answer (refused, reset, timed out)
-    sent: float
-    done: float
-    retry_after: bool
-
-
-class Load:
-    """Continuous AstraLog load from a few threads; every request is its own `service`, so
-    what was acknowledged can be matched with what was stored, request by request."""
-
-    def __init__(self, base: str, key: str, clients: int = 3) -> None:
-        self.base, self.key = base, key
-        self.answers: list[Answer] = []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(clients)]
-
-    def post(self, service: str) -> Answer:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        logs = [
-            {
-                "project_id": "chaos",
-                "timestamp": now,
-                "level": "info",
-                "service": service,
-                "message": f"{service} log {i}",
-            }
-            for i in range(LOGS_PER_REQUEST)
-        ]
-        req = urllib.request.Request(
-            self.base + "/v1/drain",
-            data=orjson.dumps({"logs": logs}),
-            method="POST",
-            headers={"Authorization": self.key, "Content-Type": "application/json"},
-        )
-        sent = time.monotonic()
-        status, retry_after = 0, False
-        try:
-            with urllib.request.urlopen(req, timeout=15) as resp:
-                status = int(resp.status)
-        except urllib.error.HTTPError as exc:
-            status, retry_after = int(exc.code), exc.headers.get("Retry-After") is not None
-        except OSError:
-            pass
-        answer = Answer(service, status, sent, time.monotonic(), retry_after)
-        self.answers.append(answer)
-        return answer
-
-    def client(self, n: int) -> None:
-        for i in itertools.count():
-            if self.stopping.is_set():
-                return
-            self.post(f"c{n}-{i}")
-            time.sleep(0.02)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join(30)
-
-    def between(self, start: float, end: float) -> list[Answer]:
-        return [a for a in self.answers if start <= a.sent < end]
-
-    def wait_acked_after(self, t: float, timeout_s: float) -> float:
-        """Seconds from `t` until a request sent after it is acknowledged."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            acked = [a.done for a in list(self.answers) if a.sent >= t and a.status == 200]
-            if acked:
-                return min(acked) - t
-            time.sleep(0.1)
-        raise AssertionError(f"no acknowledgment within {timeout_s} s: {self.answers[-5:]}")
-
-
 def longest_gap(answers: list[Answer], start: float, end: float) -> float:
     """The longest stretch in [start, end] without an acknowledgment: seconds of unavailability."""
     acks = sorted(a.done for a in answers if a.status == 200 and start <= a.done <= end)
@@ -243,9 +158,9 @@ def test_three_brokers_survive_the_loss_of_a_leader_and_refuse_without_two(tmp_p
         assert key, up.stdout
         _, state = status_json(env)
         before = {p["name"]: p["pid"] for p in state["processes"]}
-        assert list(before) == ["broker", "broker-2", "broker-3", "worker", "gateway"]
+        assert list(before) == ["broker", "broker-2", "broker-3", "worker", "alerts", "gateway"]
 
-        with Load(base, key[1]) as load:
+        with Load(base, key[1], clients=3) as load:
             assert load.wait_acked_after(time.monotonic(), 60) >= 0, load.answers[-3:]
             time.sleep(2)
 

@@ -3,6 +3,7 @@ gets the documented answer, and its logs land with their fields mapped."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import re
 import uuid
@@ -19,7 +20,7 @@ import zstandard
 from aiohttp import web
 
 from gateway.dialects.astralog import ASTRALOG
-from gateway.dialects.base import Problem
+from gateway.dialects.base import Problem, basic_key
 from gateway.dialects.dynatrace import DYNATRACE
 from gateway.dialects.goodlogs import GOODLOGS_EVENTS, GOODLOGS_LOGS
 from gateway.dialects.tg2g import TG2G
@@ -1071,3 +1072,19 @@ async def test_readme_curl_examples_work(stack: Stack) -> None:
         assert (example.path, 200 <= status < 300, body) == (example.path, True, shown)
     assert await stack.wait_rows(tenant.project, 8) == 8
     assert await stack.wait_rows(tenant.project, 1, table="events") == 1
+
+
+@pytest.mark.parametrize(
+    ("credential", "key"),
+    [
+        (base64.b64encode(b"millrace:the-key").decode(), "the-key"),
+        (base64.b64encode(b"the-key").decode(), "the-key"),  # one field: the user name
+        (base64.b64encode(b"the-key:").decode(), "the-key"),
+        ("", None),
+        ("not base64!", None),
+        ("bWlsbHJhY2U6a2V5é", None),  # non-ASCII: refused, never an exception
+        (base64.b64encode(b"\xff\xfe").decode(), None),  # not UTF-8
+    ],
+)
+def test_one_basic_credential_rule_for_loki_hec_and_es_bulk(credential: str, key: str | None) -> None:
+    assert basic_key(credential) == key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +54,24 @@ def json_response(status: int, body: Any, retry_after: int | None = None) -> web
     return web.Response(
         status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
     )
+
+
+def decoded_base64(value: str) -> str | None:
+    """`value` as base64 of UTF-8 text, or None when it is not."""
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: non-ASCII input
+        return None
+
+
+def basic_key(value: str) -> str | None:
+    """The key in a Basic credential (`value`, after the scheme): the password, or the user
+    name when there is no password (clients with a single credential field send it there)."""
+    decoded = decoded_base64(value)
+    if decoded is None:
+        return None
+    user, _, password = decoded.partition(":")
+    return password or user or None
 
 
 def bearer(request: web.Request) -> str | None:

@@ -16,8 +16,6 @@ whole-request `429`, which the client retries whole.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from dataclasses import replace
 from typing import Any, Final
@@ -26,7 +24,7 @@ from aiohttp import web
 
 from formats import Parsed, Rejection
 from formats.es_bulk import BulkItem
-from gateway.dialects.base import Dialect, Problem, json_response
+from gateway.dialects.base import Dialect, Problem, basic_key, decoded_base64, json_response
 from millrace.keys import SCOPE_LOGS
 
 PRODUCT_HEADER: Final = {"X-Elastic-Product": "Elasticsearch"}
@@ -41,13 +39,6 @@ _TYPES: Final = {
 }
 
 
-def _decoded(value: str) -> str | None:
-    try:
-        return base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-
-
 def token(request: web.Request) -> str | None:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     scheme, value = scheme.lower(), value.strip()
@@ -56,16 +47,12 @@ def token(request: web.Request) -> str | None:
     if scheme == "bearer":
         return value
     if scheme == "apikey":
-        decoded = _decoded(value)
+        decoded = decoded_base64(value)
         if decoded is not None and ":" in decoded:
             return decoded.partition(":")[2] or None
         return value
     if scheme == "basic":
-        decoded = _decoded(value)
-        if decoded is None:
-            return None
-        user, _, password = decoded.partition(":")
-        return password or user or None
+        return basic_key(value)
     return None
 
 

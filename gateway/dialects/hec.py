@@ -11,15 +11,13 @@ The token: `Authorization: Splunk <key>` (or Basic with the key as password, or 
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any, Final
 
 from aiohttp import web
 
 from formats import Parsed
 from formats.hec import EVENT_BLANK, EVENT_REQUIRED, INVALID_FORMAT, NO_DATA
-from gateway.dialects.base import Dialect, Problem, json_response
+from gateway.dialects.base import Dialect, Problem, basic_key, json_response
 from millrace.keys import SCOPE_LOGS
 
 _CODES: Final = {NO_DATA: 5, INVALID_FORMAT: 6, EVENT_REQUIRED: 12, EVENT_BLANK: 13}
@@ -32,11 +30,7 @@ def token(request: web.Request) -> str | None:
     if scheme == "splunk" and value:
         return value
     if scheme == "basic" and value:
-        try:
-            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return None
-        return password or user or None
+        return basic_key(value)
     if "Authorization" not in request.headers:
         return request.query.get("token") or None
     return None

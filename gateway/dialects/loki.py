@@ -8,14 +8,11 @@ entries are stored, as Loki itself does with entries it refuses: a `400` is neve
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from aiohttp import web
 
 from formats import Parsed
 from formats.loki import ORG_ID_HEADER
-from gateway.dialects.base import Dialect, Problem
+from gateway.dialects.base import Dialect, Problem, basic_key
 from millrace.keys import SCOPE_LOGS
 
 _SHOWN = 20  # refused entries named in a 400
@@ -28,11 +25,7 @@ def _token(request: web.Request) -> str | None:
         return value or None
     if scheme.lower() != "basic":
         return None
-    try:
-        user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return password or user or None  # the key as password; a client with only a user field sends it there
+    return basic_key(value)
 
 
 def _success(parsed: Parsed, received_at_ns: int) -> web.Response:

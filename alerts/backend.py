@@ -33,10 +33,7 @@ class Backend(Protocol):
 class WorkerBackend:
     def __init__(self, settings: Settings) -> None:
         self._url = settings.worker_query_url
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=30),
-            headers={internal.HEADER: internal.ensure_token(settings)},
-        )
+        self._session = internal.worker_session(settings)
 
     async def read(self, op: str, payload: dict[str, Any]) -> Any:
         return await self._post(f"/internal/v1/read/{op}", payload)

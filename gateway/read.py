@@ -79,10 +79,7 @@ class WorkerReader:
 
     def __init__(self, settings: Settings) -> None:
         self._url = settings.worker_query_url
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=30),
-            headers={internal.HEADER: internal.ensure_token(settings)},
-        )
+        self._session = internal.worker_session(settings)
 
     async def logs(self, query: LogQuery) -> list[dict[str, Any]]:
         payload = await self._post("/internal/v1/logs", query.to_dict())

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -26,6 +27,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HEADER = "X-Millrace-Internal-Token"
 # Tenant data: reads, and per-project landed counts (the bench's and the delivery tests' stats).
 PROTECTED_PREFIXES = ("/internal/v1/",)
+
+
+def worker_session(settings: Settings) -> aiohttp.ClientSession:
+    """A client of the worker's internal port, carrying the token (the gateway's reads, the alert
+    evaluator's reads and writes in embedded mode); requests go to `settings.worker_query_url`."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), headers={HEADER: ensure_token(settings)}
+    )
 
 
 def token_path(settings: Settings) -> Path:

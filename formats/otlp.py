@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError
@@ -94,6 +94,26 @@ class _Rows:
 
     def refuse(self, i: int, reason: str) -> None:
         self.rejected.append(Rejection(i, f"log record {i}: {reason}"))
+
+    def take(
+        self,
+        records: Iterable[Any],
+        row: Callable[[Any, Callable[[], _Base], int], dict[str, Any]],
+        base_of: Callable[[], _Base],
+        received_at_ns: int,
+        i: int,
+    ) -> int:
+        """One scope's records as rows (`row`, protobuf or JSON), each refused alone; the index
+        of the next record."""
+        for record in records:
+            try:
+                self.rows.append(row(record, base_of, received_at_ns))
+            except _Refused as exc:
+                self.refuse(i, str(exc))
+            except ParseError as exc:
+                self.refuse(i, exc.message)
+            i += 1
+        return i
 
 
 def _row(
@@ -261,15 +281,7 @@ def _proto_rows(request: Any, received_at_ns: int) -> _Rows:
                 plain = [(k, _proto_value(v)) for k, v in pairs]
                 return _resource_base(plain, scope.name, scope.version)
 
-            shared = _once(base_of)
-            for record in scope_logs.log_records:
-                try:
-                    out.rows.append(_proto_row(record, shared, received_at_ns))
-                except _Refused as exc:
-                    out.refuse(i, str(exc))
-                except ParseError as exc:
-                    out.refuse(i, exc.message)
-                i += 1
+            i = out.take(scope_logs.log_records, _proto_row, _once(base_of), received_at_ns, i)
     return out
 
 
@@ -460,15 +472,7 @@ def _json_rows(resource_logs: list[Any], received_at_ns: int) -> _Rows:
                 plain = [(k, _json_value(v)) for k, v in pairs]
                 return _resource_base(plain, _message(scope.get("name")), _message(scope.get("version")))
 
-            shared = _once(base_of)
-            for record in _safe_list(sl.get("logRecords")):
-                try:
-                    out.rows.append(_json_row(record, shared, received_at_ns))
-                except _Refused as exc:
-                    out.refuse(i, str(exc))
-                except ParseError as exc:
-                    out.refuse(i, exc.message)
-                i += 1
+            i = out.take(_safe_list(sl.get("logRecords")), _json_row, _once(base_of), received_at_ns, i)
     return out
 
 

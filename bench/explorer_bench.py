@@ -32,6 +32,7 @@ import orjson
 from bench.procs import Pipeline, free_port
 
 CHROMIUM = "/usr/bin/chromium"
+# Headless Chromium as the explorer tests (tests/explorer) and this bench run it.
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

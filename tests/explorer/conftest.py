@@ -16,19 +16,10 @@ import orjson
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Request, async_playwright
 
+from bench.explorer_bench import CHROMIUM_ARGS  # the browser flags the explorer bench uses too
 from tests.conftest import Stack, Tenant
 
 CHROMIUM = Path(os.environ.get("MILLRACE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(os.environ.get("MILLRACE_SCREENSHOTS", "/tmp/millrace-explorer-screenshots"))
 
 

@@ -8,7 +8,6 @@ through.
 from __future__ import annotations
 
 import http.server
-import os
 import re
 import threading
 import time
@@ -19,10 +18,10 @@ from typing import Any
 import orjson
 
 from alerts.webhook import signature
-from tests.conftest import free_port, free_port_pair
+from tests.conftest import free_port
 from tests.test_alerts import errors_rule
 from tests.test_cli_run import http as cli_http
-from tests.test_cli_run import kill, millrace, wait_healed
+from tests.test_cli_run import kill, millrace, up_env, wait_healed
 
 
 class ThreadReceiver(http.server.ThreadingHTTPServer):
@@ -58,17 +57,11 @@ def test_millrace_up_evaluates_alerts_and_a_killed_evaluator_repeats_nothing(tmp
     """Under `millrace up`: a rule fires a signed webhook; the evaluator is SIGKILLed mid-firing,
     the supervisor restarts it, and the restarted one (once Kafka hands it the rules) resolves the
     alert without a second firing event."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MILLRACE_HOME": str(tmp_path / "home"),
-        "MILLRACE_PORT": str(port),
-        "MILLRACE_KAFKA_PORT": str(free_port_pair()),
-        "MILLRACE_WORKER_QUERY_PORT": str(free_port()),
-        "MILLRACE_BATCH_AGE_MS": "200",
-        "MILLRACE_ALERT_ALLOW_PRIVATE_TARGETS": "true",
-        "MILLRACE_ALERTS_PORT": str(alerts_port := free_port()),
-    }
+    alerts_port = free_port()
+    env = up_env(
+        tmp_path / "home", MILLRACE_ALERT_ALLOW_PRIVATE_TARGETS="true", MILLRACE_ALERTS_PORT=str(alerts_port)
+    )
+    port = int(env["MILLRACE_PORT"])
     receiver = ThreadReceiver()
     up = millrace(env, "up")
     try:

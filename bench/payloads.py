@@ -9,7 +9,9 @@ Bodies are deterministic for a seed and are checked with the project's own parse
 any load is sent, so "acknowledged" always means "every log of it accepted". A pool is one
 file of bodies split by the dialect's separator: a newline for the single-line JSON bodies
 (Kafka's ProducerPerformance reads them one record per line), the ASCII record separator for
-Elasticsearch `_bulk`, whose NDJSON bodies hold newlines of their own.
+Elasticsearch `_bulk`, whose NDJSON bodies hold newlines of their own, and a 12-byte sequence
+for OTLP protobuf, whose binary bodies may hold any single byte (`bodies` checks that none
+holds its separator).
 """
 
 from __future__ import annotations
@@ -346,6 +348,17 @@ def _otlp(evs: list[Event]) -> bytes:
     return orjson.dumps({"resourceLogs": resource_logs})
 
 
+def _otlp_protobuf(evs: list[Event]) -> bytes:
+    # The same request as `_otlp`, in the encoding the OTel SDKs' and the Collector's
+    # `otlphttp` exporters send by default.
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = json_format.Parse(_otlp(evs), ExportLogsServiceRequest())
+    data: bytes = request.SerializeToString()
+    return data
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     name: str  # the --dialect value
@@ -409,6 +422,15 @@ DIALECTS: dict[str, Dialect] = {
         ),
         Dialect(
             "otlp", "otlp", "/v1/logs", "application/json", lambda k: {"Authorization": f"Bearer {k}"}, _otlp
+        ),
+        Dialect(
+            "otlp_protobuf",
+            "otlp",
+            "/v1/logs",
+            "application/x-protobuf",
+            lambda k: {"Authorization": f"Bearer {k}"},
+            _otlp_protobuf,
+            separator=b"\x1e\x1dMILLRACE\x1d\x1e",
         ),
         Dialect(
             "es_bulk",

@@ -610,6 +610,9 @@ def baselines(
     settings = Settings.from_env(pipeline.env if pipeline else None)
     if pipeline is None:
         out["kafka_produce"] = {"error": "skipped with --no-start (it needs the bench's own broker)"}
+    elif payloads.DIALECTS[args.dialect].content_type == "application/x-protobuf":
+        # The tool reads its payload file as text: binary bodies would not be sent as they are.
+        out["kafka_produce"] = {"error": "skipped for binary bodies (ProducerPerformance reads text)"}
     else:
         print(f"baseline: Kafka ProducerPerformance for ~{args.baseline_seconds:.0f}s ...", flush=True)
         try:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from bench import load, payloads, peer
 from bench.report import sweep_rows, sweep_table
@@ -108,6 +110,17 @@ def test_every_dialects_pool_file_gives_the_load_back_its_bodies_each_accepted_w
     assert sorted(load._load_bodies(cfg)) == sorted(bodies)
     for body in bodies:
         payloads.check(dialect, body, payloads.batch_size(dialect, 20))  # raises on any refused log
+
+
+def test_otlp_protobuf_bodies_are_the_otlp_json_requests_in_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bench.payloads.time.time", lambda: 1_796_600_000.0)  # both bodies, the same "now"
+    json_body, proto_body = (
+        payloads.bodies(payloads.DIALECTS[n], 5, 1)[0] for n in ("otlp", "otlp_protobuf")
+    )
+    request = ExportLogsServiceRequest.FromString(proto_body)
+    assert request == json_format.Parse(json_body, ExportLogsServiceRequest())
+    assert sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs) == 5
+    assert payloads.DIALECTS["otlp_protobuf"].content_type == "application/x-protobuf"
 
 
 def test_es_bulk_bodies_are_ndjson_create_actions_with_ecs_documents() -> None:

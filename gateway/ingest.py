@@ -153,9 +153,11 @@ class Ingestor:
             parsed = parse(body, ctx)
         except ParseError as exc:
             return dialect.error(dialect.refusal(exc))
+        over_rate = 0
         if (limited := self.limits.after_parse(key, parsed, dialect.split)) is not None:
             if isinstance(limited, Problem):
                 return dialect.error(limited)
+            over_rate = len(limited.rejected) - len(parsed.rejected)
             parsed = limited  # a part admitted: the dialect answers the rest 429 item by item
         if parsed.rows:
             try:
@@ -198,7 +200,7 @@ class Ingestor:
                         retry_after=RETRY_AFTER_UNAVAILABLE,
                     )
                 )
-        metrics.request_parsed(name, len(body), len(parsed.rows), len(parsed.rejected))
+        metrics.request_parsed(name, len(body), len(parsed.rows), len(parsed.rejected) - over_rate, over_rate)
         log.debug(
             "ingested",
             dialect=name,

@@ -58,8 +58,9 @@ LOGS_ACCEPTED = Counter(
 )
 LOGS_REJECTED = Counter(
     "millrace_logs_rejected",
-    "Logs refused: each refused item of a partial success counts once (reason invalid_item); "
-    "a request refused as a whole counts once, with a reason from its status (its log count is unknown)",
+    "Logs refused: each refused item of a partial success counts once (reason invalid_item, or "
+    "rate_limited for an item answered 429 over the log rate); a request refused as a whole counts "
+    "once, with a reason from its status (its log count is unknown)",
     ["dialect", "reason"],
     registry=REGISTRY,
 )
@@ -150,13 +151,16 @@ def counted(dialect: str, response: _Response) -> _Response:
     return response
 
 
-def request_parsed(dialect: str, body_bytes: int, accepted: int, rejected: int) -> None:
-    """A request that was answered with success: its bytes, its accepted and refused items."""
+def request_parsed(dialect: str, body_bytes: int, accepted: int, rejected: int, over_rate: int = 0) -> None:
+    """A request that was answered with success: its bytes, its accepted items, the items refused
+    for themselves and those refused over the log rate (retryable: Elasticsearch's 429 items)."""
     REQUEST_BYTES.labels(dialect).inc(body_bytes)
     if accepted:
         LOGS_ACCEPTED.labels(dialect).inc(accepted)
     if rejected:
         LOGS_REJECTED.labels(dialect, "invalid_item").inc(rejected)
+    if over_rate:
+        LOGS_REJECTED.labels(dialect, "rate_limited").inc(over_rate)
 
 
 def produce_failed(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from formats.loki import MAX_DECOMPRESSED, PushRequest
+from millrace import metrics
 from millrace.keys import SCOPE_READ
 from tests.conftest import Gateway, Stack, Tenant
 
@@ -348,6 +349,14 @@ async def limited_es_key(stack: Stack, project: str, **limits: float) -> str:
     return key
 
 
+def rejected_logs(dialect: str, reason: str) -> float:
+    """The gateway's count of refused logs (the test stack's gateway runs in this process)."""
+    value = metrics.REGISTRY.get_sample_value(
+        "millrace_logs_rejected_total", {"dialect": dialect, "reason": reason}
+    )
+    return value or 0.0
+
+
 async def test_elasticsearch_over_the_log_rate_stores_what_fits_and_answers_the_rest_429_per_item(
     stack: Stack,
 ) -> None:
@@ -369,6 +378,7 @@ async def test_elasticsearch_over_the_log_rate_stores_what_fits_and_answers_the_
         {"message": "fourth"},
     ]
     body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    counted = {reason: rejected_logs("es_bulk", reason) for reason in ("invalid_item", "rate_limited")}
 
     status, text, headers = await post(
         stack, "/_bulk", body, **{"Authorization": f"ApiKey {key}", "Content-Type": "application/x-ndjson"}
@@ -387,6 +397,11 @@ async def test_elasticsearch_over_the_log_rate_stores_what_fits_and_answers_the_
     assert limited["type"] == "es_rejected_execution_exception" and "log rate" in limited["reason"]
     assert await stack.wait_rows(project, 3, timeout_s=3) == 2  # nothing beyond what fitted
     assert stored(stack, project, "message, dataset") == [("first", "a"), ("second", "b")]
+    # The two 429 items count as refused over the rate, the two 400 items as invalid.
+    assert {reason: rejected_logs("es_bulk", reason) - n for reason, n in counted.items()} == {
+        "invalid_item": 2,
+        "rate_limited": 2,
+    }
 
     # No whole token left: refused before the body is read, a whole-request 429 with Retry-After.
     status, text, headers = await post(stack, "/_bulk", body, Authorization=f"Bearer {key}")

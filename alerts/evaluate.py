@@ -42,10 +42,11 @@ def event_id(project: str, rule_id: str, group_key: str, seq: int) -> str:
 
 
 def step(
-    rule: Rule, prior: GroupState, value: float, now_ns: int
+    rule: Rule, prior: GroupState, value: float, now_ns: int, retired: bool = False
 ) -> tuple[GroupState, dict[str, Any] | None]:
-    """The group's next state and the transition's event (None when it stays put)."""
-    holds = rule.holds(value)
+    """The group's next state and the transition's event (None when it stays put). A `retired`
+    rule (deleted or disabled) holds no more: firing resolves, pending goes back to ok."""
+    holds = not retired and rule.holds(value)
     current = prior.state
     nxt = current
     if holds:

@@ -7,7 +7,9 @@ is the webhook queued. A crash before the state write re-evaluates to the same e
 (the store keeps one row); a crash after it finds the state moved on (no second event),
 and the deliveries it still owed are found again from the attempts table (`unfinished`)
 when the rule is next acquired. Rules are re-read every RELOAD_S, so an API change or a
-new rule is picked up within about a second.
+new rule is picked up within about a second. A rule deleted or disabled while one of its
+groups fires is retired by its owner: the group resolves (event, state, webhook to the
+channels the rule had), so a receiver is never left with an incident nothing will close.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Evaluator:
         self._states: dict[str, dict[str, GroupState]] = {}
         self.evaluations: Counter[str] = Counter()  # rule id -> evaluations by this replica
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._retiring: dict[str, Rule] = {}  # deleted or disabled while ours, groups still up
 
     async def start(self) -> None:
         await self.owners.start()
@@ -81,9 +84,21 @@ class Evaluator:
     async def tick(self) -> None:
         now = time.monotonic()
         if now >= self._next_reload:
-            self.rules = {r.id: r for r in _parsed(await self.backend.store("rules", {}))}
+            rules = {r.id: r for r in _parsed(await self.backend.store("rules", {}))}
+            for rule_id, old in self.rules.items():
+                new = rules.get(rule_id)
+                if (new is None or not new.enabled) and self._mine(old) and rule_id in self._states:
+                    self._retiring[rule_id] = old
+            self.rules = rules
             self._next_reload = now + RELOAD_S
-        for rule_id in set(self._states) - {r for r, rule in self.rules.items() if self._mine(rule)}:
+        for rule_id, old in list(self._retiring.items()):
+            if rule_id not in self._running:  # its last round first: one writer of its state
+                await self._retire(old)  # a store outage: tried again next tick
+                del self._retiring[rule_id]
+        retiring = set(self._retiring)
+        for rule_id in (
+            set(self._states) - retiring - {r for r, rule in self.rules.items() if self._mine(rule)}
+        ):
             # Lost (or deleted, disabled): forget it; whoever owns it next reads its state back.
             self._states.pop(rule_id, None)
             self._due.pop(rule_id, None)
@@ -162,10 +177,26 @@ class Evaluator:
             if key not in seen and prior.state in ("pending", "firing"):
                 await self._apply(rule, states, prior, 0.0, now_ns)
 
+    async def _retire(self, rule: Rule) -> None:
+        """A rule gone (deleted, disabled): its pending and firing groups move as if it stopped holding."""
+        states = self._states.get(rule.id, {})
+        now_ns = time.time_ns()
+        for prior in list(states.values()):
+            if prior.state in ("pending", "firing"):
+                await self._apply(rule, states, prior, prior.value, now_ns, retired=True)
+        self._states.pop(rule.id, None)
+        self._due.pop(rule.id, None)
+
     async def _apply(
-        self, rule: Rule, states: dict[str, GroupState], prior: GroupState, value: float, now_ns: int
+        self,
+        rule: Rule,
+        states: dict[str, GroupState],
+        prior: GroupState,
+        value: float,
+        now_ns: int,
+        retired: bool = False,
     ) -> None:
-        nxt, event = step(rule, prior, value, now_ns)
+        nxt, event = step(rule, prior, value, now_ns, retired)
         if event is None:
             states[prior.group_key] = nxt
             return

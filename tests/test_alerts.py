@@ -65,6 +65,20 @@ def test_a_for_duration_holds_the_rule_pending_first() -> None:
     assert event is not None and (state.state, event["previous_state"]) == ("ok", "pending")
 
 
+def test_a_retired_rule_resolves_what_fires_and_quiets_what_is_pending() -> None:
+    r = rule()
+    firing = GroupState("", "firing", 0, 1, 50.0)
+    state, event = step(r, firing, 50.0, 7, retired=True)  # still over the threshold: retired anyway
+    assert event is not None and (state.state, event["previous_state"], event["value"]) == (
+        "resolved",
+        "firing",
+        50.0,
+    )
+    state, event = step(r, GroupState("", "pending", 0, 1, 50.0), 50.0, 7, retired=True)
+    assert event is not None and state.state == "ok"
+    assert step(r, GroupState("", "ok"), 50.0, 7, retired=True)[1] is None
+
+
 @pytest.mark.parametrize(
     ("query", "position", "status"),
     [
@@ -425,6 +439,48 @@ async def test_errors_fire_a_signed_webhook_then_resolve_and_other_projects_see_
     assert (await gql(stack, b, "from:alert_events | last 7d"))["results"] == []
     assert (await gql(stack, b, "from:alert_events | count"))["results"] == [{"value": 0}]
     await api(stack, "DELETE", f"/v1/alerts/{created['id']}", a.key, base=gateway.url)
+
+
+@pytest.mark.integration
+async def test_a_firing_rule_disabled_or_deleted_sends_resolved_and_a_reenabled_one_fires_again(
+    stack: Stack, gateway: Gateway, receiver: Receiver, evaluators: Evaluators
+) -> None:
+    t = await tenant(stack, "retire", gateway)
+    status, created = await api(
+        stack, "POST", "/v1/alerts", t.key, errors_rule(receiver.url), base=gateway.url
+    )
+    assert status == 201, created
+    path = f"/v1/alerts/{created['id']}"
+    await evaluators.start()
+    await send_errors(stack, t, 11, seconds_ago=5)  # in the 1-minute window for the whole test
+    assert await stack.wait_rows(t.project, 11) == 11
+    await wait_for(lambda: receiver.bodies("firing"), 20, "the firing webhook")
+
+    assert (await api(stack, "PUT", path, t.key, {"enabled": False}, base=gateway.url))[0] == 200
+    await wait_for(lambda: receiver.bodies("resolved"), 10, "the resolved webhook of the disabled rule")
+    (resolved,) = receiver.bodies("resolved")
+    assert (resolved["previous_state"], resolved["value"], resolved["rule"]["id"]) == (
+        "firing",
+        11,
+        created["id"],
+    )
+    verify(receiver, "s3cret")
+
+    assert (await api(stack, "PUT", path, t.key, {"enabled": True}, base=gateway.url))[0] == 200
+    await wait_for(lambda: len(receiver.bodies("firing")) == 2, 10, "the re-enabled rule firing again")
+    assert (await api(stack, "DELETE", path, t.key, base=gateway.url))[0] == 200
+    await wait_for(
+        lambda: len(receiver.bodies("resolved")) == 2, 10, "the resolved webhook of the deleted rule"
+    )
+
+    timeline = await gql(stack, t, "from:alert_events | last 7d")
+    assert [(e["state"], e["previous_state"]) for e in timeline["results"]] == [
+        ("resolved", "firing"),
+        ("firing", "resolved"),
+        ("resolved", "firing"),
+        ("firing", "ok"),
+    ]
+    assert len({b["id"] for b in receiver.bodies()}) == 4  # each transition sent once
 
 
 class FailOnce:

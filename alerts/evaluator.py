@@ -129,6 +129,7 @@ class Evaluator:
                 states = await self._acquire(rule)
             await self.evaluate(rule, states)
         except Exception as exc:  # this rule waits; the others go on
+            metrics.ALERT_EVALUATIONS.labels("failed").inc()
             log.warning("alert_evaluation_failed", rule_id=rule.id, project=rule.project, error=str(exc))
             self._due[rule.id] = time.monotonic() + min(rule.interval_s, RETRY_AFTER_FAILURE_S)
             return
@@ -167,6 +168,7 @@ class Evaluator:
             {"project": rule.project, "query": rule.query, "window_s": rule.window_s, "now_ns": now_ns},
         )
         self.evaluations[rule.id] += 1
+        metrics.ALERT_EVALUATIONS.labels("ok").inc()
         seen = set()
         for item in values:
             key = item["group_key"]
@@ -205,6 +207,7 @@ class Evaluator:
             "put_state", {"project": rule.project, "rule_id": rule.id, "state": nxt.to_dict()}
         )
         states[prior.group_key] = nxt
+        metrics.ALERT_TRANSITIONS.labels(nxt.state).inc()
         log.info(
             "alert_transition",
             rule_id=rule.id,

@@ -29,6 +29,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from alerts.backend import Backend, StoreUnavailable
+from millrace import metrics
 from millrace.config import Settings
 from reads.alerts import address_problem, url_problem
 from reads.query import format_ns
@@ -160,6 +161,7 @@ class Deliverer:
             ok = problem is None
             final = ok or time.time() >= deadline or (problem or "").startswith("refused")
             outcome = "delivered" if ok else "failed" if final else "retrying"
+            metrics.ALERT_WEBHOOKS.labels(outcome).inc()
             await self._record(job, attempt, outcome, status, problem or "")
             if final:
                 log.log(

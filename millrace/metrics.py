@@ -122,6 +122,24 @@ ROWS_INSERTED = Counter(
     ["table"],
     registry=REGISTRY,
 )
+ALERT_EVALUATIONS = Counter(
+    "millrace_alert_evaluations",
+    "Alert rule evaluations by this evaluator, by outcome (ok, failed: the rule waits and retries)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ALERT_TRANSITIONS = Counter(
+    "millrace_alert_transitions",
+    "Alert group transitions written (one alert_events row each), by the state entered",
+    ["state"],
+    registry=REGISTRY,
+)
+ALERT_WEBHOOKS = Counter(
+    "millrace_alert_webhooks",
+    "Webhook delivery attempts, by outcome (delivered; retrying: failed, tried again; failed: given up)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 # A request refused as a whole: the reason follows from its status (the dialect's error body
 # carries the exact code; this keeps the label set small and the same for every dialect).

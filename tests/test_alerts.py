@@ -25,7 +25,7 @@ from alerts.backend import Backend, StoreUnavailable, WorkerBackend
 from alerts.evaluate import GroupState, event_id, step
 from alerts.evaluator import Evaluator
 from alerts.webhook import signature
-from millrace import alert_store, keys
+from millrace import alert_store, keys, metrics
 from millrace.config import Settings
 from ops.cli import parser as cli_parser
 from reads.alerts import Rule, RuleError, parse_rule, url_problem
@@ -374,6 +374,13 @@ async def test_bad_rules_are_refused_in_the_goodlogs_format(stack: Stack) -> Non
     assert (await api(stack, "GET", "/v1/alerts", a.key)) == (200, {"alerts": []})
 
 
+def metric(family: str, label: str) -> float:
+    """An alert counter of this process's registry (the test's evaluators run in it)."""
+    name = f"millrace_alert_{family}_total"
+    key = "state" if family == "transitions" else "outcome"
+    return metrics.REGISTRY.get_sample_value(name, {key: label}) or 0.0
+
+
 def verify(receiver: Receiver, secret: str) -> None:
     for headers, body in receiver.calls:
         assert (
@@ -392,6 +399,14 @@ async def test_errors_fire_a_signed_webhook_then_resolve_and_other_projects_see_
         stack, "POST", "/v1/alerts", a.key, errors_rule(receiver.url), base=gateway.url
     )
     assert status == 201, created
+    counters = {
+        (family, label): metric(family, label)
+        for family, label in (
+            ("transitions", "firing"),
+            ("transitions", "resolved"),
+            ("webhooks", "delivered"),
+        )
+    }
     await evaluators.start()
     # 11 errors stamped 45 s ago: over the threshold now, out of the 1-minute window ~15 s later.
     await send_errors(stack, a, 11, seconds_ago=45)
@@ -423,6 +438,13 @@ async def test_errors_fire_a_signed_webhook_then_resolve_and_other_projects_see_
     assert [e["event_id"] for e in timeline["results"]] == [resolved["id"], fired["id"]]
     counted = await gql(stack, a, "from:alert_events | count by rule")
     assert counted["results"] == [{"rule": created["id"], "value": 2}]
+    # The evaluator's metrics saw the same: one move each way, both webhooks delivered first time.
+    assert {k: metric(*k) - n for k, n in counters.items()} == {
+        ("transitions", "firing"): 1,
+        ("transitions", "resolved"): 1,
+        ("webhooks", "delivered"): 2,
+    }
+    assert metric("evaluations", "ok") >= 2
     firing_only = await gql(stack, a, "from:alert_events state:firing | last 1h")
     assert [e["event_id"] for e in firing_only["results"]] == [fired["id"]]
 

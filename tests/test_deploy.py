@@ -53,6 +53,9 @@ COUNTERS_AND_GAUGES: dict[str, frozenset[str]] = {
     "millrace_insert_failures_total": frozenset(),
     "millrace_dead_letters_total": frozenset({"code"}),
     "millrace_rows_inserted_total": frozenset({"table"}),
+    "millrace_alert_evaluations_total": frozenset({"outcome"}),
+    "millrace_alert_transitions_total": frozenset({"state"}),
+    "millrace_alert_webhooks_total": frozenset({"outcome"}),
 }
 HISTOGRAMS: dict[str, frozenset[str]] = {
     "millrace_produce_seconds": frozenset(),
@@ -843,6 +846,8 @@ def test_dashboard_queries_use_only_millrace_metrics_and_their_labels() -> None:
         ("Insert latency (p50 / p99)", "millrace_insert_seconds_bucket"),
         ("Insert failures", "millrace_insert_failures_total"),
         ("Dead letters by code", "millrace_dead_letters_total"),
+        ("Alert evaluations and transitions", "millrace_alert_transitions_total"),
+        ("Alert webhooks by outcome", "millrace_alert_webhooks_total"),
     ],
 )
 def test_dashboard_has_the_panel(panel: str, needle: str) -> None:

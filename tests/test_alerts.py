@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -270,6 +270,13 @@ def errors_rule(url: str, secret: str = "s3cret", **extra: Any) -> dict[str, Any
     }
 
 
+async def create_rule(stack: Stack, gw: Gateway, t: Tenant, rule: dict[str, Any]) -> dict[str, Any]:
+    """A rule created through `gw`'s API (the gateway that allows loopback webhooks)."""
+    status, created = await api(stack, "POST", "/v1/alerts", t.key, rule, base=gw.url)
+    assert status == 201, created
+    return cast(dict[str, Any], created)
+
+
 async def gql(stack: Stack, t: Tenant, q: str) -> Any:
     status, body = await api(stack, "POST", "/v1/gql/query", t.read_key, {"q": q})
     assert status == 200, body
@@ -395,10 +402,7 @@ async def test_errors_fire_a_signed_webhook_then_resolve_and_other_projects_see_
     stack: Stack, gateway: Gateway, receiver: Receiver, evaluators: Evaluators
 ) -> None:
     a, b = await tenant(stack, "fire-a", gateway), await tenant(stack, "fire-b", gateway)
-    status, created = await api(
-        stack, "POST", "/v1/alerts", a.key, errors_rule(receiver.url), base=gateway.url
-    )
-    assert status == 201, created
+    created = await create_rule(stack, gateway, a, errors_rule(receiver.url))
     counters = {
         (family, label): metric(family, label)
         for family, label in (
@@ -468,10 +472,7 @@ async def test_a_firing_rule_disabled_or_deleted_sends_resolved_and_a_reenabled_
     stack: Stack, gateway: Gateway, receiver: Receiver, evaluators: Evaluators
 ) -> None:
     t = await tenant(stack, "retire", gateway)
-    status, created = await api(
-        stack, "POST", "/v1/alerts", t.key, errors_rule(receiver.url), base=gateway.url
-    )
-    assert status == 201, created
+    created = await create_rule(stack, gateway, t, errors_rule(receiver.url))
     path = f"/v1/alerts/{created['id']}"
     await evaluators.start()
     await send_errors(stack, t, 11, seconds_ago=5)  # in the 1-minute window for the whole test
@@ -529,10 +530,7 @@ async def test_a_restart_mid_firing_repeats_no_transition(
     stack: Stack, gateway: Gateway, receiver: Receiver, evaluators: Evaluators
 ) -> None:
     a = await tenant(stack, "restart", gateway)
-    status, created = await api(
-        stack, "POST", "/v1/alerts", a.key, errors_rule(receiver.url), base=gateway.url
-    )
-    assert status == 201
+    created = await create_rule(stack, gateway, a, errors_rule(receiver.url))
     # The first evaluator "dies" after writing the firing event but before writing the state:
     # it is evaluated again and must find the same event id.
     first = await evaluators.start(FailOnce(WorkerBackend(settings_for(stack)), "put_state"))
@@ -562,10 +560,7 @@ async def test_a_failing_receiver_is_retried_then_failed_and_ingest_goes_on(
 ) -> None:
     receiver.status = 500
     a = await tenant(stack, "failing", gateway)
-    status, created = await api(
-        stack, "POST", "/v1/alerts", a.key, errors_rule(receiver.url), base=gateway.url
-    )
-    assert status == 201
+    created = await create_rule(stack, gateway, a, errors_rule(receiver.url))
     await evaluators.start(backoff_base_s=0.2, retry_for_s=2.0)
     await send_errors(stack, a, 11, seconds_ago=0)
 
@@ -594,10 +589,7 @@ async def test_a_delivery_owed_by_a_stopped_evaluator_is_resumed_by_the_next(
     with the same event id and signature, and its attempts go on counting."""
     receiver.status = 503
     a = await tenant(stack, "resume", gateway)
-    status, created = await api(
-        stack, "POST", "/v1/alerts", a.key, errors_rule(receiver.url), base=gateway.url
-    )
-    assert status == 201
+    created = await create_rule(stack, gateway, a, errors_rule(receiver.url))
     first = await evaluators.start(backoff_base_s=0.3, retry_for_s=120)
     await send_errors(stack, a, 11, seconds_ago=0)
     await wait_for(lambda: len(receiver.calls) >= 2, 30, "two failed attempts")

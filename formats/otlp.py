@@ -4,6 +4,15 @@ Protobuf when the Content-Type is `application/x-protobuf`, else OTLP JSON (lowe
 keys, 64-bit integers as strings or numbers, trace and span ids in hex). Decoding uses the
 generated messages of `opentelemetry-proto`; the JSON walk mirrors the protobuf one.
 
+OTLP JSON has two walkers, for cost. The usual body (what the OTel exporters send) is decoded
+by msgspec into strict typed Structs, which is half the cost of orjson's dicts and cheaper to
+walk and to free. Every other body (a null, an unknown or snake_case key, an int past int64,
+an odd type, invalid JSON) fails that decode and is decoded again by orjson and walked as
+dicts, which holds every refusal and error rule. Both walkers share the rules below them
+(`_row`, `_put`, `_int`, ...) and read values alike, so a body gets the same rows, refusals
+and errors whichever walks it (tests/formats/test_otlp_typed.py compares them). The router
+hands over a document it decoded (`ctx.document`); only the dict walker takes it.
+
 Mapping (input -> column):
 
     resource attribute service.name                      -> service
@@ -550,8 +559,8 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
 # -- OTLP JSON, typed ----------------------------------------------------------------------------
 # The usual body decoded by msgspec into the Structs below, in one C pass, and walked into rows
 # by the functions after them, which read each kind as the dict walk above reads it. The types
-# are strict (no null where a value goes, no unknown or snake_case key, integers within 64 bits
-# as orjson keeps them): a body they do not describe fails the decode and takes the dict walk.
+# are strict (no null where a value goes, no unknown or snake_case key, no int past int64, no
+# float for an int): a body they do not describe fails the decode and takes the dict walk.
 
 # Within int64 (msgspec bounds go no further); orjson keeps up to 2**64 - 1 as an int and makes
 # a float of anything beyond: such a body takes the dict walk.

@@ -721,7 +721,9 @@ def _typed_row(record: _Record, base_of: Callable[[], _Base], received_at_ns: in
         else:
             text = _typed_text(value)
         if text is not None:
-            _add(attributes, kv.key, text)
+            if len(attributes) >= MAX_ATTRIBUTE_KEYS:  # `_add`, in the loop
+                raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+            attributes[kv.key] = text
         elif not _put_flat(attributes, kv.key, _typed_texts(value)):
             _put(attributes, kv.key, _typed_value(value))
     if record.flags != 0:

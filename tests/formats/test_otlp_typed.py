@@ -300,6 +300,18 @@ def one_record(**fields: Any) -> bytes:
     return dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [record, ok]}]}]})
 
 
+def raw_record(field: bytes) -> bytes:
+    """A one-record body with `field` written as is (bytes no JSON encoder writes)."""
+    return b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{' + field + b"}]}]}]}"
+
+
+# Text and numbers the two decoders must read alike: each takes or refuses the same ones.
+RAW_TEXT = [b"\xc0\x80", b"\xf4\x90\x80\x80", b"\xe0\x80\x80", b"\x80", b"\xc3", b"\xef\xbf\xbf", b"\x7f"]
+RAW_TEXT += [b"\\u00", b"\\uD834\\uDD1E", b"\\udd1e\\ud834", b"\\ud800", b"\\u0000", b"a\tb"]
+RAW_NUMBERS = [b"1.", b"-", b".5", b"1e", b"+1", b"0x10", b"1E+2", b"-0.0e-0", b"1e-400", b"00", b"1e400"]
+RAW = [(f"text {t!r}", raw_record(b'"body":{"stringValue":"' + t + b'"}')) for t in RAW_TEXT]
+RAW += [(f"number {n!r}", raw_record(b'"body":{"doubleValue":' + n + b"}")) for n in RAW_NUMBERS]
+
 many = [{"key": f"k{i}", "value": {"intValue": str(i)}} for i in range(MAX_ATTRIBUTE_KEYS + 1)]
 HANDWRITTEN: list[tuple[str, bytes]] = [
     ("empty", b""),
@@ -363,6 +375,7 @@ HANDWRITTEN: list[tuple[str, bytes]] = [
     ("null kind", one_record(body={"stringValue": None, "intValue": "5"})),
     ("uint64 max", one_record(body={"intValue": 2**64 - 1})),
     ("past uint64", one_record(body={"intValue": 2**64})),
+    *RAW,
 ]
 
 

@@ -4,6 +4,15 @@ Protobuf when the Content-Type is `application/x-protobuf`, else OTLP JSON (lowe
 keys, 64-bit integers as strings or numbers, trace and span ids in hex). Decoding uses the
 generated messages of `opentelemetry-proto`; the JSON walk mirrors the protobuf one.
 
+OTLP JSON has two walkers, for cost. The usual body (what the OTel exporters send) is decoded
+by msgspec into strict typed Structs, which is half the cost of orjson's dicts and cheaper to
+walk and to free. Every other body (a null, an unknown or snake_case key, an int past int64,
+an odd type, invalid JSON) fails that decode and is decoded again by orjson and walked as
+dicts, which holds every refusal and error rule. Both walkers share the rules below them
+(`_row`, `_put`, `_int`, ...) and read values alike, so a body gets the same rows, refusals
+and errors whichever walks it (tests/formats/test_otlp_typed.py compares them). The router
+hands over a document it decoded (`ctx.document`); only the dict walker takes it.
+
 Mapping (input -> column):
 
     resource attribute service.name                      -> service
@@ -28,9 +37,11 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
+import msgspec
 from google.protobuf.message import DecodeError
+from msgspec import UNSET, UnsetType
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
@@ -55,6 +66,9 @@ _RESOURCE_COLUMNS: Final = {
 }
 
 
+_TOO_DEEP: Final = f"a value is nested deeper than {MAX_DEPTH} levels"
+
+
 class _Refused(Exception):
     """One record cannot be stored; the reason goes to partial_success."""
 
@@ -69,6 +83,8 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
             ) from None
         found = _proto_rows(request, ctx.received_at_ns)
         return Parsed(rows=found.rows, rejected=found.rejected, answer="protobuf")
+    if ctx.document is None and (typed := _typed_json_rows(body, ctx.received_at_ns)) is not None:
+        return Parsed(rows=typed.rows, rejected=typed.rejected, answer="json")
     doc = json_body(body, ctx)
     if not isinstance(doc, dict):
         raise ParseError("the body must be an OTLP JSON object with 'resourceLogs'", code="invalid_shape")
@@ -229,7 +245,7 @@ def _message(value: Any) -> str:
 def _proto_value(value: Any, depth: int = 0) -> Any:
     """An AnyValue message as a plain Python value (kvlist -> dict, array -> list, bytes -> base64)."""
     if depth > MAX_DEPTH:
-        raise _Refused(f"a value is nested deeper than {MAX_DEPTH} levels")
+        raise _Refused(_TOO_DEEP)
     kind = value.WhichOneof("value")
     if kind is None:
         return None
@@ -327,7 +343,7 @@ def _proto_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -
 def _json_value(value: Any, depth: int = 0) -> Any:
     """An OTLP JSON AnyValue (`{"stringValue": ...}`) as a plain Python value."""
     if depth > MAX_DEPTH:
-        raise _Refused(f"a value is nested deeper than {MAX_DEPTH} levels")
+        raise _Refused(_TOO_DEEP)
     if not isinstance(value, dict) or not value:
         return None
     if len(value) == 1:  # the usual shape: one kind, so the precedence below does not matter
@@ -484,6 +500,13 @@ def _safe_kvs(value: Any) -> list[dict[str, Any]]:
     return [kv for kv in _safe_list(value) if isinstance(kv, dict)]
 
 
+def _put_flags(attributes: dict[str, str], flags: Any) -> None:
+    if flags or type(flags) is not int:  # 0 is the usual value: no call for it
+        flags = _int(flags, "flags")
+        if flags:
+            attributes["flags"] = str(flags)
+
+
 def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise _Refused("a log record must be an object")
@@ -504,11 +527,7 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
                 attributes[key] = text
             elif not _put_flat(attributes, key, _json_texts(value)):
                 _put(attributes, key, _json_value(value))
-    flags = record.get("flags", 0)
-    if flags or type(flags) is not int:  # 0 is the usual value: no call for it
-        flags = _int(flags, "flags")
-        if flags:
-            attributes["flags"] = str(flags)
+    _put_flags(attributes, record.get("flags", 0))
     if record.get("eventName"):
         attributes["event.name"] = _message(record["eventName"])
     severity_text = record.get("severityText") or ""
@@ -534,4 +553,204 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
         attributes,
         "" if (trace_id := record.get("traceId")) is None else _hex_id(trace_id, "traceId"),
         "" if (span_id := record.get("spanId")) is None else _hex_id(span_id, "spanId"),
+    )
+
+
+# -- OTLP JSON, typed ----------------------------------------------------------------------------
+# The usual body decoded by msgspec into the Structs below, in one C pass, and walked into rows
+# by the functions after them, which read each kind as the dict walk above reads it. The types
+# are strict (no null where a value goes, no unknown or snake_case key, no int past int64, no
+# float for an int): a body they do not describe fails the decode and takes the dict walk.
+
+# Within int64 (msgspec bounds go no further); orjson keeps up to 2**64 - 1 as an int and makes
+# a float of anything beyond: such a body takes the dict walk.
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class _Value(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    stringValue: str | UnsetType = UNSET
+    boolValue: bool | UnsetType = UNSET
+    intValue: _Int | str | UnsetType = UNSET
+    doubleValue: _Int | float | UnsetType = UNSET  # a JSON 5 stays an int, as orjson has it
+    arrayValue: _Array | UnsetType = UNSET
+    kvlistValue: _KeyValues | UnsetType = UNSET
+    bytesValue: str | UnsetType = UNSET
+
+
+class _KeyValue(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    key: str = ""
+    value: _Value | UnsetType = UNSET
+
+
+class _Array(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    values: list[_Value] = []
+
+
+class _KeyValues(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    values: list[_KeyValue] = []
+
+
+class _Record(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    timeUnixNano: _Int | str = 0
+    observedTimeUnixNano: _Int | str = 0
+    severityNumber: _Int | str = 0
+    severityText: str = ""
+    body: _Value | UnsetType = UNSET
+    attributes: list[_KeyValue] = []
+    droppedAttributesCount: _Int = 0
+    flags: _Int | str = 0
+    traceId: str = ""
+    spanId: str = ""
+    eventName: str = ""
+
+
+class _Scope(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    name: str = ""
+    version: str = ""
+    attributes: list[_KeyValue] = []
+    droppedAttributesCount: _Int = 0
+
+
+class _ScopeLogs(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    scope: _Scope = msgspec.field(default_factory=_Scope)
+    logRecords: list[_Record] = []
+    schemaUrl: str = ""
+
+
+class _Resource(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    attributes: list[_KeyValue] = []
+    droppedAttributesCount: _Int = 0
+
+
+class _ResourceLogs(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    resource: _Resource = msgspec.field(default_factory=_Resource)
+    scopeLogs: list[_ScopeLogs] = []
+    schemaUrl: str = ""
+
+
+class _Request(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    resourceLogs: list[_ResourceLogs] = []
+
+
+_DECODER: Final = msgspec.json.Decoder(_Request)
+
+
+def _typed_json_rows(body: bytes, received_at_ns: int) -> _Rows | None:
+    """The rows of a body the typed decode takes; None for any other (the dict walk's)."""
+    try:
+        request = _DECODER.decode(body)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    out = _Rows()
+    i = 0
+    for rl in request.resourceLogs:
+        pairs = [(kv.key, kv.value) for kv in rl.resource.attributes]
+        for sl in rl.scopeLogs:
+
+            def base_of(pairs: list[tuple[str, Any]] = pairs, scope: _Scope = sl.scope) -> _Base:
+                plain = [(k, _typed_value(v)) for k, v in pairs]
+                return _resource_base(plain, scope.name, scope.version)
+
+            i = out.take(sl.logRecords, _typed_row, _once(base_of), received_at_ns, i)
+    return out
+
+
+# A value with two kinds gives what the dict walk gives: the first of string, bool, int,
+# double, array, kvlist, bytes (`_json_value`'s order).
+
+
+def _typed_value(value: _Value | UnsetType, depth: int = 0) -> Any:
+    """A typed AnyValue as the plain Python value `_json_value` makes of its JSON."""
+    if depth > MAX_DEPTH:
+        raise _Refused(_TOO_DEEP)
+    if value is UNSET:
+        return None
+    if value.stringValue is not UNSET:
+        return value.stringValue
+    if value.boolValue is not UNSET:
+        return value.boolValue
+    if value.intValue is not UNSET:
+        return _int(value.intValue, "intValue")
+    if value.doubleValue is not UNSET:
+        return value.doubleValue
+    if value.arrayValue is not UNSET:
+        return [_typed_value(v, depth + 1) for v in value.arrayValue.values]
+    if value.kvlistValue is not UNSET:
+        return {kv.key: _typed_value(kv.value, depth + 1) for kv in value.kvlistValue.values}
+    if value.bytesValue is not UNSET:
+        return value.bytesValue
+    return None
+
+
+def _typed_text(value: _Value | UnsetType) -> str | None:
+    """A scalar's stored text, as `_put(_typed_value(value))` stores it; None otherwise."""
+    if value is UNSET:
+        return None
+    if (text := value.stringValue) is not UNSET:
+        return text
+    if (flag := value.boolValue) is not UNSET:
+        return "true" if flag else "false"
+    if (number := value.intValue) is not UNSET:
+        return str(number if type(number) is int else _int(number, "intValue"))  # as to_text writes it
+    if (double := value.doubleValue) is not UNSET:
+        return to_text(double)
+    return None
+
+
+def _typed_texts(value: _Value | UnsetType) -> dict[str, str] | None:
+    """A kvlist of scalars as {key: text}, as `_json_texts` has it; None otherwise."""
+    if value is UNSET or value.arrayValue is not UNSET or value.kvlistValue is UNSET:
+        return None
+    texts: dict[str, str] = {}
+    for kv in value.kvlistValue.values:
+        text = _typed_text(kv.value)
+        if text is None:
+            return None
+        texts[kv.key] = text
+    return texts
+
+
+def _typed_row(record: _Record, base_of: Callable[[], _Base], received_at_ns: int) -> dict[str, Any]:
+    """`_json_row` for a typed record: the same steps in the same order (so the same refusal)."""
+    attributes: dict[str, str] = {}
+    for kv in record.attributes:
+        value = kv.value
+        text: str | None
+        if value is not UNSET and (string := value.stringValue) is not UNSET:  # the usual value
+            text = string
+        else:
+            text = _typed_text(value)
+        if text is not None:
+            if len(attributes) >= MAX_ATTRIBUTE_KEYS:  # `_add`, in the loop
+                raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+            attributes[kv.key] = text
+        elif not _put_flat(attributes, kv.key, _typed_texts(value)):
+            _put(attributes, kv.key, _typed_value(value))
+    if record.flags != 0:
+        _put_flags(attributes, record.flags)
+    if record.eventName:
+        attributes["event.name"] = record.eventName
+    base = base_of()
+    # An int is what `_int` returns as it is: the call only for text.
+    time_ns = n if type(n := record.timeUnixNano) is int else _int(n, "timeUnixNano")
+    observed_ns = n if type(n := record.observedTimeUnixNano) is int else _int(n, "observedTimeUnixNano")
+    severity_number = n if type(n := record.severityNumber) is int else _int(n, "severityNumber")
+    body = record.body
+    if body is UNSET:
+        message = ""
+    elif (string := body.stringValue) is not UNSET:
+        message = string
+    else:
+        message = _message(_typed_value(body))
+    return _row(
+        received_at_ns,
+        base,
+        time_ns,
+        observed_ns,
+        severity_number,
+        record.severityText,
+        message,
+        attributes,
+        _hex_id(record.traceId, "traceId") if record.traceId else "",
+        _hex_id(record.spanId, "spanId") if record.spanId else "",
     )

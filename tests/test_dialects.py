@@ -18,11 +18,14 @@ import orjson
 import pytest
 import zstandard
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from gateway.dialects.astralog import ASTRALOG
 from gateway.dialects.base import Problem, basic_key
 from gateway.dialects.dynatrace import DYNATRACE
 from gateway.dialects.goodlogs import GOODLOGS_EVENTS, GOODLOGS_LOGS
+from gateway.dialects.otlp import OTLP_JSON
+from gateway.dialects.shared_logs import choose
 from gateway.dialects.tg2g import TG2G
 from gateway.dialects.timberlogs import TIMBERLOGS
 from millrace.keys import SCOPE_EVENTS
@@ -756,6 +759,34 @@ async def test_shared_logs_route_picks_the_dialect(
     assert status in (200, 202), answer
     assert await stack.wait_rows(tenant.project, 1) == 1
     assert [(dialect,)] == rows(stack, tenant.project, "dialect")
+
+
+@pytest.mark.parametrize(
+    ("body", "dialect", "decoded"),
+    [
+        (b'{"resourceLogs": []}', "otlp", False),
+        (b' \n{ "resourceLogs" :[], "batch": []}', "otlp", False),
+        (b'{"resourceLogs": [}', "otlp", False),
+        (b'{"batch": [], "resourceLogs": []}', "otlp", True),
+        (b'{"batch": []}', "goodlogs_logs", True),
+        (b'{"batch": [}', "goodlogs_logs", False),
+        (b'{"logs": [], "resourceLogs": 1}', "otlp", True),
+    ],
+    ids=["otlp", "otlp-spaced", "otlp-broken", "otlp-key-second", "batch", "batch-broken", "otlp-last"],
+)
+def test_shared_logs_rule_5_leaves_a_body_opening_with_resource_logs_to_the_otlp_parser(
+    body: bytes, dialect: str, decoded: bool
+) -> None:
+    """A body that opens with `{"resourceLogs":` is OTLP whatever follows, so the router does
+    not decode it (the OTLP parser does, typed); any other JSON body is decoded once, here."""
+    request = make_mocked_request(
+        "POST", "/v1/logs", headers={"Content-Type": "application/json", "Authorization": "Bearer k"}
+    )
+    chosen, document = choose(request, body)
+    assert (chosen.name, document is not None) == (dialect, decoded)
+    if decoded:
+        assert document == orjson.loads(body)
+    assert (chosen is OTLP_JSON) == (dialect == "otlp")
 
 
 @pytest.mark.parametrize(

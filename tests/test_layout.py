@@ -44,7 +44,7 @@ ALLOWED: dict[str, set[str]] = {
 
 # Declared dependencies (pyproject) by import name, for `formats/` and `schemas/`.
 # google: protobuf; opentelemetry: the generated OTLP messages of opentelemetry-proto
-FORMAT_DEPENDENCIES = {"orjson", "ua_parser", "google", "cramjam", "opentelemetry"}
+FORMAT_DEPENDENCIES = {"orjson", "msgspec", "ua_parser", "google", "cramjam", "opentelemetry"}
 
 
 def imported_roots(path: Path) -> set[str]:

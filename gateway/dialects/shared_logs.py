@@ -8,9 +8,9 @@ The rule, in order (docs/dialects.md "Which API is `POST /v1/logs`?"):
 4. a Content-Type only Timberlogs accepts (NDJSON, syslog, text, CSV, OBL): Timberlogs;
 5. a JSON object body with a `resourceLogs` key: OTLP (JSON); with a `batch` key: GoodLogs;
    with `source`/`entity` beside `logs` (the TG2G shape) and no Bearer key: TG2G, so its
-   401 reads right. A body that is not valid JSON but opens with `{"resourceLogs":` is OTLP,
-   one that opens with `{"batch":` GoodLogs, so their clients learn of broken JSON in their
-   own error format;
+   401 reads right. A body that opens with `{"resourceLogs":` is OTLP without being decoded
+   here, valid JSON or not; a broken one that opens with `{"batch":` is GoodLogs, so their
+   clients learn of broken JSON in their own error format;
 6. anything else: Timberlogs, whose content sniffing takes any format.
 
 Rules 1-4 need headers only; rule 5 reads the body, but every API left takes the key as
@@ -74,17 +74,20 @@ def by_headers(request: web.Request) -> Dialect | None:
 
 
 def choose(request: web.Request, body: bytes) -> tuple[Dialect, Any]:
-    """The dialect, and the body as JSON when rule 5 had to decode it (parsed from it, once)."""
+    """The dialect, and the body as JSON when rule 5 had to decode it (parsed from it, once;
+    never an OTLP body that opens with its key: its parser decodes it)."""
     dialect = by_headers(request)
     if dialect is not None:
         return dialect, None
     if body.lstrip()[:1] != b"{":
         return TIMBERLOGS, None
+    if _RESOURCE_LOGS_OPENING.match(body):
+        # OTLP whether the JSON is valid or not (the key is there either way): its parser
+        # decodes the body itself, into types cheaper than the dicts decoded here.
+        return OTLP_JSON, None
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        if _RESOURCE_LOGS_OPENING.match(body):
-            return OTLP_JSON, None
         return (GOODLOGS_LOGS if _BATCH_OPENING.match(body) else TIMBERLOGS), None
     if isinstance(doc, dict):
         if "resourceLogs" in doc:

@@ -332,7 +332,7 @@ def timberlogs_entry(rng: random.Random) -> Any:
     entry: dict[str, Any] = {}
     fields: dict[str, Callable[[], Any]] = {
         "level": lambda: rng.choice(("info", "warn", "error", "debug", "fatal", "INFO", 1, None, "")),
-        "message": lambda: rng.choice(("hello", "", "x" * 10_001, "é" * 5001, "😀" * 5000, 5, None)),
+        "message": lambda: rng.choice(("hello", "", "x" * 10_001, "é" * 5001, "😀" * 5000, "😀" * 5001, 5, None)),
         "source": lambda: rng.choice(("api", "", "s" * 101, "😀" * 50, "😀" * 51, None, ["a"])),
         "environment": lambda: rng.choice(("production", "staging", "development", "prod", None, 2)),
         "dataset": lambda: rng.choice(("default", "web", "", 5, None)),

@@ -124,8 +124,12 @@ def flatten(value: Any, prefix: str, out: dict[str, str], depth: int = 0) -> Non
     if depth >= MAX_DEPTH - 1:  # near the bound, where leaves are refused too: the plain walk
         _flatten_deep(value, prefix, out, depth)
         return
+    # The field count is checked before each key, but only once `out` could be full by then:
+    # each leaf adds one entry, so an object with room for all its keys needs no check until
+    # a child object (which may add any number) has been walked.
+    checked = len(out) + len(value) > MAX_ATTRIBUTE_KEYS
     for key, item in value.items():
-        if len(out) >= MAX_ATTRIBUTE_KEYS:
+        if checked and len(out) >= MAX_ATTRIBUTE_KEYS:
             raise _too_many_fields()
         if type(key) is not str:
             key = str(key)
@@ -137,8 +141,9 @@ def flatten(value: Any, prefix: str, out: dict[str, str], depth: int = 0) -> Non
             # The same walk one level down, inline (its leaves are still under the bound).
             if not item:
                 out[name] = "{}"
+            checked2 = len(out) + len(item) > MAX_ATTRIBUTE_KEYS
             for key2, item2 in item.items():
-                if len(out) >= MAX_ATTRIBUTE_KEYS:
+                if checked2 and len(out) >= MAX_ATTRIBUTE_KEYS:
                     raise _too_many_fields()
                 if type(key2) is not str:
                     key2 = str(key2)
@@ -148,14 +153,17 @@ def flatten(value: Any, prefix: str, out: dict[str, str], depth: int = 0) -> Non
                     out[name2] = item2
                 elif kind2 is dict:
                     flatten(item2, name2, out, depth + 2)
+                    checked2 = True
                 elif kind2 is int:
                     out[name2] = str(item2)
                 else:
                     out[name2] = to_text(item2)
+            checked = True
         elif kind is int and name:  # what orjson writes for an int (a bool is not `int` here)
             out[name] = str(item)
         elif kind is dict or not name:
             flatten(item, name, out, depth + 1)
+            checked = True
         else:
             out[name] = to_text(item)
 

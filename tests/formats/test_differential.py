@@ -332,7 +332,9 @@ def timberlogs_entry(rng: random.Random) -> Any:
     entry: dict[str, Any] = {}
     fields: dict[str, Callable[[], Any]] = {
         "level": lambda: rng.choice(("info", "warn", "error", "debug", "fatal", "INFO", 1, None, "")),
-        "message": lambda: rng.choice(("hello", "", "x" * 10_001, "é" * 5001, "😀" * 5000, "😀" * 5001, 5, None)),
+        "message": lambda: rng.choice(
+            ("hello", "", "x" * 10_001, "é" * 5001, "😀" * 5000, "😀" * 5001, 5, None)
+        ),
         "source": lambda: rng.choice(("api", "", "s" * 101, "😀" * 50, "😀" * 51, None, ["a"])),
         "environment": lambda: rng.choice(("production", "staging", "development", "prod", None, 2)),
         "dataset": lambda: rng.choice(("default", "web", "", 5, None)),
@@ -459,3 +461,28 @@ def test_a_difference_is_caught(broken: str, monkeypatch: pytest.MonkeyPatch) ->
     old = previous.es_bulk_parse if broken == "es_bulk" else previous.timberlogs_parse
     with pytest.raises(AssertionError):
         check_requests(broken, old, BULK_CASES if broken == "es_bulk" else TIMBERLOGS_CASES)
+
+
+def test_es_bulk_answer_is_the_json_of_its_items() -> None:
+    """The `_bulk` answer written from byte prefixes is exactly orjson's JSON of the items' dicts."""
+    from gateway.dialects.base import Problem
+    from gateway.dialects.es_bulk import ES_BULK, _item
+
+    assert ES_BULK.success is not None and ES_BULK.split is not None
+    answered = 0
+    for body, ctx in BULK_CASES[:400]:
+        try:
+            parsed = PARSERS["es_bulk"](body, ctx)
+        except ParseError:
+            continue
+        for admitted in {len(parsed.rows), len(parsed.rows) // 2}:
+            limited = ES_BULK.split(parsed, admitted, Problem(429, "rate_limited", "over the log rate"))
+            response = ES_BULK.success(limited, ctx.received_at_ns)
+            assert isinstance(response.body, bytes)
+            took = orjson.loads(response.body)["took"]
+            items = [_item(item, i, ctx.received_at_ns) for i, item in enumerate(limited.answer)]
+            expected = {"took": took, "errors": bool(limited.rejected), "items": items}
+            assert response.body == orjson.dumps(expected)
+            assert response.headers["X-Elastic-Product"] == "Elasticsearch"
+            answered += len(items)
+    assert answered > 1000

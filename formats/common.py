@@ -358,6 +358,11 @@ def put_attribute(out: dict[str, str], key: str, value: Any) -> None:
         out[key] = to_text(value)
 
 
+# Tuples, not `int | float`: isinstance with a tuple is several times cheaper on these paths.
+_NUMBER: Final = (int, float)
+_LIST_OR_STR: Final = (list, str)
+
+
 def split_fields(
     item: dict[str, Any],
     skip: frozenset[str],
@@ -376,16 +381,19 @@ def split_fields(
         column = mapping.get(key)
         if column is not None and column not in row:
             if column == "tags":
-                if isinstance(value, list | str):
+                if isinstance(value, _LIST_OR_STR):
                     row["tags"] = str_list(value)
                     continue
             elif isinstance(value, str):
                 row[column] = value
                 continue
-            elif isinstance(value, int | float):
+            elif isinstance(value, _NUMBER):
                 row[column] = to_text(value)
                 continue
-        put_attribute(attributes, key, value)
+        if type(value) is str and len(attributes) < MAX_ATTRIBUTE_KEYS:  # put_attribute's commonest case
+            attributes[key] = value
+        else:
+            put_attribute(attributes, key, value)
 
 
 def copy_well_known(item: dict[str, Any], row: dict[str, Any]) -> None:
@@ -395,9 +403,9 @@ def copy_well_known(item: dict[str, Any], row: dict[str, Any]) -> None:
         if column is None or column in row:
             continue
         if column == "tags":
-            if isinstance(value, list | str):
+            if isinstance(value, _LIST_OR_STR):
                 row["tags"] = str_list(value)
         elif isinstance(value, str):
             row[column] = value
-        elif isinstance(value, int | float):
+        elif isinstance(value, _NUMBER):
             row[column] = to_text(value)

@@ -1,9 +1,10 @@
 """The parsers' code as it was at 7e02f11, before their speed-ups: the oracle of test_differential.
 
-Only the functions that changed are kept here (flatten, put_attribute, parse_timestamp, the
-Elasticsearch `_bulk` parser and the Timberlogs row builder), verbatim but for the names they
-call, which point at each other here; everything unchanged is imported from `formats`. Not
-for anything but comparing: the new code must answer exactly what this answers.
+Only the functions that changed are kept here (flatten, put_attribute, split_fields,
+copy_well_known, parse_timestamp, the Elasticsearch `_bulk` parser and the Timberlogs row
+builder), verbatim but for the names they call, which point at each other here; everything
+unchanged is imported from `formats`. Not for anything but comparing: the new code must
+answer exactly what this answers.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
     MAX_ATTRIBUTE_KEYS,
     MAX_DEPTH,
+    WELL_KNOWN_COLUMNS,
     _from_int,
     _text_time,
     ascii_digits,
     level_fields,
+    str_list,
     to_text,
 )
 from formats.es_bulk import (
@@ -138,6 +141,51 @@ def put_attribute(out: dict[str, str], key: str, value: Any) -> None:
         flatten(value, key, out, 1)
     else:
         out[key] = to_text(value)
+
+
+def split_fields(
+    item: dict[str, Any],
+    skip: frozenset[str],
+    row: dict[str, Any],
+    attributes: dict[str, str],
+    mapping: dict[str, str] = WELL_KNOWN_COLUMNS,
+) -> None:
+    """Move each field of `item` (but those in `skip`) to the column `mapping` names, else to attributes.
+
+    A column already set keeps its value and the later alias stays an attribute, so two
+    spellings of one field in one record both survive.
+    """
+    for key, value in item.items():
+        if key in skip:
+            continue
+        column = mapping.get(key)
+        if column is not None and column not in row:
+            if column == "tags":
+                if isinstance(value, list | str):
+                    row["tags"] = str_list(value)
+                    continue
+            elif isinstance(value, str):
+                row[column] = value
+                continue
+            elif isinstance(value, int | float):
+                row[column] = to_text(value)
+                continue
+        put_attribute(attributes, key, value)
+
+
+def copy_well_known(item: dict[str, Any], row: dict[str, Any]) -> None:
+    """Fill the columns of well-known fields from `item`, leaving `item` itself whole (maps kept verbatim)."""
+    for key, value in item.items():
+        column = WELL_KNOWN_COLUMNS.get(key)
+        if column is None or column in row:
+            continue
+        if column == "tags":
+            if isinstance(value, list | str):
+                row["tags"] = str_list(value)
+        elif isinstance(value, str):
+            row[column] = value
+        elif isinstance(value, int | float):
+            row[column] = to_text(value)
 
 
 def es_bulk_parse(body: bytes, ctx: ParseContext) -> Parsed:

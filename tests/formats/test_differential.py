@@ -2,8 +2,9 @@
 
 Generated inputs, valid and broken, go through both implementations: each must give the same
 `Parsed` (rows, rejections, answer) or the same `ParseError` (code, message, position,
-details). Covers the shared `flatten` (every format's attributes), `parse_timestamp`, the
-Elasticsearch `_bulk` parser and the Timberlogs parser. Each corpus is also checked to reach
+details). Covers the shared helpers of every format (`flatten`, `split_fields`,
+`copy_well_known`, `parse_timestamp`), the Elasticsearch `_bulk` parser and its answer, and
+the Timberlogs parser. Each corpus is also checked to reach
 the outcomes that matter (stored rows, refused items, refused requests, the nesting and
 field-count bounds), so an agreement is never an agreement on nothing.
 """
@@ -21,7 +22,15 @@ import orjson
 import pytest
 
 from formats import PARSERS, ParseContext, Parsed, ParseError
-from formats.common import MAX_ATTRIBUTE_KEYS, MAX_DEPTH, flatten, parse_timestamp
+from formats.common import (
+    MAX_ATTRIBUTE_KEYS,
+    MAX_DEPTH,
+    WELL_KNOWN_COLUMNS,
+    copy_well_known,
+    flatten,
+    parse_timestamp,
+    split_fields,
+)
 from tests.formats import previous
 from tests.formats.conftest import make_ctx
 
@@ -186,6 +195,38 @@ def test_parse_timestamp_agrees_with_the_previous_rule() -> None:
     for item in values:
         assert outcome(parse_timestamp, item) == outcome(previous.parse_timestamp, item), item
     assert sum(previous.parse_timestamp(v) is not None for v in values) > 300
+
+
+def test_split_fields_and_copy_well_known_agree_with_the_previous_ones() -> None:
+    rng = random.Random(11)
+    names = [*WELL_KNOWN_COLUMNS, "other", "a.b", "", "é", "message"]
+    mapping = {"svc": "service", "tags": "tags", "rid": "request_id", "host": "host"}
+    reached: Counter[str] = Counter()
+    for i in range(3000):
+        item = {rng.choice(names): value(rng, 1) if i % 3 else scalar(rng) for _ in range(rng.randrange(8))}
+        if i % 5 == 0:
+            item["tags"] = rng.choice((["a", 1, None], "one", {"t": 1}, 5))
+        skip = frozenset(rng.sample(names, 2))
+        filled = rng.choice((0, 0, 2, MAX_ATTRIBUTE_KEYS - 3, MAX_ATTRIBUTE_KEYS))
+        row0: dict[str, Any] = {"service": "set"} if i % 4 == 0 else {}
+        attributes0 = {f"pre{j}": "v" for j in range(filled)}
+        if i % 6 == 0:
+            attributes0["other"] = "already"
+        chosen = mapping if i % 2 else WELL_KNOWN_COLUMNS
+        results = []
+        for split in (split_fields, previous.split_fields):
+            row, attributes = dict(row0), dict(attributes0)
+            error = outcome(split, item, skip, row, attributes, chosen)
+            results.append((error, list(row.items()), list(attributes.items())))
+        assert results[0] == results[1], (item, skip, filled, row0)
+        reached[results[0][0][1] if results[0][0][0] == "error" else "ok"] += 1
+        copied = []
+        for copy in (copy_well_known, previous.copy_well_known):
+            row = dict(row0)
+            copy(item, row)
+            copied.append(list(row.items()))
+        assert copied[0] == copied[1], item
+    assert reached["ok"] > 1500 and reached["too_many_fields"] > 100, reached
 
 
 # --- whole requests ------------------------------------------------------------------------

@@ -95,6 +95,8 @@ def to_text(value: Any) -> str:
     """An attribute value as stored: strings verbatim, everything else as compact JSON."""
     if isinstance(value, str):
         return value
+    if type(value) is int:  # what orjson writes, for a fraction of the cost (and past 64 bits too)
+        return str(value)
     try:
         return orjson.dumps(value).decode()
     except TypeError:

@@ -1,6 +1,6 @@
 """The parsers' code as it was at 7e02f11, before their speed-ups: the oracle of test_differential.
 
-Only the functions that changed are kept here (flatten, put_attribute, split_fields,
+Only the functions that changed are kept here (to_text, flatten, put_attribute, split_fields,
 copy_well_known, parse_timestamp, the Elasticsearch `_bulk` parser and the Timberlogs row
 builder), verbatim but for the names they call, which point at each other here; everything
 unchanged is imported from `formats`. Not for anything but comparing: the new code must
@@ -26,7 +26,6 @@ from formats.common import (
     ascii_digits,
     level_fields,
     str_list,
-    to_text,
 )
 from formats.es_bulk import (
     _COLUMN_KEYS,
@@ -94,6 +93,20 @@ def time_or_received(value: Any, ctx: ParseContext) -> int | None:
     """An item's event time by the one rule, the receive time when it gives none, or None when
     what it gives is not a time (the caller refuses the item in its API's own words)."""
     return ctx.received_at_ns if value is None else parse_timestamp(value)
+
+
+def to_text(value: Any) -> str:
+    """An attribute value as stored: strings verbatim, everything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        # orjson refuses nesting deeper than 255; repr() of a list nested ~1000 deep overflows too.
+        try:
+            return str(value)
+        except RecursionError:
+            raise ParseError("a value is nested too deeply to store", code="too_deep") from None
 
 
 def flatten(value: Any, prefix: str, out: dict[str, str], depth: int = 0) -> None:

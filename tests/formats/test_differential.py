@@ -30,6 +30,7 @@ from formats.common import (
     flatten,
     parse_timestamp,
     split_fields,
+    to_text,
 )
 from tests.formats import previous
 from tests.formats.conftest import make_ctx
@@ -135,6 +136,8 @@ def outcome(fn: Callable[..., Any], *args: Any) -> Any:
         return ("ok", fn(*args))
     except ParseError as exc:
         return ("error", exc.code, exc.message, exc.position, exc.details)
+    except Exception as exc:  # not a parser's contract, but then both must fail alike
+        return ("raised", type(exc).__name__, str(exc))
 
 
 # --- flatten -------------------------------------------------------------------------------
@@ -195,6 +198,15 @@ def test_parse_timestamp_agrees_with_the_previous_rule() -> None:
     for item in values:
         assert outcome(parse_timestamp, item) == outcome(previous.parse_timestamp, item), item
     assert sum(previous.parse_timestamp(v) is not None for v in values) > 300
+
+
+def test_to_text_agrees_with_the_previous_one() -> None:
+    rng = random.Random(3)
+    values = [scalar(rng) for _ in range(2000)]
+    values += [2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**5000, True, False, None, -0.0, {"k": [1]}]
+    values.append(orjson.loads(b"[" * 300 + b"]" * 300))
+    for item in values:
+        assert outcome(to_text, item) == outcome(previous.to_text, item), item
 
 
 def test_split_fields_and_copy_well_known_agree_with_the_previous_ones() -> None:

@@ -29,7 +29,7 @@ from typing import Any, Final
 import orjson
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
-from formats.common import MAX_DEPTH, flatten, level_fields, time_or_received, to_text
+from formats.common import MAX_DEPTH, flatten, level_fields, parse_timestamp, to_text
 
 SUPPORTED: Final = frozenset({"index", "create"})
 UNSUPPORTED: Final = frozenset({"update", "delete"})
@@ -71,21 +71,17 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
     rows: list[dict[str, Any]] = []
     rejected: list[Rejection] = []
     items: list[BulkItem] = []
-    actions: dict[bytes, tuple[str, dict[str, Any]]] = {}  # shippers repeat one action line
+    # Shippers repeat one action line: each distinct line is read (and checked) once, at its
+    # first occurrence, which is where a bad one refuses the request.
+    actions: dict[bytes, _Action] = {}
+    count = len(lines)
     n = 0
-    while n < len(lines):
+    while n < count:
         line = bytes(lines[n])  # the line itself when the body is bytes; a hashable copy of a buffer's
-        known = actions.get(line)
-        if known is None:
-            known = actions[line] = _action(line, n)
-        op, meta = known
-        index = meta.get("_index", default_index)
-        if not isinstance(index, str) or not index:
-            raise ParseError(
-                f"Validation Failed: 1: index is missing for action [{n + 1}];", code="invalid_action"
-            )
-        raw_id = meta.get("_id")
-        doc_id = None if raw_id is None else to_text(raw_id)
+        action = actions.get(line)
+        if action is None:
+            action = actions[line] = _action(line, n, default_index)
+        op, index, doc_id, created = action
         if op == "delete":
             n += 1
             _refuse(
@@ -94,7 +90,7 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
                 BulkItem(op, index, doc_id, 400, "illegal_argument_exception", "delete is not supported"),
             )
             continue
-        if n + 1 >= len(lines):
+        if n + 1 >= count:
             raise ParseError(
                 f"the bulk request's last action [{op}] has no document line", code="invalid_action"
             )
@@ -111,7 +107,7 @@ def parse(body: bytes, ctx: ParseContext) -> Parsed:
             _refuse(items, rejected, BulkItem(op, index, doc_id, 400, "document_parsing_exception", row))
             continue
         rows.append(row)
-        items.append(BulkItem(op, index, doc_id, 201))
+        items.append(created)
     return Parsed(rows=rows, rejected=rejected, answer=items)
 
 
@@ -120,7 +116,12 @@ def _refuse(items: list[BulkItem], rejected: list[Rejection], item: BulkItem) ->
     items.append(item)
 
 
-def _action(line: bytes, n: int) -> tuple[str, dict[str, Any]]:
+# An action line as read: its op, index, document id, and the item answered when its document
+# is stored (one immutable instance for every document after that line).
+_Action = tuple[str, str, str | None, BulkItem]
+
+
+def _action(line: bytes, n: int, default_index: str) -> _Action:
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
@@ -142,7 +143,14 @@ def _action(line: bytes, n: int) -> tuple[str, dict[str, Any]]:
             f"Malformed action/metadata line [{n + 1}], the [{op}] value must be an object",
             code="invalid_action",
         )
-    return op, meta
+    index = meta.get("_index", default_index)
+    if not isinstance(index, str) or not index:
+        raise ParseError(
+            f"Validation Failed: 1: index is missing for action [{n + 1}];", code="invalid_action"
+        )
+    raw_id = meta.get("_id")
+    doc_id = None if raw_id is None else to_text(raw_id)
+    return op, index, doc_id, BulkItem(op, index, doc_id, 201)
 
 
 def _row(source: bytes, index: str, doc_id: str | None, ctx: ParseContext) -> dict[str, Any] | str:
@@ -154,7 +162,7 @@ def _row(source: bytes, index: str, doc_id: str | None, ctx: ParseContext) -> di
     if not isinstance(doc, dict):
         return "the document must be a JSON object"
     stamp = doc.pop("@timestamp", None)
-    ns = time_or_received(stamp, ctx)
+    ns = ctx.received_at_ns if stamp is None else parse_timestamp(stamp)
     if ns is None:
         return f"failed to parse field [@timestamp] of type [date]: {to_text(stamp)[:100]}"
     fields: dict[str, str] = {}
@@ -171,8 +179,8 @@ def _row(source: bytes, index: str, doc_id: str | None, ctx: ParseContext) -> di
         return f"the document is nested deeper than {MAX_DEPTH} levels"
     level_text = None
     for key in _LEVEL_KEYS:
-        if key in fields:
-            level_text = fields.pop(key)
+        level_text = fields.pop(key, None)  # attribute values are never None
+        if level_text is not None:
             break
     level, number, severity_text = level_fields(level_text)
     row: dict[str, Any] = {

@@ -155,28 +155,57 @@ def _row(
         return None
     before = len(issues)
     get = entry.get
-
-    def fill(key: str) -> Any:
-        value = get(key)
-        return defaults.get(key) if value is None else value
-
-    level = _enum(i, "level", fill("level"), LEVEL_VALUES, issues)
-    message = _string(i, "message", get("message"), MAX_MESSAGE, issues, required=True)
-    source = _string(i, "source", fill("source"), MAX_SOURCE, issues, required=True)
-    environment = _enum(i, "environment", fill("environment"), ENVIRONMENTS, issues)
-    dataset = _string(i, "dataset", fill("dataset"), None, issues)
-    version = _string(i, "version", get("version"), None, issues)
-    columns: dict[str, Any] = {}
+    # Each field is checked inline when it is what a valid log holds (an exact str in bounds,
+    # an int time in range), and by its rule's function otherwise, which words the issue; the
+    # issues come in the same order either way.
+    level = get("level")
+    if level is None:
+        level = defaults.get("level")
+    if level not in LEVEL_VALUES or type(level) is not str:
+        level = _enum(i, "level", level, LEVEL_VALUES, issues)
+    message = get("message")
+    if type(message) is not str or not message or len(message) * 2 > MAX_MESSAGE:
+        message = _string(i, "message", message, MAX_MESSAGE, issues, required=True)
+    source = get("source")
+    if source is None:
+        source = defaults.get("source")
+    if type(source) is not str or not source or len(source) * 2 > MAX_SOURCE:
+        source = _string(i, "source", source, MAX_SOURCE, issues, required=True)
+    environment = get("environment")
+    if environment is None:
+        environment = defaults.get("environment")
+    if environment not in ENVIRONMENTS or type(environment) is not str:
+        environment = _enum(i, "environment", environment, ENVIRONMENTS, issues)
+    dataset = get("dataset")
+    if dataset is None:
+        dataset = defaults.get("dataset")
+    if dataset is not None and type(dataset) is not str:
+        dataset = _string(i, "dataset", dataset, None, issues)
+    version = get("version")
+    if version is not None and type(version) is not str:
+        version = _string(i, "version", version, None, issues)
+    columns: list[tuple[str, str]] = []
     for key, column in _OPTIONAL_STRINGS:
-        value = _string(i, key, get(key), None, issues)
-        if value is not None:
-            columns[column] = value
+        value = get(key)
+        if value is None:
+            continue
+        if type(value) is not str:
+            value = _string(i, key, value, None, issues)
+            if value is None:
+                continue
+        columns.append((column, value))
     data = get("data")
     if data is not None and not isinstance(data, dict):
         issues.append(_issue([i, "data"], f"Expected object, received {_kind(data)}"))
     tags = _tags(i, get("tags"), issues)
-    ts = _timestamp(i, get("timestamp"), issues)
-    step = _step(i, get("stepIndex"), issues)
+    ts = get("timestamp")
+    if type(ts) is int and 0 < ts <= _MAX_MS:
+        ts *= 1_000_000
+    else:
+        ts = _timestamp(i, ts, issues)
+    step = get("stepIndex")
+    if step is not None:
+        step = _step(i, step, issues)
     if len(issues) > before or level is None or message is None or source is None or environment is None:
         return None
 
@@ -185,9 +214,10 @@ def _row(
         attributes["version"] = version
     if step is not None:
         attributes["stepIndex"] = str(step)
-    for key, value in entry.items():
-        if key not in _KNOWN:
-            put_attribute(attributes, key, value)
+    if not _KNOWN.issuperset(entry):
+        for key, value in entry.items():
+            if key not in _KNOWN:
+                put_attribute(attributes, key, value)
     if data:
         if attributes:
             flat: dict[str, str] = {}
@@ -205,9 +235,10 @@ def _row(
         "service": source,
         "environment": environment,
         "dataset": "default" if dataset is None else dataset,
-        **columns,
-        "attributes": attributes,
     }
+    for column, value in columns:
+        row[column] = value
+    row["attributes"] = attributes
     if tags:
         row["tags"] = tags
     return row

@@ -263,15 +263,9 @@ def _proto_value(value: Any, depth: int = 0) -> Any:
 # int) is the set one, and only a default or another kind asks WhichOneof.
 
 
-def _proto_text(value: Any) -> str | None:
-    """A scalar AnyValue's stored text, as `_put(_proto_value(value))` stores it; None otherwise."""
-    text: str = value.string_value
-    if text:
-        return text
-    number: int = value.int_value
-    if number:
-        return str(number)  # what to_text writes for any int
-    kind = value.WhichOneof("value")
+def _proto_text(value: Any, kind: str | None) -> str | None:
+    """A scalar AnyValue's stored text, as `_put(_proto_value(value))` stores it; None otherwise.
+    The walk calls it when the string is empty and the int zero (else it has the text)."""
     if kind == "double_value":
         return to_text(value.double_value)
     if kind == "string_value":
@@ -308,42 +302,48 @@ def _proto_rows(request: Any, received_at_ns: int) -> _Rows:
     return out
 
 
+def _put_proto(attributes: dict[str, str], key: str, value: Any, kind: str | None) -> None:
+    """A value that is not a scalar into `attributes`: a kvlist of scalars under `key.` as `_put`
+    flattens its plain dict (a repeated key: its first place, its last value), any other the
+    plain way."""
+    if kind == "kvlist_value":
+        texts: dict[str, str] = {}
+        for inner in value.kvlist_value.values:
+            inner_value = inner.value
+            text = inner_value.string_value
+            if not text:
+                number = inner_value.int_value
+                text = str(number) if number else _proto_text(inner_value, inner_value.WhichOneof("value"))
+                if text is None:
+                    break
+            texts[inner.key] = text
+        else:
+            for k, text in texts.items():
+                if len(attributes) >= MAX_ATTRIBUTE_KEYS:
+                    raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+                attributes[f"{key}.{k}"] = text
+            return
+    _put(attributes, key, _proto_value(value))
+
+
 def _proto_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -> dict[str, Any]:
     attributes: dict[str, str] = {}
     for kv in record.attributes:
         value = kv.value
-        text = value.string_value  # the usual scalars read inline; `_proto_text` does the rest
+        text = value.string_value  # a non-empty string or non-zero int is the member set
         if not text:
             number = value.int_value
-            text = str(number) if number else _proto_text(value)
-        if text is not None:
-            if len(attributes) >= MAX_ATTRIBUTE_KEYS:
-                raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
-            attributes[kv.key] = text
-            continue
-        key = kv.key
-        texts: dict[str, str] | None = None
-        if value.HasField("kvlist_value"):
-            # A kvlist of scalars under `key.` as `_put` flattens its plain dict (a repeated key:
-            # its first place, its last value); any other value goes the plain way.
-            texts = {}
-            for inner in value.kvlist_value.values:
-                inner_value = inner.value
-                text = inner_value.string_value
-                if not text:
-                    number = inner_value.int_value
-                    text = str(number) if number else _proto_text(inner_value)
-                    if text is None:
-                        texts = None
-                        break
-                texts[inner.key] = text
-        if texts is None:
-            _put(attributes, key, _proto_value(value))
-            continue
-        for k, text in texts.items():
-            if len(attributes) >= MAX_ATTRIBUTE_KEYS:
-                raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
-            attributes[f"{key}.{k}"] = text
+            if number:
+                text = str(number)  # what to_text writes for any int
+            else:
+                kind = value.WhichOneof("value")
+                text = _proto_text(value, kind)
+                if text is None:
+                    _put_proto(attributes, kv.key, value, kind)
+                    continue
+        if len(attributes) >= MAX_ATTRIBUTE_KEYS:
+            raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+        attributes[kv.key] = text
     flags = record.flags
     if flags:
         attributes["flags"] = str(flags)

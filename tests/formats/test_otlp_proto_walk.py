@@ -1,0 +1,430 @@
+"""The OTLP protobuf walk (formats/otlp.py) was made cheaper: it reads the likely member of an
+AnyValue before asking WhichOneof, and handles scalars and kvlists of scalars inline. For any
+body it must give what the walk it replaced gives: the same rows (values, their types, the key
+order of the attributes), the same refusals and answer, or the same ParseError.
+
+The walk it replaced is kept below (`previous_parse`, as it was at 2243ff2); it shares the rules
+under it (`_row`, `_put`, `_add`, ...) with the new walk, which did not change. The bodies are
+`ExportLogsServiceRequest`s generated from fixed seeds (every AnyValue kind, nested kvlists and
+arrays, odd ids, times and severities, repeated keys, too many attributes, values nested past
+the limit, several resources and scopes), some of them then cut or given bad UTF-8 or unknown
+fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+from formats import otlp
+from formats.base import Parsed, ParseError
+from formats.common import MAX_ATTRIBUTE_KEYS, MAX_DEPTH
+from tests.formats.conftest import make_ctx
+
+CTX = make_ctx(content_type=otlp.PROTOBUF)
+NOW_NS = CTX.received_at_ns
+_Base = otlp._Base
+
+
+# -- the walk as it was at 2243ff2 ---------------------------------------------------------------
+
+
+def previous_parse(body: bytes) -> Parsed:
+    try:
+        request = ExportLogsServiceRequest.FromString(body)
+    except (DecodeError, RecursionError) as exc:
+        raise ParseError(
+            f"the body is not an ExportLogsServiceRequest: {exc}", code="invalid_protobuf"
+        ) from None
+    found = _previous_rows(request, CTX.received_at_ns)
+    return Parsed(rows=found.rows, rejected=found.rejected, answer="protobuf")
+
+
+def _previous_value(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise otlp._Refused(otlp._TOO_DEEP)
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_previous_value(v, depth + 1) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _previous_value(kv.value, depth + 1) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    return getattr(value, kind)
+
+
+def _previous_text(value: Any, kind: str | None) -> str | None:
+    if kind == "string_value":
+        text: str = value.string_value
+        return text
+    if kind == "int_value":
+        return str(value.int_value)
+    if kind == "double_value":
+        return otlp.to_text(value.double_value)
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    return None
+
+
+def _previous_texts(value: Any) -> dict[str, str] | None:
+    texts: dict[str, str] = {}
+    for kv in value.kvlist_value.values:
+        inner = kv.value
+        text = _previous_text(inner, inner.WhichOneof("value"))
+        if text is None:
+            return None
+        texts[kv.key] = text
+    return texts
+
+
+def _previous_rows(request: Any, received_at_ns: int) -> otlp._Rows:
+    out = otlp._Rows()
+    i = 0
+    for resource_logs in request.resource_logs:
+        pairs = [(kv.key, kv.value) for kv in resource_logs.resource.attributes]
+        for scope_logs in resource_logs.scope_logs:
+            scope = scope_logs.scope
+
+            def base_of(pairs: list[tuple[str, Any]] = pairs, scope: Any = scope) -> _Base:
+                plain = [(k, _previous_value(v)) for k, v in pairs]
+                return otlp._resource_base(plain, scope.name, scope.version)
+
+            i = out.take(scope_logs.log_records, _previous_row, otlp._once(base_of), received_at_ns, i)
+    return out
+
+
+def _previous_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -> dict[str, Any]:
+    attributes: dict[str, str] = {}
+    for kv in record.attributes:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        text = _previous_text(value, kind)
+        if text is not None:
+            otlp._add(attributes, kv.key, text)
+        elif kind != "kvlist_value" or not otlp._put_flat(attributes, kv.key, _previous_texts(value)):
+            otlp._put(attributes, kv.key, _previous_value(value))
+    if record.flags:
+        attributes["flags"] = str(record.flags)
+    if record.event_name:
+        attributes["event.name"] = record.event_name
+    if record.HasField("body"):
+        body = record.body
+        if body.WhichOneof("value") == "string_value":
+            message = body.string_value
+        else:
+            message = otlp._message(_previous_value(body))
+    else:
+        message = ""
+    return otlp._row(
+        received_at_ns,
+        base_of(),
+        record.time_unix_nano,
+        record.observed_time_unix_nano,
+        record.severity_number,
+        record.severity_text,
+        message,
+        attributes,
+        record.trace_id.hex(),
+        record.span_id.hex(),
+    )
+
+
+# -- generated requests ---------------------------------------------------------------------------
+
+TEXTS = ["GET", "", "ünïcode ✓", "line\nbreak", 'quote "q"', "\u0000nul", "a" * 300, "0", "true"]
+KEYS = ["service.name", "host.name", "deployment.environment", "deployment.environment.name"]
+KEYS += ["http", "user.id", "dup", "dup", "a.b", "", "ключ", "flags", "event.name", "k"]
+INTS = [0, 1, -1, 42, 328422, 2**63 - 1, -(2**63), 10**15]
+DOUBLES = [0.0, -0.0, 2.5, 5.0, 0.1, 1e16, 1e300, -1e-300, math.nan, math.inf, -math.inf, 123456789.125]
+BYTES = [b"", b"\x00", b"\xff\xfe", bytes(range(16)), b"abc" * 20]
+TIMES = [0, 1, NOW_NS, NOW_NS - 1234, 4_102_444_800 * 10**9, 4_102_444_800 * 10**9 + 1, 2**64 - 1]
+TIMES += [1_705_320_000]
+SEVERITIES = [0, 1, 5, 9, 13, 17, 21, 24, 25, 30, 2**31 - 1, -1, -(2**31)]
+SEVERITY_TEXTS = ["", "INFO", "warn", "Error", "FATAL", "debug2", "nonsense", "critical"]
+IDS = [b"", bytes(16), bytes(range(16)), bytes(range(8)), b"\x01\x02\x03", b"\xff" * 32]
+FLAGS = [0, 0, 1, 0x101, 2**32 - 1]
+
+
+class Requests:
+    """ExportLogsServiceRequests from a seed."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def scalar(self) -> AnyValue:
+        rng = self.rng
+        kind = rng.choice(["string", "string", "string", "int", "int", "double", "bool", "bytes", "none"])
+        if kind == "string":
+            return AnyValue(string_value=rng.choice(TEXTS))
+        if kind == "int":
+            return AnyValue(int_value=rng.choice(INTS))
+        if kind == "double":
+            return AnyValue(double_value=rng.choice(DOUBLES))
+        if kind == "bool":
+            return AnyValue(bool_value=rng.random() < 0.5)
+        if kind == "bytes":
+            return AnyValue(bytes_value=rng.choice(BYTES))
+        return AnyValue()
+
+    def any_value(self, depth: int = 0) -> AnyValue:
+        rng = self.rng
+        roll = rng.random()
+        if depth > 4 or roll < 0.6:
+            return self.scalar()
+        if roll < 0.8:
+            return AnyValue(
+                kvlist_value={"values": [self.key_value(depth + 1) for _ in range(rng.randint(0, 4))]}
+            )
+        return AnyValue(array_value={"values": [self.any_value(depth + 1) for _ in range(rng.randint(0, 4))]})
+
+    def key_value(self, depth: int = 0) -> KeyValue:
+        if self.rng.random() < 0.03:
+            return KeyValue(key=self.rng.choice(KEYS))  # no value at all
+        return KeyValue(key=self.rng.choice(KEYS), value=self.any_value(depth))
+
+    def scalar_kvlist(self) -> AnyValue:
+        """A kvlist of scalars (the walk's inline path), now and then with a repeated key."""
+        keys = ["method", "status", "route", "method" if self.rng.random() < 0.2 else "size"]
+        return AnyValue(kvlist_value={"values": [KeyValue(key=k, value=self.scalar()) for k in keys]})
+
+    def attributes(self) -> list[KeyValue]:
+        rng = self.rng
+        out = []
+        for _ in range(rng.choice([0, 1, 3, 5, 8])):
+            roll = rng.random()
+            if roll < 0.3:
+                out.append(KeyValue(key=rng.choice(KEYS), value=self.scalar_kvlist()))
+            else:
+                out.append(self.key_value())
+        roll = rng.random()
+        if roll < 0.03:
+            out += [KeyValue(key=f"k{i}", value=AnyValue(int_value=i)) for i in range(MAX_ATTRIBUTE_KEYS + 1)]
+        elif roll < 0.06:  # at the limit: one more (flags, a kvlist member) refuses or not
+            out += [KeyValue(key=f"k{i}", value=AnyValue(int_value=i)) for i in range(MAX_ATTRIBUTE_KEYS - 2)]
+            out.append(KeyValue(key="h", value=self.scalar_kvlist()))
+        elif roll < 0.09:
+            out.append(KeyValue(key="deep", value=nested(rng.randint(MAX_DEPTH - 1, MAX_DEPTH + 2))))
+        rng.shuffle(out)
+        return out
+
+    def log_record(self) -> LogRecord:
+        rng = self.rng
+        record = LogRecord(
+            time_unix_nano=rng.choice(TIMES),
+            observed_time_unix_nano=rng.choice(TIMES),
+            severity_number=rng.choice(SEVERITIES),  # type: ignore[arg-type]  # an open enum: any int32
+            severity_text=rng.choice(SEVERITY_TEXTS),
+            attributes=self.attributes(),
+            flags=rng.choice(FLAGS),
+            trace_id=rng.choice(IDS),
+            span_id=rng.choice(IDS),
+            event_name=rng.choice(["", "", "checkout.done", "ü"]),
+        )
+        roll = rng.random()
+        if roll < 0.5:
+            record.body.string_value = rng.choice(TEXTS)
+        elif roll < 0.85:
+            record.body.CopyFrom(self.any_value())
+        elif roll < 0.9:
+            record.body.CopyFrom(nested(rng.randint(MAX_DEPTH - 1, MAX_DEPTH + 2)))
+        return record  # else no body
+
+    def resource_logs(self) -> ResourceLogs:
+        rng = self.rng
+        out = ResourceLogs()
+        if rng.random() < 0.8:
+            pairs = [self.key_value() for _ in range(rng.randint(0, 5))]
+            if rng.random() < 0.6:
+                pairs.append(
+                    KeyValue(key="service.name", value=rng.choice([self.scalar(), self.scalar_kvlist()]))
+                )
+            if rng.random() < 0.03:
+                many = [
+                    KeyValue(key=f"r{i}", value=AnyValue(string_value="v")) for i in range(MAX_ATTRIBUTE_KEYS)
+                ]
+                pairs += many
+            if rng.random() < 0.05:
+                pairs.append(KeyValue(key="deep", value=nested(MAX_DEPTH + 1)))
+            rng.shuffle(pairs)
+            out.resource.attributes.extend(pairs)
+        for _ in range(rng.randint(0, 3)):
+            scope_logs = ScopeLogs()
+            if rng.random() < 0.7:
+                scope_logs.scope.name = rng.choice(["", "app", "ü.logger"])
+                scope_logs.scope.version = rng.choice(["", "1.2.3"])
+            scope_logs.log_records.extend(self.log_record() for _ in range(rng.randint(0, 6)))
+            out.scope_logs.append(scope_logs)
+        return out
+
+    def request(self) -> bytes:
+        request = ExportLogsServiceRequest()
+        request.resource_logs.extend(self.resource_logs() for _ in range(self.rng.randint(0, 4)))
+        return request.SerializeToString()
+
+
+def nested(depth: int) -> AnyValue:
+    value = AnyValue(string_value="leaf")
+    for i in range(depth):
+        if i % 3 == 2:
+            value = AnyValue(array_value={"values": [value]})
+        else:
+            value = AnyValue(kvlist_value={"values": [KeyValue(key="k", value=value)]})
+    return value
+
+
+def break_bytes(rng: random.Random, body: bytes) -> bytes:
+    change = rng.choice(["truncate", "bad utf-8", "unknown field", "garbage"])
+    if change == "truncate":
+        return body[: rng.randint(0, len(body))]
+    if change == "bad utf-8":  # a string's bytes made invalid UTF-8, its length kept
+        return body.replace(b"GET", b"G\xff\xfe", 1).replace(b"INFO", b"IN\xc3\x28", 1)
+    if change == "unknown field":  # field 15, varint 1, then a length-delimited field 16
+        return body + b"\x78\x01\x82\x01\x02ab"
+    at = rng.randint(0, len(body))
+    return body[:at] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 4))) + body[at:]
+
+
+# -- the comparison -----------------------------------------------------------------------------
+
+
+def shape(parsed: Parsed) -> tuple[Any, ...]:
+    def typed(value: Any) -> Any:
+        if isinstance(value, dict):
+            return [(k, typed(v)) for k, v in value.items()]
+        return (type(value).__name__, value)
+
+    return [typed(row) for row in parsed.rows], parsed.rejected, parsed.answer, parsed.table
+
+
+def outcome(parse: Callable[[bytes], Parsed], body: bytes) -> tuple[Any, ...]:
+    try:
+        parsed = parse(body)
+    except ParseError as exc:
+        return ("error", exc.code, exc.message, exc.position, exc.details)
+    return ("parsed", *shape(parsed))
+
+
+def assert_same(bodies: list[bytes]) -> tuple[int, int, int]:
+    """Both walks agree on every body; how many rows, refusals and errors they gave."""
+    rows = refused = errors = 0
+    for body in bodies:
+        new = outcome(lambda b: otlp.parse(b, CTX), body)
+        assert new == outcome(previous_parse, body), body[:2000]
+        if new[0] == "error":
+            errors += 1
+        else:
+            rows += len(new[1])
+            refused += len(new[2])
+    return rows, refused, errors
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_generated_requests_give_the_same_rows_refusals_and_errors_on_both_walks(seed: int) -> None:
+    requests = Requests(seed)
+    clean = [requests.request() for _ in range(120)]
+    rows, refused, errors = assert_same(clean)
+    assert rows > 500 and refused > 10 and errors == 0  # the bodies reach rows and refusals alike
+    broken = [break_bytes(requests.rng, body) for body in clean[:60] if body]
+    rows, refused, errors = assert_same(broken)
+    assert errors > 0 and rows > 0
+
+
+def test_the_bench_requests_give_the_same_rows_on_both_walks() -> None:
+    from bench import payloads
+
+    dialect = payloads.DIALECTS["otlp_protobuf"]
+    bodies = payloads.bodies(dialect, 50, 4)
+    rows, refused, errors = assert_same(bodies)
+    assert (rows, refused, errors) == (200, 0, 0)
+
+
+def one_record(**fields: Any) -> bytes:
+    request = ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[LogRecord(**fields), LogRecord()])])]
+    )
+    return request.SerializeToString()
+
+
+def kvlist(*pairs: tuple[str, AnyValue]) -> AnyValue:
+    return AnyValue(kvlist_value={"values": [KeyValue(key=k, value=v) for k, v in pairs]})
+
+
+MANY = [KeyValue(key=f"k{i}", value=AnyValue(int_value=i)) for i in range(MAX_ATTRIBUTE_KEYS)]
+ZEROS = [
+    AnyValue(string_value=""),
+    AnyValue(int_value=0),
+    AnyValue(double_value=0.0),
+    AnyValue(bool_value=False),
+]
+HANDWRITTEN: list[tuple[str, bytes]] = [
+    ("empty", b""),
+    ("one record, no fields", one_record()),
+    ("zero scalars", one_record(attributes=[KeyValue(key=f"z{i}", value=v) for i, v in enumerate(ZEROS)])),
+    (
+        "zero scalars in a kvlist",
+        one_record(attributes=[KeyValue(key="h", value=kvlist(*(("z", v) for v in ZEROS)))]),
+    ),
+    ("empty kvlist", one_record(attributes=[KeyValue(key="h", value=kvlist())])),
+    (
+        "kvlist with an empty value",
+        one_record(attributes=[KeyValue(key="h", value=kvlist(("a", AnyValue())))]),
+    ),
+    (
+        "kvlist with bytes",
+        one_record(attributes=[KeyValue(key="h", value=kvlist(("a", AnyValue(bytes_value=b"x"))))]),
+    ),
+    ("empty body", one_record(body=AnyValue())),
+    ("empty string body", one_record(body=AnyValue(string_value=""))),
+    ("zero int body", one_record(body=AnyValue(int_value=0))),
+    ("bytes body", one_record(body=AnyValue(bytes_value=b"\x00\xff"))),
+    ("kvlist body", one_record(body=kvlist(("a", AnyValue(int_value=1)), ("a", AnyValue(int_value=2))))),
+    ("most attributes", one_record(attributes=MANY)),
+    ("most attributes and flags", one_record(attributes=MANY, flags=1)),
+    ("most attributes and a kvlist", one_record(attributes=[*MANY[:999], KeyValue(key="h", value=kvlist())])),
+    (
+        "most attributes, a repeated kvlist key",
+        one_record(
+            attributes=[
+                *MANY[:999],
+                KeyValue(key="h", value=kvlist(("a", AnyValue(int_value=1)), ("a", AnyValue(int_value=2)))),
+            ]
+        ),
+    ),
+    (
+        "the most attributes reached in a kvlist, then a value too deep",
+        one_record(
+            attributes=[
+                *MANY[:999],
+                KeyValue(key="h", value=kvlist(("a", AnyValue(int_value=1)), ("b", AnyValue(int_value=2)))),
+                KeyValue(key="d", value=nested(MAX_DEPTH + 1)),
+            ]
+        ),
+    ),
+    (
+        "the most attributes reached, then a value too deep",
+        one_record(attributes=[*MANY, KeyValue(key="d", value=nested(MAX_DEPTH + 1))]),
+    ),
+    ("most attributes, a repeated key", one_record(attributes=[*MANY, KeyValue(key="k0", value=AnyValue())])),
+    ("deep at the limit", one_record(attributes=[KeyValue(key="d", value=nested(MAX_DEPTH))])),
+    ("deep past the limit", one_record(attributes=[KeyValue(key="d", value=nested(MAX_DEPTH + 1))])),
+    ("deep body", one_record(body=nested(MAX_DEPTH + 1))),
+    ("past 2100", one_record(time_unix_nano=4_102_444_800 * 10**9 + 1)),
+    ("ids", one_record(trace_id=bytes(range(16)), span_id=bytes(range(8)))),
+    ("bad utf-8 in a string", one_record(body=AnyValue(string_value="GET")).replace(b"GET", b"\xffET")),
+]
+
+
+@pytest.mark.parametrize("name, body", HANDWRITTEN, ids=[name for name, _ in HANDWRITTEN])
+def test_handwritten_edges_give_the_same_outcome_on_both_walks(name: str, body: bytes) -> None:
+    assert_same([body])

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Final
 
@@ -373,6 +374,9 @@ def _proto_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -
 # -- OTLP JSON -----------------------------------------------------------------------------------
 
 
+_NON_FINITE: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
 def _json_value(value: Any, depth: int = 0) -> Any:
     """An OTLP JSON AnyValue (`{"stringValue": ...}`) as a plain Python value."""
     if depth > MAX_DEPTH:
@@ -395,7 +399,12 @@ def _json_value(value: Any, depth: int = 0) -> Any:
         return _int(value["intValue"], "intValue")
     if "doubleValue" in value:
         number = value["doubleValue"]
-        return number if isinstance(number, int | float) else to_text(number)
+        if isinstance(number, int | float):
+            return number
+        # proto3's JSON mapping spells the non-finite doubles as strings: the same value as in protobuf.
+        return (
+            _NON_FINITE.get(number) if isinstance(number, str) and number in _NON_FINITE else to_text(number)
+        )
     if "arrayValue" in value:
         return [_json_value(v, depth + 1) for v in _kvs_or_values(value["arrayValue"])]
     if "kvlistValue" in value:

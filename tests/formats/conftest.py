@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
-from formats.base import ParseContext
+from formats.base import ParseContext, Parsed
 
 # 2024-01-15T12:00:00Z: a receive time near the seed examples' own times.
 RECEIVED_AT_NS = 1_705_320_000 * 10**9
@@ -43,3 +44,15 @@ def deep_object(depth: int) -> dict[str, object]:
     for _ in range(depth):
         value = {"k": value}
     return value
+
+
+def shape(parsed: Parsed) -> tuple[Any, ...]:
+    """What a parse gave, to compare two parses: rows with each value's type and the attributes'
+    key order, the refusals, the answer and the table."""
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, dict):
+            return [(k, typed(v)) for k, v in value.items()]
+        return (type(value).__name__, value)
+
+    return [typed(row) for row in parsed.rows], parsed.rejected, parsed.answer, parsed.table

@@ -27,7 +27,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from formats import otlp
 from formats.base import Parsed, ParseError
 from formats.common import MAX_ATTRIBUTE_KEYS, MAX_DEPTH
-from tests.formats.conftest import make_ctx
+from tests.formats.conftest import make_ctx, shape
 
 CTX = make_ctx(content_type=otlp.PROTOBUF)
 NOW_NS = CTX.received_at_ns
@@ -190,15 +190,6 @@ def break_bytes(rng: random.Random, body: bytes) -> bytes:
 
 
 # -- the comparison -----------------------------------------------------------------------------
-
-
-def shape(parsed: Parsed) -> tuple[Any, ...]:
-    def typed(value: Any) -> Any:
-        if isinstance(value, dict):
-            return [(k, typed(v)) for k, v in value.items()]
-        return (type(value).__name__, value)
-
-    return [typed(row) for row in parsed.rows], parsed.rejected, parsed.answer, parsed.table
 
 
 def outcome(parse: Callable[[bytes], Parsed], body: bytes) -> tuple[Any, ...]:

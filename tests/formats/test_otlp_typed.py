@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from formats import otlp
-from formats.base import Parsed, ParseError
+from formats.base import ParseError
 from formats.common import MAX_ATTRIBUTE_KEYS, MAX_DEPTH
-from tests.formats.conftest import make_ctx
+from tests.formats.conftest import make_ctx, shape
 
 CTX = make_ctx()
 NOW_NS = CTX.received_at_ns
@@ -236,15 +236,6 @@ def outcome(body: bytes, typed: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[
         except ParseError as exc:
             return ("error", exc.code, exc.message, exc.position, exc.details)
     return ("parsed", *shape(parsed))
-
-
-def shape(parsed: Parsed) -> tuple[Any, ...]:
-    def typed(value: Any) -> Any:
-        if isinstance(value, dict):
-            return [(k, typed(v)) for k, v in value.items()]
-        return (type(value).__name__, value)
-
-    return [typed(row) for row in parsed.rows], parsed.rejected, parsed.answer, parsed.table
 
 
 def taken_by_typed_walk(body: bytes) -> bool:

@@ -68,6 +68,7 @@ _RESOURCE_COLUMNS: Final = {
 
 
 _TOO_DEEP: Final = f"a value is nested deeper than {MAX_DEPTH} levels"
+_TOO_MANY: Final = f"more than {MAX_ATTRIBUTE_KEYS} attributes"
 
 
 class _Refused(Exception):
@@ -170,7 +171,7 @@ def _row(
     else:
         merged = attributes
     if len(merged) > MAX_ATTRIBUTE_KEYS:
-        raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+        raise _Refused(_TOO_MANY)
     row["attributes"] = merged
     return row
 
@@ -216,14 +217,14 @@ def _put(out: dict[str, str], key: str, value: Any, depth: int = 0) -> None:
             _put(out, f"{key}.{k}", v, depth + 1)
     else:
         if len(out) >= MAX_ATTRIBUTE_KEYS:
-            raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+            raise _Refused(_TOO_MANY)
         out[key] = value if isinstance(value, str) else to_text(value)
 
 
 def _add(out: dict[str, str], key: str, text: str) -> None:
     """One stored text into `out`, as `_put` stores a string."""
     if len(out) >= MAX_ATTRIBUTE_KEYS:
-        raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+        raise _Refused(_TOO_MANY)
     out[key] = text
 
 
@@ -280,7 +281,6 @@ def _proto_text(value: Any, kind: str | None) -> str | None:
 
 def _proto_rows(request: Any, received_at_ns: int) -> _Rows:
     out = _Rows()
-    rows, refuse = out.rows, out.refuse
     i = 0
     for resource_logs in request.resource_logs:
         pairs = [(kv.key, kv.value) for kv in resource_logs.resource.attributes]
@@ -291,40 +291,24 @@ def _proto_rows(request: Any, received_at_ns: int) -> _Rows:
                 plain = [(k, _proto_value(v)) for k, v in pairs]
                 return _resource_base(plain, scope.name, scope.version)
 
-            base = _once(base_of)
-            for record in scope_logs.log_records:
-                try:
-                    rows.append(_proto_row(record, base, received_at_ns))
-                except _Refused as exc:
-                    refuse(i, str(exc))
-                except ParseError as exc:
-                    refuse(i, exc.message)
-                i += 1
+            i = out.take(scope_logs.log_records, _proto_row, _once(base_of), received_at_ns, i)
     return out
 
 
-def _put_proto(attributes: dict[str, str], key: str, value: Any, kind: str | None) -> None:
-    """A value that is not a scalar into `attributes`: a kvlist of scalars under `key.` as `_put`
-    flattens its plain dict (a repeated key: its first place, its last value), any other the
-    plain way."""
-    if kind == "kvlist_value":
-        texts: dict[str, str] = {}
-        for inner in value.kvlist_value.values:
-            inner_value = inner.value
-            text = inner_value.string_value
-            if not text:
-                number = inner_value.int_value
-                text = str(number) if number else _proto_text(inner_value, inner_value.WhichOneof("value"))
-                if text is None:
-                    break
-            texts[inner.key] = text
-        else:
-            for k, text in texts.items():
-                if len(attributes) >= MAX_ATTRIBUTE_KEYS:
-                    raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
-                attributes[f"{key}.{k}"] = text
-            return
-    _put(attributes, key, _proto_value(value))
+def _proto_texts(value: Any) -> dict[str, str] | None:
+    """A kvlist of scalars as {key: text} (a repeated key: its first place, its last value, as the
+    plain dict has it); None when some value is not a scalar."""
+    texts: dict[str, str] = {}
+    for inner in value.kvlist_value.values:
+        inner_value = inner.value
+        text = inner_value.string_value
+        if not text:
+            number = inner_value.int_value
+            text = str(number) if number else _proto_text(inner_value, inner_value.WhichOneof("value"))
+            if text is None:
+                return None
+        texts[inner.key] = text
+    return texts
 
 
 def _proto_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -> dict[str, Any]:
@@ -340,10 +324,11 @@ def _proto_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -
                 kind = value.WhichOneof("value")
                 text = _proto_text(value, kind)
                 if text is None:
-                    _put_proto(attributes, kv.key, value, kind)
+                    if kind != "kvlist_value" or not _put_flat(attributes, kv.key, _proto_texts(value)):
+                        _put(attributes, kv.key, _proto_value(value))
                     continue
         if len(attributes) >= MAX_ATTRIBUTE_KEYS:
-            raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+            raise _Refused(_TOO_MANY)
         attributes[kv.key] = text
     flags = record.flags
     if flags:
@@ -565,7 +550,7 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
             text = _json_scalar(value)
             if text is not None:
                 if len(attributes) >= MAX_ATTRIBUTE_KEYS:
-                    raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+                    raise _Refused(_TOO_MANY)
                 attributes[key] = text
             elif not _put_flat(attributes, key, _json_texts(value)):
                 _put(attributes, key, _json_value(value))
@@ -609,7 +594,11 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
 _Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
-class _Value(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _Strict(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """Untracked by the GC (no cycles), and no key the Struct does not name."""
+
+
+class _Value(_Strict):
     stringValue: str | UnsetType = UNSET
     boolValue: bool | UnsetType = UNSET
     intValue: _Int | str | UnsetType = UNSET
@@ -619,20 +608,20 @@ class _Value(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     bytesValue: str | UnsetType = UNSET
 
 
-class _KeyValue(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _KeyValue(_Strict):
     key: str = ""
     value: _Value | UnsetType = UNSET
 
 
-class _Array(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _Array(_Strict):
     values: list[_Value] = []
 
 
-class _KeyValues(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _KeyValues(_Strict):
     values: list[_KeyValue] = []
 
 
-class _Record(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _Record(_Strict):
     timeUnixNano: _Int | str = 0
     observedTimeUnixNano: _Int | str = 0
     severityNumber: _Int | str = 0
@@ -646,31 +635,31 @@ class _Record(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     eventName: str = ""
 
 
-class _Scope(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _Scope(_Strict):
     name: str = ""
     version: str = ""
     attributes: list[_KeyValue] = []
     droppedAttributesCount: _Int = 0
 
 
-class _ScopeLogs(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _ScopeLogs(_Strict):
     scope: _Scope = msgspec.field(default_factory=_Scope)
     logRecords: list[_Record] = []
     schemaUrl: str = ""
 
 
-class _Resource(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _Resource(_Strict):
     attributes: list[_KeyValue] = []
     droppedAttributesCount: _Int = 0
 
 
-class _ResourceLogs(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _ResourceLogs(_Strict):
     resource: _Resource = msgspec.field(default_factory=_Resource)
     scopeLogs: list[_ScopeLogs] = []
     schemaUrl: str = ""
 
 
-class _Request(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _Request(_Strict):
     resourceLogs: list[_ResourceLogs] = []
 
 
@@ -764,7 +753,7 @@ def _typed_row(record: _Record, base_of: Callable[[], _Base], received_at_ns: in
             text = _typed_text(value)
         if text is not None:
             if len(attributes) >= MAX_ATTRIBUTE_KEYS:  # `_add`, in the loop
-                raise _Refused(f"more than {MAX_ATTRIBUTE_KEYS} attributes")
+                raise _Refused(_TOO_MANY)
             attributes[kv.key] = text
         elif not _put_flat(attributes, kv.key, _typed_texts(value)):
             _put(attributes, kv.key, _typed_value(value))

@@ -231,13 +231,7 @@ def _event_row(event: Any, defaults: dict[str, str], ctx: ParseContext) -> dict[
             value = event[key] if key in event else defaults.get(key)
             if value is None or value == "":
                 continue
-            text = value if type(value) is str else to_text(value)
-            if key == "host":
-                row["host"] = text
-            elif key == "index":
-                row["dataset"] = text
-            else:
-                attributes[key] = text
+            _set_meta(key, value, row, attributes)
         for key, value in event.items():
             if key not in _ENVELOPE_KEYS:
                 put_attribute(attributes, key, value)

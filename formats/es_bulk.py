@@ -29,7 +29,7 @@ from typing import Any, Final
 import orjson
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
-from formats.common import MAX_DEPTH, flatten, level_fields, parse_timestamp, to_text
+from formats.common import MAX_DEPTH, flatten, level_fields, time_or_received, to_text
 
 SUPPORTED: Final = frozenset({"index", "create"})
 UNSUPPORTED: Final = frozenset({"update", "delete"})
@@ -162,7 +162,7 @@ def _row(source: bytes, index: str, doc_id: str | None, ctx: ParseContext) -> di
     if not isinstance(doc, dict):
         return "the document must be a JSON object"
     stamp = doc.pop("@timestamp", None)
-    ns = ctx.received_at_ns if stamp is None else parse_timestamp(stamp)
+    ns = time_or_received(stamp, ctx)
     if ns is None:
         return f"failed to parse field [@timestamp] of type [date]: {to_text(stamp)[:100]}"
     fields: dict[str, str] = {}

@@ -130,12 +130,14 @@ def flatten(value: Any, prefix: str, out: dict[str, str], depth: int = 0) -> Non
     # each leaf adds one entry, so an object with room for all its keys needs no check until
     # a child object (which may add any number) has been walked.
     checked = len(out) + len(value) > MAX_ATTRIBUTE_KEYS
+    dot = f"{prefix}." if prefix else ""
     for key, item in value.items():
         if checked and len(out) >= MAX_ATTRIBUTE_KEYS:
             raise _too_many_fields()
-        if type(key) is not str:
-            key = str(key)
-        name = f"{prefix}.{key}" if prefix else key
+        try:
+            name = dot + key  # "" + key is key itself
+        except TypeError:  # a key that is not text: never from JSON, but a caller's dict may hold one
+            name = dot + str(key)
         kind = type(item)
         if kind is str and name:
             out[name] = item
@@ -144,12 +146,14 @@ def flatten(value: Any, prefix: str, out: dict[str, str], depth: int = 0) -> Non
             if not item:
                 out[name] = "{}"
             checked2 = len(out) + len(item) > MAX_ATTRIBUTE_KEYS
+            dot2 = name + "."
             for key2, item2 in item.items():
                 if checked2 and len(out) >= MAX_ATTRIBUTE_KEYS:
                     raise _too_many_fields()
-                if type(key2) is not str:
-                    key2 = str(key2)
-                name2 = f"{name}.{key2}"
+                try:
+                    name2 = dot2 + key2
+                except TypeError:
+                    name2 = dot2 + str(key2)
                 kind2 = type(item2)
                 if kind2 is str:
                     out[name2] = item2

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from formats import astralog, dynatrace, es_bulk, goodlogs, hec, loki, otlp, tg2g, timberlogs
-from formats.base import ParseContext, Parsed, ParseError, Rejection
+from formats import native
+
+NATIVE = native.choose()  # before any parser is imported: compiled, or from source (formats/native.py)
+
+from formats import astralog, dynatrace, es_bulk, goodlogs, hec, loki, otlp, tg2g, timberlogs  # noqa: E402
+from formats.base import ParseContext, Parsed, ParseError, Rejection  # noqa: E402
 
 Parser = Callable[[bytes, ParseContext], Parsed]
 

@@ -19,20 +19,18 @@ CASES: list[tuple[str, bytes, ParseContext]] = [
 ]
 
 
-def outcome(name: str, body: bytearray, ctx: ParseContext) -> Parsed | tuple[str, str]:
+def outcome(name: str, body: bytes, ctx: ParseContext) -> Parsed | tuple[str, str]:
     """What one call answers: its Parsed, or its error's code and message."""
     try:
-        return PARSERS[name](body, ctx)  # a mutable buffer, so a parser writing into it is seen
+        return PARSERS[name](body, ctx)
     except ParseError as exc:
         return (exc.code, exc.message)
 
 
 @pytest.mark.parametrize(("name", "body", "ctx"), CASES, ids=lambda v: v if isinstance(v, str) else "")
 def test_same_input_same_rows(name: str, body: bytes, ctx: ParseContext) -> None:
-    """Two calls on equal bytes agree exactly, and leave the input bytes as they were."""
-    original = bytes(body)
-    buffer = bytearray(body)
-    first = outcome(name, buffer, ctx)
-    second = outcome(name, buffer, ctx)
+    """Two calls on equal bytes (two distinct objects) agree exactly. The input is `bytes`, as the
+    gateway passes it: the compiled parsers refuse anything else (formats/native.py)."""
+    first = outcome(name, body, ctx)
+    second = outcome(name, bytes(bytearray(body)), ctx)
     assert first == second
-    assert original == bytes(buffer) == body

@@ -1,0 +1,110 @@
+"""The compiled parsers (formats/native.py): in use where they can be built, never stale, the same rows.
+
+The rest of the suite runs whichever the build gave (compiled wherever a C compiler exists:
+`make test` builds them first); these tests run the other side too, in child processes over
+a copy of the package, so the repository's own files are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import formats
+from formats import native
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Parses one body of each shape the bench sends and prints how the parsers were imported and
+# what they gave, as JSON.
+PROBE = """
+import json, random, sys, warnings
+warnings.simplefilter("always")
+import formats
+from formats import PARSERS, native
+from formats.base import ParseContext, ParseError
+sys.path.append(sys.argv[1])
+from bench import payloads
+rng = random.Random(7)
+events = payloads.events(rng, 50, now_ms=1_796_600_000_000)
+out = {"native": formats.NATIVE, "compiled": native.compiled(), "rows": {}}
+for name, dialect in sorted(payloads.DIALECTS.items()):
+    body = dialect.render(events)
+    ctx = ParseContext(received_at_ns=1_796_600_000_000_000_000, path=dialect.path,
+                       content_type=dialect.content_type)
+    try:
+        parsed = PARSERS[dialect.parser](body, ctx)
+        out["rows"][name] = [parsed.rows, [(r.index, r.reason) for r in parsed.rejected]]
+    except ParseError as exc:
+        out["rows"][name] = [exc.code, exc.message]
+print(json.dumps(out, default=repr))
+"""
+
+
+def probe(package_root: Path, env: dict[str, str] | None = None) -> tuple[dict[str, object], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(REPO)],
+        cwd=package_root,
+        env={**os.environ, "PYTHONPATH": str(package_root), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+@pytest.fixture(scope="module")
+def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The formats and schemas packages as they are here, compiled parsers and digest included."""
+    root = tmp_path_factory.mktemp("native")
+    for package in ("formats", "schemas"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def compiler() -> bool:
+    return shutil.which(os.environ.get("CC", "cc")) is not None
+
+
+def test_the_parsers_run_compiled_where_they_can_be_built() -> None:
+    if os.environ.get("MILLRACE_NATIVE") == "0":
+        pytest.skip("MILLRACE_NATIVE=0: the suite runs the parsers from source")
+    if not compiler():
+        pytest.skip("no C compiler here: the parsers run from source")
+    assert native.built(), "the compiled parsers are missing or stale: `make native` builds them"
+    assert formats.NATIVE and native.compiled()
+    for module in native.MODULES:
+        assert not str(sys.modules[module].__file__).endswith(".py"), module
+
+
+def test_compiled_and_source_parsers_give_the_same_rows(copy: Path) -> None:
+    source, _ = probe(copy, {"MILLRACE_NATIVE": "0"})
+    assert source["native"] is False and source["compiled"] is False
+    if not native.built():
+        pytest.skip("no compiled parsers to compare with")
+    compiled, _ = probe(copy)
+    assert compiled["native"] is True and compiled["compiled"] is True
+    assert compiled["rows"] == source["rows"]
+    assert len(source["rows"]) == 10 and all(isinstance(v[0], list) and v[0] for v in source["rows"].values())
+
+
+def test_a_parser_edited_after_the_build_runs_from_source(copy: Path) -> None:
+    if not native.built():
+        pytest.skip("no compiled parsers to go stale")
+    es_bulk = copy / "formats" / "es_bulk.py"
+    original = es_bulk.read_text()
+    es_bulk.write_text(original.replace('"dataset": index,', '"dataset": index + "-edited",'))
+    try:
+        edited, stderr = probe(copy)
+    finally:
+        es_bulk.write_text(original)
+    assert edited["native"] is False and edited["compiled"] is False
+    assert "`make native` rebuilds them" in stderr
+    assert {row["dataset"] for row in edited["rows"]["es_bulk"][0]} == {"logs-bench-edited"}

@@ -38,14 +38,15 @@ def _row(i: int, item: Any) -> dict[str, Any]:
     """One log as a row. The test below is `_refuse`'s checks, in one expression: a log
     that passes it is one `_refuse` lets through, and any other log is refused there."""
     if type(item) is dict:
+        log: dict[str, Any] = item  # typed, so the compiled parser calls dict methods directly
         project_id, level, service, message = (
-            item.get("project_id"),
-            item.get("level"),
-            item.get("service"),
-            item.get("message"),
+            log.get("project_id"),
+            log.get("level"),
+            log.get("service"),
+            log.get("message"),
         )
-        ts = parse_timestamp(item.get("timestamp"))
-        metadata = item.get("metadata")
+        ts = parse_timestamp(log.get("timestamp"))
+        metadata = log.get("metadata")
         if (
             type(project_id) is str
             and type(level) is str
@@ -61,8 +62,8 @@ def _row(i: int, item: Any) -> dict[str, Any]:
             attributes: dict[str, str] = {}
             if metadata:  # flattening an empty object adds nothing
                 flatten(metadata, "", attributes)
-            if not item.keys() <= _KNOWN:
-                flatten({k: v for k, v in item.items() if k not in _KNOWN}, "", attributes)
+            if not log.keys() <= _KNOWN:
+                flatten({k: v for k, v in log.items() if k not in _KNOWN}, "", attributes)
             attributes["project_id"] = project_id
             normalized, number = normalize_level(level)
             return {

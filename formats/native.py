@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent  # the formats package
 DIGEST = ROOT / "native.sha256"
 GROUP = "formats.native_group"  # mypyc's shared library of the group: formats/native_group__mypyc.*.so
 
-# Not compiled: `framing` (mypyc does not take its AnyStr generic), `otlp` (its msgspec Structs
-# must stay Python classes), and this module.
+# Not compiled: `framing` (mypyc does not take its AnyStr generic), `otlp_json` (msgspec builds
+# its Structs: they stay Python classes), and this module.
 MODULES: tuple[str, ...] = (
     "formats.base",
     "formats.common",
@@ -41,6 +41,7 @@ MODULES: tuple[str, ...] = (
     "formats.goodlogs",
     "formats.hec",
     "formats.loki",
+    "formats.otlp",
     "formats.tg2g",
     "formats.timberlogs.schema",
     "formats.timberlogs.json_",

@@ -38,7 +38,7 @@ import base64
 import binascii
 import math
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import msgspec
 from google.protobuf.message import DecodeError
@@ -47,6 +47,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import MAX_ATTRIBUTE_KEYS, MAX_DEPTH, json_body, level_fields, media_type, to_text
+from formats.otlp_json import DECODER as _DECODER
+from formats.otlp_json import Record as _Record
+from formats.otlp_json import Scope as _Scope
+from formats.otlp_json import Value as _Value
 
 PROTOBUF: Final = "application/x-protobuf"
 _MAX_NS: Final = 4_102_444_800 * 10**9
@@ -565,8 +569,9 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
     observed_ns = _int(record.get("observedTimeUnixNano", 0), "observedTimeUnixNano")
     severity_number = _int(record.get("severityNumber", 0), "severityNumber")
     body = record.get("body")
-    if type(body) is dict and type(text := body.get("stringValue")) is str:
-        message = text
+    # Not `text` again: that name holds `str | None` above, and the compiled parser checks it.
+    if type(body) is dict and type(string := body.get("stringValue")) is str:
+        message = string
     else:
         message = _message(_json_value(body))
     return _row(
@@ -584,86 +589,10 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
 
 
 # -- OTLP JSON, typed ----------------------------------------------------------------------------
-# The usual body decoded by msgspec into the Structs below, in one C pass, and walked into rows
-# by the functions after them, which read each kind as the dict walk above reads it. The types
-# are strict (no null where a value goes, no unknown or snake_case key, no int past int64, no
-# float for an int): a body they do not describe fails the decode and takes the dict walk.
-
-# Within int64 (msgspec bounds go no further); orjson keeps up to 2**64 - 1 as an int and makes
-# a float of anything beyond: such a body takes the dict walk.
-_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-
-
-class _Strict(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """Untracked by the GC (no cycles), and no key the Struct does not name."""
-
-
-class _Value(_Strict):
-    stringValue: str | UnsetType = UNSET
-    boolValue: bool | UnsetType = UNSET
-    intValue: _Int | str | UnsetType = UNSET
-    doubleValue: _Int | float | UnsetType = UNSET  # a JSON 5 stays an int, as orjson has it
-    arrayValue: _Array | UnsetType = UNSET
-    kvlistValue: _KeyValues | UnsetType = UNSET
-    bytesValue: str | UnsetType = UNSET
-
-
-class _KeyValue(_Strict):
-    key: str = ""
-    value: _Value | UnsetType = UNSET
-
-
-class _Array(_Strict):
-    values: list[_Value] = []
-
-
-class _KeyValues(_Strict):
-    values: list[_KeyValue] = []
-
-
-class _Record(_Strict):
-    timeUnixNano: _Int | str = 0
-    observedTimeUnixNano: _Int | str = 0
-    severityNumber: _Int | str = 0
-    severityText: str = ""
-    body: _Value | UnsetType = UNSET
-    attributes: list[_KeyValue] = []
-    droppedAttributesCount: _Int = 0
-    flags: _Int | str = 0
-    traceId: str = ""
-    spanId: str = ""
-    eventName: str = ""
-
-
-class _Scope(_Strict):
-    name: str = ""
-    version: str = ""
-    attributes: list[_KeyValue] = []
-    droppedAttributesCount: _Int = 0
-
-
-class _ScopeLogs(_Strict):
-    scope: _Scope = msgspec.field(default_factory=_Scope)
-    logRecords: list[_Record] = []
-    schemaUrl: str = ""
-
-
-class _Resource(_Strict):
-    attributes: list[_KeyValue] = []
-    droppedAttributesCount: _Int = 0
-
-
-class _ResourceLogs(_Strict):
-    resource: _Resource = msgspec.field(default_factory=_Resource)
-    scopeLogs: list[_ScopeLogs] = []
-    schemaUrl: str = ""
-
-
-class _Request(_Strict):
-    resourceLogs: list[_ResourceLogs] = []
-
-
-_DECODER: Final = msgspec.json.Decoder(_Request)
+# The usual body decoded by msgspec into the Structs of formats/otlp_json.py, in one C pass, and
+# walked into rows by the functions below, which read each kind as the dict walk above reads it.
+# The types are strict (no null where a value goes, no unknown or snake_case key, no int past
+# int64, no float for an int): a body they do not describe fails the decode and takes the dict walk.
 
 
 def _typed_json_rows(body: bytes, received_at_ns: int) -> _Rows | None:

@@ -37,7 +37,7 @@ SEVERITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "i
 LEVELS = ("error", "error", "error", "error", "warn", "info", "info", "debug")
 FACILITIES = (
     *("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp"),
-    *("ntp", "security", "console", "solaris-cron", *(f"local{n}" for n in range(8))),
+    *("ntp", "security", "console", "solaris-cron", *[f"local{n}" for n in range(8)]),
 )
 
 # Structured data is rare and small, so a regex per element is fine there.

@@ -79,7 +79,7 @@ def _time(match: re.Match[str]) -> int | None:
         if match.group(2) is None:
             dt = datetime.fromisoformat(match.group(1).replace(",", "."))
             return datetime_ns(dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC))
-        month, day, year, hour, minute, second = (int(g) for g in match.groups()[1:])
+        month, day, year, hour, minute, second = [int(g) for g in match.groups()[1:]]
         return datetime_ns(datetime(year, month, day, hour, minute, second, tzinfo=UTC))
     except (ValueError, OverflowError):  # 2024-13-45, or a zone that pushes it out of range
         return None

@@ -20,6 +20,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import sysconfig
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,9 +67,10 @@ def digest(modules: Sequence[str] = MODULES) -> str:
 
 
 def built() -> bool:
-    """Whether compiled modules exist and were built from the sources as they are now."""
+    """Whether compiled modules exist, for this interpreter, built from the sources as they are now."""
+    library = ROOT / (GROUP.rpartition(".")[2] + "__mypyc" + str(sysconfig.get_config_var("EXT_SUFFIX")))
     try:
-        return DIGEST.read_text().strip() == digest()
+        return library.exists() and DIGEST.read_text().strip() == digest()
     except OSError:
         return False
 

@@ -8,6 +8,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
+from formats import native
 from gateway.app import create_app
 from millrace.config import Settings
 from millrace.gc_tuning import tune_gc
@@ -49,7 +50,14 @@ SHUTDOWN_GRACE_S = 20
 
 def serve(settings: Settings) -> None:
     tune_gc()
-    log.info("gateway_starting", host=settings.host, port=settings.port, bootstrap=settings.bootstrap)
+    # Whether the parsers run compiled (formats/native.py): from source they cost ~20% more CPU.
+    log.info(
+        "gateway_starting",
+        host=settings.host,
+        port=settings.port,
+        bootstrap=settings.bootstrap,
+        parsers_compiled=native.compiled(),
+    )
     web.run_app(
         create_app(settings),
         host=settings.host,

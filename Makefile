@@ -42,15 +42,14 @@ LOCK_ARGS ?=
 lock: $(UV_STAMP) ## update uv.lock after editing the dependencies in pyproject.toml (LOCK_ARGS="--upgrade-package NAME")
 	@$(UV) lock $(LOCK_ARGS)
 
-# The parsers compiled with mypyc (formats/native.py), rebuilt when a parser's source changes.
-# Without a C compiler the build says so and the parsers run from source.
-NATIVE := formats/native.sha256
-$(NATIVE): $(STAMP) $(wildcard formats/*.py formats/timberlogs/*.py)
+# The parsers compiled with mypyc (formats/native.py) into build/native/. The command itself
+# knows whether the build is current (a digest of the sources and the interpreter), so it runs
+# every time and returns at once when there is nothing to do. Without a C compiler it says so
+# and the parsers run from source.
+native: $(STAMP) ## compile the parsers with mypyc when their sources changed (`make install` does it too)
 	@$(BIN)/python -m ops.native
 
-native: $(NATIVE) ## compile the parsers with mypyc (`make install` does it too)
-
-install: $(STAMP) $(NATIVE) ## create .venv with Millrace and its test tools, and compile the parsers
+install: $(STAMP) native ## create .venv with Millrace and its test tools, and compile the parsers
 
 # The bench extra (matplotlib, locust) only when a bench target needs it.
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -66,7 +65,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml uv.lock
 	@$(SYNC) --inexact --extra test --extra lint --extra bench
 	@touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) $(NATIVE) ## start a pipeline of its own, load it for 60 s, compare with Kafka/ClickHouse baselines (BENCH_ARGS="--duration 120")
+bench: $(BENCH_STAMP) native ## start a pipeline of its own, load it for 60 s, compare with Kafka/ClickHouse baselines (BENCH_ARGS="--duration 120")
 	@$(BIN)/python -m bench $(BENCH_ARGS)
 
 locust: $(BENCH_STAMP) ## locust, headless, against a running Millrace (`make up` first; key from .millrace/dev-key)
@@ -88,10 +87,10 @@ fuzz: $(FUZZ_STAMP) ## coverage-guided fuzzing of every parser (atheris, FUZZ_RU
 	@$(BIN)/python tests/fuzz/fuzz_parsers.py -atheris_runs=$(FUZZ_RUNS)
 	@HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
 
-run: $(STAMP) $(NATIVE) ## start Kafka, worker (embedded ClickHouse) and gateway in the foreground; Ctrl-C stops all
+run: $(STAMP) native ## start Kafka, worker (embedded ClickHouse) and gateway in the foreground; Ctrl-C stops all
 	@$(BIN)/millrace run
 
-up: $(STAMP) $(NATIVE) ## the same in the background; returns when the gateway is ready
+up: $(STAMP) native ## the same in the background; returns when the gateway is ready
 	@$(BIN)/millrace up
 
 down: $(STAMP) ## stop everything `make up` started
@@ -115,7 +114,7 @@ chromium: ## install Debian's chromium for the explorer's browser tests when it 
 	test -x $(CHROMIUM) || { echo "apt-get installed chromium but $(CHROMIUM) is missing" >&2; exit 1; }; }
 
 # The long chaos runs (marked `reliability`) only in `make test-reliability`.
-test: $(STAMP) $(NATIVE) chromium ## the whole suite against a real Kafka broker and the real ClickHouse engine
+test: $(STAMP) native chromium ## the whole suite against a real Kafka broker and the real ClickHouse engine
 	@$(BIN)/python -m pytest -m "not reliability"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
 

@@ -1,13 +1,17 @@
-"""The parsers compiled to C by mypyc, used only while they are built from the source beside them.
+"""The parsers compiled to C by mypyc, used only while they are built from the sources as they are.
 
-`make native` (run by `make install`, `run`, `test` and `bench`; `python -m ops.native`)
+`make native` (run by `make install`, `run`, `up`, `test` and `bench`; `python -m ops.native`)
 compiles `MODULES` with mypyc: the same Python, type-checked as always, run without the
-interpreter's per-bytecode overhead (bench/RESULTS.md has the figures). The build writes
-`DIGEST`, a hash of the sources it compiled. At import, `formats/__init__.py` calls
-`choose()` first: when the digest no longer matches the sources (a file edited or checked out
-since the build), or with `MILLRACE_NATIVE=0`, every module of the group is imported from
-its `.py` file instead, so what runs is always what the source says. The compiled modules
-call each other directly, so it is all of them or none.
+interpreter's per-bytecode overhead (docs/performance.md has the figures). The extensions go
+to `build/native/<interpreter>/` beside the checkout, never into `formats/`, with `digest`: a
+hash of the interpreter and of every source the compiled code was made from (`formats/` and
+`schemas/`: mypyc copies constants of imported modules into the code it writes).
+
+At import, `formats/__init__.py` calls `choose()` first. While the digest matches (and
+`MILLRACE_NATIVE` is not `0`) a finder serves `MODULES` from those extensions; every other
+module of `formats`, and all of them otherwise, come from their `.py` files, so a stray
+extension (an older build's, an older checkout's) is never loaded. The compiled modules call
+each other directly, so it is all of them or none.
 
 This module is never compiled, and imports only the standard library.
 """
@@ -27,11 +31,14 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent  # the formats package
-DIGEST = ROOT / "native.sha256"
-GROUP = "formats.native_group"  # mypyc's shared library of the group: formats/native_group__mypyc.*.so
+REPO = ROOT.parent
+SUFFIX = str(sysconfig.get_config_var("EXT_SUFFIX"))
+BUILT = REPO / "build" / "native" / sys.implementation.cache_tag
+DIGEST = BUILT / "digest"
+GROUP = "formats.native_group"  # mypyc's shared library of the group, `formats.native_group__mypyc`
 
-# Not compiled: `framing` (mypyc does not take its AnyStr generic), `otlp_json` (msgspec builds
-# its Structs: they stay Python classes), and this module.
+# Not compiled: the two `__init__` modules, `framing` (mypyc does not take its AnyStr
+# generic), `otlp_json` (msgspec builds its Structs: they stay Python classes) and this module.
 MODULES: tuple[str, ...] = (
     "formats.base",
     "formats.common",
@@ -52,54 +59,80 @@ MODULES: tuple[str, ...] = (
     "formats.timberlogs.syslog",
     "formats.timberlogs.text",
 )
+_EXTENSIONS = frozenset((*MODULES, GROUP + "__mypyc"))
 
 
 def source(module: str) -> Path:
-    return ROOT.parent.joinpath(*module.split(".")).with_suffix(".py")
+    return REPO.joinpath(*module.split(".")).with_suffix(".py")
 
 
-def digest(modules: Sequence[str] = MODULES) -> str:
-    """The sources as compiled: each module's name and bytes, in order."""
-    h = hashlib.sha256()
-    for module in modules:
-        h.update(module.encode() + b"\0" + source(module).read_bytes() + b"\0")
+def extension(module: str) -> Path:
+    return BUILT.joinpath(*module.split(".")).with_name(module.rpartition(".")[2] + SUFFIX)
+
+
+def digest() -> str:
+    """The interpreter and every source below `formats/` and `schemas/`, by path and bytes."""
+    h = hashlib.sha256(SUFFIX.encode() + b"\0")
+    for path in sorted((*ROOT.rglob("*.py"), *(REPO / "schemas").rglob("*.py"))):
+        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
 def built() -> bool:
-    """Whether compiled modules exist, for this interpreter, built from the sources as they are now."""
-    library = ROOT / (GROUP.rpartition(".")[2] + "__mypyc" + str(sysconfig.get_config_var("EXT_SUFFIX")))
+    """Whether the compiled modules exist for this interpreter, built from the sources as they are."""
     try:
-        return library.exists() and DIGEST.read_text().strip() == digest()
+        current = DIGEST.read_text().strip() == digest()
     except OSError:
         return False
+    return current and all(extension(name).exists() for name in _EXTENSIONS)
 
 
-class _FromSource(importlib.abc.MetaPathFinder):
-    """Finds the group's modules as their `.py` files, ahead of the compiled ones beside them."""
+class _Compiled(importlib.abc.MetaPathFinder):
+    """Serves the group's modules (and its shared library) from the current build."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MODULES:
+        if fullname not in _EXTENSIONS:
             return None
-        return importlib.util.spec_from_file_location(fullname, source(fullname))
+        file = str(extension(fullname))
+        return importlib.util.spec_from_file_location(
+            fullname, file, loader=importlib.machinery.ExtensionFileLoader(fullname, file)
+        )
+
+
+class _Source(importlib.abc.MetaPathFinder):
+    """Every other module of `formats` from its `.py` file, never from an extension beside it."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith("formats."):
+            return None
+        file = REPO.joinpath(*fullname.split("."))
+        if (file / "__init__.py").exists():
+            return importlib.util.spec_from_file_location(
+                fullname, file / "__init__.py", submodule_search_locations=[str(file)]
+            )
+        if file.with_suffix(".py").exists():
+            return importlib.util.spec_from_file_location(fullname, file.with_suffix(".py"))
+        return None
 
 
 def choose() -> bool:
     """Import the group compiled when it is current and allowed, else from source; True if compiled."""
-    if os.environ.get("MILLRACE_NATIVE", "1") != "0" and built():
-        return True
-    if not any(isinstance(finder, _FromSource) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _FromSource())
-    if os.environ.get("MILLRACE_NATIVE") != "0" and any(ROOT.rglob("*.so")):
+    compiled = os.environ.get("MILLRACE_NATIVE", "1") != "0" and built()
+    if not any(isinstance(finder, _Source) for finder in sys.meta_path):
+        finders: list[importlib.abc.MetaPathFinder] = [_Compiled(), _Source()] if compiled else [_Source()]
+        sys.meta_path[0:0] = finders
+    if not compiled and os.environ.get("MILLRACE_NATIVE") != "0" and DIGEST.exists():
         warnings.warn(
             "formats: the compiled parsers were built from other sources than these; running the "
             "sources (slower). `make native` rebuilds them.",
             RuntimeWarning,
             stacklevel=2,
         )
-    return False
+    return compiled
 
 
 def compiled() -> bool:

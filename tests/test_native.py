@@ -60,13 +60,14 @@ def probe(package_root: Path, env: dict[str, str] | None = None) -> tuple[dict[s
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
-@pytest.fixture(scope="module")
-def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The formats and schemas packages as they are here, compiled parsers and digest included."""
-    root = tmp_path_factory.mktemp("native")
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """The formats and schemas packages as they are here, with their compiled build and digest."""
     for package in ("formats", "schemas"):
-        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
-    return root
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    if native.BUILT.exists():
+        shutil.copytree(native.BUILT, tmp_path / native.BUILT.relative_to(REPO))
+    return tmp_path
 
 
 def compiler() -> bool:
@@ -95,16 +96,40 @@ def test_compiled_and_source_parsers_give_the_same_rows(copy: Path) -> None:
     assert len(source["rows"]) == 10 and all(isinstance(v[0], list) and v[0] for v in source["rows"].values())
 
 
-def test_a_parser_edited_after_the_build_runs_from_source(copy: Path) -> None:
+@pytest.mark.parametrize(
+    ("edited", "old", "new", "dataset"),
+    [
+        # A parser's own source.
+        ("formats/es_bulk.py", '"dataset": index,', '"dataset": index + "-edited",', "logs-bench-edited"),
+        # A module the compiled code read a constant of (mypyc copies it into the extension).
+        ("schemas/record.py", 'LOGS_TABLE: Final = "logs"', 'LOGS_TABLE: Final = "logs2"', "logs-bench"),
+    ],
+)
+def test_a_source_edited_after_the_build_runs_from_source(
+    copy: Path, edited: str, old: str, new: str, dataset: str
+) -> None:
     if not native.built():
         pytest.skip("no compiled parsers to go stale")
-    es_bulk = copy / "formats" / "es_bulk.py"
-    original = es_bulk.read_text()
-    es_bulk.write_text(original.replace('"dataset": index,', '"dataset": index + "-edited",'))
-    try:
-        edited, stderr = probe(copy)
-    finally:
-        es_bulk.write_text(original)
-    assert edited["native"] is False and edited["compiled"] is False
+    path = copy / edited
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new))
+    result, stderr = probe(copy)
+    assert result["native"] is False and result["compiled"] is False
     assert "`make native` rebuilds them" in stderr
-    assert {row["dataset"] for row in edited["rows"]["es_bulk"][0]} == {"logs-bench-edited"}
+    assert {row["dataset"] for row in result["rows"]["es_bulk"][0]} == {dataset}
+
+
+def test_an_extension_left_inside_the_package_is_never_loaded(copy: Path) -> None:
+    """What an older build or checkout leaves in `formats/` (git ignores it): the sources win."""
+    if not native.built():
+        pytest.skip("no compiled parsers to misplace")
+    for module in native.MODULES:
+        stray = native.extension(module)
+        shutil.copy(stray, copy / "formats" / stray.relative_to(native.BUILT / "formats"))
+    shutil.rmtree(copy / native.BUILT.relative_to(REPO))  # no current build: sources only
+    result, stderr = probe(copy)
+    assert result["native"] is False and result["compiled"] is False
+    assert "make native" not in stderr  # nothing was built here: no build to call stale
+    assert any((copy / "formats").glob("*.so"))
+    source, _ = probe(copy, {"MILLRACE_NATIVE": "0"})
+    assert result["rows"] == source["rows"]

@@ -124,7 +124,13 @@ def choose() -> bool:
     compiled = os.environ.get("MILLRACE_NATIVE", "1") != "0" and built()
     if not any(isinstance(finder, _Source) for finder in sys.meta_path):
         finders: list[importlib.abc.MetaPathFinder] = [_Compiled(), _Source()] if compiled else [_Source()]
-        sys.meta_path[0:0] = finders
+        # Where the standard path finder is, not first: a finder put ahead of ours (atheris'
+        # instrumenting one, say) still sees the modules we find.
+        at = next(
+            (i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder),
+            len(sys.meta_path),
+        )
+        sys.meta_path[at:at] = finders
     if not compiled and os.environ.get("MILLRACE_NATIVE") != "0" and DIGEST.exists():
         warnings.warn(
             "formats: the compiled parsers were built from other sources than these; running the "

@@ -92,11 +92,14 @@ def _text_time(text: str) -> int | None:
 
 
 def to_text(value: Any) -> str:
-    """An attribute value as stored: strings verbatim, everything else as compact JSON."""
+    """An attribute value as stored: strings verbatim, everything else as compact JSON; a NaN or
+    infinite double (which JSON cannot hold: orjson writes `null`) as proto3's JSON spells it."""
     if isinstance(value, str):
         return value
     if type(value) is int:  # what orjson writes, for a fraction of the cost (and past 64 bits too)
         return str(value)
+    if type(value) is float and not math.isfinite(value):  # only an OTLP double can be one
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
     try:
         return orjson.dumps(value).decode()
     except TypeError:

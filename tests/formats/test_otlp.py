@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
 import pytest
 
@@ -57,3 +59,32 @@ def test_scalar_and_kvlist_attributes_are_stored_as_text_a_repeated_key_keeping_
         ("http.method", "POST"),
         ("http.status", "200"),
     ]
+
+
+def test_non_finite_doubles_are_stored_as_proto3_spells_them_in_either_encoding() -> None:
+    """A NaN or infinite double is stored as `NaN`/`Infinity`/`-Infinity` (it was `null`, which
+    says nothing); inside an array, which is stored as JSON, it stays JSON's `null`."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    values = {"nan": math.nan, "inf": math.inf, "minus": -math.inf}
+    request = ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add()
+    record.body.string_value = "m"
+    for key, number in values.items():
+        record.attributes.append(KeyValue(key=key, value=AnyValue(double_value=number)))
+    array = record.attributes.add(key="array").value.array_value
+    array.values.append(AnyValue(double_value=math.nan))
+    array.values.append(AnyValue(double_value=1.5))
+    protobuf = ParseContext(received_at_ns=JSON.received_at_ns, content_type="application/x-protobuf")
+    (from_protobuf,) = otlp.parse(request.SerializeToString(), protobuf).rows
+    spelled = [
+        {"key": "nan", "value": {"doubleValue": "NaN"}},
+        {"key": "inf", "value": {"doubleValue": "Infinity"}},
+        {"key": "minus", "value": {"doubleValue": "-Infinity"}},
+        {"key": "array", "value": {"arrayValue": {"values": [{"doubleValue": "NaN"}, {"doubleValue": 1.5}]}}},
+    ]
+    (from_json, _) = otlp.parse(one_record(attributes=spelled), JSON).rows
+    expected = {"nan": "NaN", "inf": "Infinity", "minus": "-Infinity", "array": "[null,1.5]"}
+    assert from_protobuf["attributes"] == expected
+    assert from_json["attributes"] == expected

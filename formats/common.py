@@ -98,7 +98,7 @@ def to_text(value: Any) -> str:
         return value
     if type(value) is int:  # what orjson writes, for a fraction of the cost (and past 64 bits too)
         return str(value)
-    if type(value) is float and not math.isfinite(value):  # only an OTLP double can be one
+    if type(value) is float and not math.isfinite(value):  # an OTLP double, say (JSON decoders refuse them)
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
     try:
         return orjson.dumps(value).decode()

@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 import orjson
 
+import formats
 from bench import load, payloads, peer, procs, report, sampling
 from bench.baselines import kafka_produce
 from millrace import internal
@@ -771,6 +772,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "logs_per_request": per_body,
             "avg_body_bytes": round(avg_body),
             "avg_log_bytes": round(avg_body / per_body, 1),
+            # Whether this checkout's compiled parsers are current (formats/native.py): what the
+            # pipeline the bench starts runs. Figures from source and compiled do not compare.
+            "parsers_compiled": formats.NATIVE,
         },
     }
     target: Target | None = None
@@ -785,7 +789,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"load: {args.load_procs} process(es) x {args.connections} connections, {args.duration:.0f}s, "
             f"{dialect.name} {per_body} logs/request, {avg_body / 1024:.0f} KiB/request"
-            + (" (gzip)" if args.gzip else ""),
+            + (" (gzip)" if args.gzip else "")
+            + (", parsers compiled" if formats.NATIVE else ", parsers from source (`make native`)"),
             flush=True,
         )
         result.update(measure(args, target, group, idle))

@@ -154,58 +154,24 @@ def _row(
         issues.append(_issue([i], f"Expected object, received {_kind(entry)}"))
         return None
     before = len(issues)
-    get = entry.get
-    # Each field is checked inline when it is what a valid log holds (an exact str in bounds,
-    # an int time in range), and by its rule's function otherwise, which words the issue; the
-    # issues come in the same order either way.
-    level = get("level")
-    if level is None:
-        level = defaults.get("level")
-    if level not in LEVEL_VALUES or type(level) is not str:
-        level = _enum(i, "level", level, LEVEL_VALUES, issues)
-    message = get("message")
-    if type(message) is not str or not message or len(message) * 2 > MAX_MESSAGE:
-        message = _string(i, "message", message, MAX_MESSAGE, issues, required=True)
-    source = get("source")
-    if source is None:
-        source = defaults.get("source")
-    if type(source) is not str or not source or len(source) * 2 > MAX_SOURCE:
-        source = _string(i, "source", source, MAX_SOURCE, issues, required=True)
-    environment = get("environment")
-    if environment is None:
-        environment = defaults.get("environment")
-    if environment not in ENVIRONMENTS or type(environment) is not str:
-        environment = _enum(i, "environment", environment, ENVIRONMENTS, issues)
-    dataset = get("dataset")
-    if dataset is None:
-        dataset = defaults.get("dataset")
-    if dataset is not None and type(dataset) is not str:
-        dataset = _string(i, "dataset", dataset, None, issues)
-    version = get("version")
-    if version is not None and type(version) is not str:
-        version = _string(i, "version", version, None, issues)
+    log: dict[str, Any] = entry  # typed, so the compiled parser calls dict methods directly
+    level = _enum(i, "level", _or_default(log, defaults, "level"), LEVEL_VALUES, issues)
+    message = _string(i, "message", log.get("message"), MAX_MESSAGE, issues, required=True)
+    source = _string(i, "source", _or_default(log, defaults, "source"), MAX_SOURCE, issues, required=True)
+    environment = _enum(i, "environment", _or_default(log, defaults, "environment"), ENVIRONMENTS, issues)
+    dataset = _string(i, "dataset", _or_default(log, defaults, "dataset"), None, issues)
+    version = _string(i, "version", log.get("version"), None, issues)
     columns: list[tuple[str, str]] = []
     for key, column in _OPTIONAL_STRINGS:
-        value = get(key)
-        if value is None:
-            continue
-        if type(value) is not str:
-            value = _string(i, key, value, None, issues)
-            if value is None:
-                continue
-        columns.append((column, value))
-    data = get("data")
+        text = _string(i, key, log.get(key), None, issues)  # not `value`: that one holds Any below
+        if text is not None:
+            columns.append((column, text))
+    data = log.get("data")
     if data is not None and not isinstance(data, dict):
         issues.append(_issue([i, "data"], f"Expected object, received {_kind(data)}"))
-    tags = _tags(i, get("tags"), issues)
-    ts = get("timestamp")
-    if type(ts) is int and 0 < ts <= _MAX_MS:
-        ts *= 1_000_000
-    else:
-        ts = _timestamp(i, ts, issues)
-    step = get("stepIndex")
-    if step is not None:
-        step = _step(i, step, issues)
+    tags = _tags(i, log.get("tags"), issues)
+    ts = _timestamp(i, log.get("timestamp"), issues)
+    step = _step(i, log.get("stepIndex"), issues)
     if len(issues) > before or level is None or message is None or source is None or environment is None:
         return None
 
@@ -214,8 +180,8 @@ def _row(
         attributes["version"] = version
     if step is not None:
         attributes["stepIndex"] = str(step)
-    if not _KNOWN.issuperset(entry):
-        for key, value in entry.items():
+    if not _KNOWN.issuperset(log):
+        for key, value in log.items():
             if key not in _KNOWN:
                 put_attribute(attributes, key, value)
     if data:
@@ -267,6 +233,12 @@ def js_length(text: str) -> int:
     if text.isascii():
         return len(text)
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _or_default(log: dict[str, Any], defaults: dict[str, str], key: str) -> Any:
+    """A field of the log, or the request's default for it when the log leaves it out."""
+    value = log.get(key)
+    return defaults.get(key) if value is None else value
 
 
 def _string(

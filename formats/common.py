@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
@@ -143,10 +143,7 @@ def _walk(value: dict[Any, Any], prefix: str, out: dict[str, str], depth: int) -
     for key, item in value.items():
         if checked and len(out) >= MAX_ATTRIBUTE_KEYS:
             raise _too_many_fields()
-        try:
-            name = dot + key  # "" + key is key itself
-        except TypeError:  # a key that is not text: never from JSON, but a caller's dict may hold one
-            name = dot + str(key)
+        name = _dotted(dot, key)
         kind = type(item)
         if kind is str and name:
             out[name] = item
@@ -160,10 +157,7 @@ def _walk(value: dict[Any, Any], prefix: str, out: dict[str, str], depth: int) -
             for key2, item2 in child.items():
                 if checked2 and len(out) >= MAX_ATTRIBUTE_KEYS:
                     raise _too_many_fields()
-                try:
-                    name2 = dot2 + key2
-                except TypeError:
-                    name2 = dot2 + str(key2)
+                name2 = _dotted(dot2, key2)
                 kind2 = type(item2)
                 if kind2 is str:
                     out[name2] = item2
@@ -187,12 +181,11 @@ def _walk(value: dict[Any, Any], prefix: str, out: dict[str, str], depth: int) -
 def _flatten_deep(value: dict[Any, Any], prefix: str, out: dict[str, str], depth: int) -> None:
     """`flatten`'s walk of an object at the last levels before the bound, one call per object."""
     leaf_depth = depth < MAX_DEPTH
+    dot = f"{prefix}." if prefix else ""
     for key, item in value.items():
         if len(out) >= MAX_ATTRIBUTE_KEYS:
             raise _too_many_fields()
-        if type(key) is not str:
-            key = str(key)
-        name = f"{prefix}.{key}" if prefix else key
+        name = _dotted(dot, key)
         kind = type(item)
         if kind is dict or not name or not leaf_depth:
             flatten(item, name, out, depth + 1)
@@ -202,6 +195,14 @@ def _flatten_deep(value: dict[Any, Any], prefix: str, out: dict[str, str], depth
             out[name] = str(item)
         else:
             out[name] = to_text(item)
+
+
+def _dotted(dot: str, key: Any) -> str:
+    """A child's dotted name: its parent's prefix and dot ("" at the top) and its key as text."""
+    try:
+        return cast(str, dot + key)  # "" + key is key itself
+    except TypeError:  # a key that is not text: never from JSON, but a caller's dict may hold one
+        return dot + str(key)
 
 
 def _too_many_fields() -> ParseError:
@@ -406,10 +407,7 @@ def split_fields(
             elif isinstance(value, _NUMBER):
                 row[column] = to_text(value)
                 continue
-        if type(value) is str and len(attributes) < MAX_ATTRIBUTE_KEYS:  # put_attribute's commonest case
-            attributes[key] = value
-        else:
-            put_attribute(attributes, key, value)
+        put_attribute(attributes, key, value)
 
 
 def copy_well_known(item: dict[str, Any], row: dict[str, Any]) -> None:

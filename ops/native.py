@@ -75,7 +75,7 @@ def build() -> bool:
         command.build_lib = str(staging)
         command.build_temp = str(native.BUILT.with_name(native.BUILT.name + ".temp"))
         dist.run_command("build_ext")
-    except Exception as exc:  # missing headers, a mypyc refusal: source it is
+    except (Exception, SystemExit) as exc:  # missing headers, a mypyc refusal (it exits): source it is
         print(f"native: compiling the parsers failed ({exc}); they run from source", file=sys.stderr)
         return False
     for built in staging.rglob("*" + native.SUFFIX):

@@ -269,18 +269,25 @@ def _proto_value(value: Any, depth: int = 0) -> Any:
 # int) is the set one, and only a default or another kind asks WhichOneof.
 
 
-def _proto_text(value: Any, kind: str | None) -> str | None:
-    """A scalar AnyValue's stored text, as `_put(_proto_value(value))` stores it; None otherwise.
-    The walk calls it when the string is empty and the int zero (else it has the text)."""
+def _proto_scalar(value: Any) -> tuple[str | None, str | None]:
+    """A scalar AnyValue's stored text, as `_put(_proto_value(value))` stores it (None for any other
+    kind), and the kind when it had to be asked (None when the likely member answered)."""
+    text: str = value.string_value
+    if text:
+        return text, None
+    number = value.int_value
+    if number:
+        return str(number), None  # what to_text writes for any int
+    kind = value.WhichOneof("value")
     if kind == "double_value":
-        return to_text(value.double_value)
+        return to_text(value.double_value), kind
     if kind == "string_value":
-        return ""
+        return "", kind
     if kind == "int_value":
-        return "0"
+        return "0", kind
     if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    return None
+        return ("true" if value.bool_value else "false"), kind
+    return None, kind
 
 
 def _proto_rows(request: Any, received_at_ns: int) -> _Rows:
@@ -304,13 +311,9 @@ def _proto_texts(value: Any) -> dict[str, str] | None:
     plain dict has it); None when some value is not a scalar."""
     texts: dict[str, str] = {}
     for inner in value.kvlist_value.values:
-        inner_value = inner.value
-        text = inner_value.string_value
-        if not text:
-            number = inner_value.int_value
-            text = str(number) if number else _proto_text(inner_value, inner_value.WhichOneof("value"))
-            if text is None:
-                return None
+        text, _ = _proto_scalar(inner.value)
+        if text is None:
+            return None
         texts[inner.key] = text
     return texts
 
@@ -319,21 +322,11 @@ def _proto_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -
     attributes: dict[str, str] = {}
     for kv in record.attributes:
         value = kv.value
-        text = value.string_value  # a non-empty string or non-zero int is the member set
-        if not text:
-            number = value.int_value
-            if number:
-                text = str(number)  # what to_text writes for any int
-            else:
-                kind = value.WhichOneof("value")
-                text = _proto_text(value, kind)
-                if text is None:
-                    if kind != "kvlist_value" or not _put_flat(attributes, kv.key, _proto_texts(value)):
-                        _put(attributes, kv.key, _proto_value(value))
-                    continue
-        if len(attributes) >= MAX_ATTRIBUTE_KEYS:
-            raise _Refused(_TOO_MANY)
-        attributes[kv.key] = text
+        text, kind = _proto_scalar(value)
+        if text is not None:
+            _add(attributes, kv.key, text)
+        elif kind != "kvlist_value" or not _put_flat(attributes, kv.key, _proto_texts(value)):
+            _put(attributes, kv.key, _proto_value(value))
     flags = record.flags
     if flags:
         attributes["flags"] = str(flags)
@@ -553,9 +546,7 @@ def _json_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) ->
             value = kv.get("value")
             text = _json_scalar(value)
             if text is not None:
-                if len(attributes) >= MAX_ATTRIBUTE_KEYS:
-                    raise _Refused(_TOO_MANY)
-                attributes[key] = text
+                _add(attributes, key, text)
             elif not _put_flat(attributes, key, _json_texts(value)):
                 _put(attributes, key, _json_value(value))
     _put_flags(attributes, record.get("flags", 0))
@@ -681,9 +672,7 @@ def _typed_row(record: _Record, base_of: Callable[[], _Base], received_at_ns: in
         else:
             text = _typed_text(value)
         if text is not None:
-            if len(attributes) >= MAX_ATTRIBUTE_KEYS:  # `_add`, in the loop
-                raise _Refused(_TOO_MANY)
-            attributes[kv.key] = text
+            _add(attributes, kv.key, text)
         elif not _put_flat(attributes, kv.key, _typed_texts(value)):
             _put(attributes, kv.key, _typed_value(value))
     if record.flags != 0:

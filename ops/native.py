@@ -34,7 +34,7 @@ def _native() -> ModuleType:
     return module
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
     """The C compiler the build would call, when it is installed."""
     command = os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "cc")
     words = shlex.split(command)
@@ -52,7 +52,7 @@ def build() -> bool:
     _drop_old_layout()
     if native.built():
         return True
-    if _compiler() is None:
+    if compiler() is None:
         print("native: no C compiler (cc, or $CC): the parsers run from source", file=sys.stderr)
         return False
     try:

@@ -22,6 +22,14 @@ class StoreUnavailable(Exception):
     """The store (or the worker in front of it) did not answer; the evaluation is retried."""
 
 
+class StoreBusy(StoreUnavailable):
+    """The worker refused the read for now (the project's read slots are taken): retry soon."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Backend(Protocol):
     async def read(self, op: str, payload: dict[str, Any]) -> Any: ...
 
@@ -49,6 +57,9 @@ class WorkerBackend:
             raise StoreUnavailable(f"the worker's internal port is unreachable: {exc}") from exc
         if resp.status != 200:
             message = answer.get("error", {}).get("message", "") if isinstance(answer, dict) else ""
+            if resp.status == 429:
+                retry_after = float(resp.headers.get("Retry-After", "1"))
+                raise StoreBusy(f"the worker answered 429: {message}", retry_after)
             raise StoreUnavailable(f"the worker answered {resp.status}: {message}")
         return answer["result"]
 

@@ -25,7 +25,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from alerts.backend import Backend, StoreUnavailable, backend_for
+from alerts.backend import Backend, StoreBusy, StoreUnavailable, backend_for
 from alerts.evaluate import NOTIFYING, GroupState, step
 from alerts.owners import Owners
 from alerts.webhook import BACKOFF_BASE_S, RETRY_FOR_S, Deliverer, Job
@@ -39,6 +39,10 @@ RELOAD_S = 1.0
 TICK_S = 0.25
 RETRY_AFTER_FAILURE_S = 5.0
 MAX_IN_FLIGHT = 8  # rules evaluated at once by one evaluator
+# Rules of one project evaluated at once by one evaluator. The worker runs a project's reads
+# in a few slots and refuses past them (429); two replicas at this bound leave the project's
+# own readers a slot, where eight rules at once had some refused round after round.
+MAX_IN_FLIGHT_PER_PROJECT = 2
 
 
 class Evaluator:
@@ -102,6 +106,7 @@ class Evaluator:
             # Lost (or deleted, disabled): forget it; whoever owns it next reads its state back.
             self._states.pop(rule_id, None)
             self._due.pop(rule_id, None)
+        per_project = Counter(self.rules[r].project for r in self._running if r in self.rules)
         for rule in self.rules.values():
             if len(self._running) >= MAX_IN_FLIGHT:
                 break
@@ -109,6 +114,9 @@ class Evaluator:
                 continue
             if time.monotonic() < self._due.get(rule.id, 0.0):
                 continue
+            if per_project[rule.project] >= MAX_IN_FLIGHT_PER_PROJECT:
+                continue
+            per_project[rule.project] += 1
             # Rules run side by side (a slow query holds up only its own rule), one at a time each.
             task = asyncio.create_task(self._round(rule), name=f"alert-{rule.id}")
             self._running[rule.id] = task
@@ -131,7 +139,9 @@ class Evaluator:
         except Exception as exc:  # this rule waits; the others go on
             metrics.ALERT_EVALUATIONS.labels("failed").inc()
             log.warning("alert_evaluation_failed", rule_id=rule.id, project=rule.project, error=str(exc))
-            self._due[rule.id] = time.monotonic() + min(rule.interval_s, RETRY_AFTER_FAILURE_S)
+            # Busy (the project's read slots taken) is soon over; anything else may not be.
+            wait = exc.retry_after_s if isinstance(exc, StoreBusy) else RETRY_AFTER_FAILURE_S
+            self._due[rule.id] = time.monotonic() + min(rule.interval_s, wait)
             return
         finally:
             if not self.owners.owns(rule.id):

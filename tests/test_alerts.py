@@ -21,9 +21,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from alerts.backend import Backend, StoreUnavailable, WorkerBackend
+from alerts.backend import Backend, StoreBusy, StoreUnavailable, WorkerBackend
 from alerts.evaluate import GroupState, event_id, step
-from alerts.evaluator import Evaluator
+from alerts.evaluator import MAX_IN_FLIGHT_PER_PROJECT, Evaluator
 from alerts.webhook import signature
 from millrace import alert_store, keys, metrics
 from millrace.config import Settings
@@ -211,6 +211,31 @@ class Evaluators:
     async def stop_all(self) -> None:
         for evaluator, _, _ in list(self.running.values()):
             await self.stop(evaluator)
+
+
+class Watched:
+    """A backend that counts the rule reads one replica has in flight, and the refused ones."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.in_flight = self.most_at_once = self.busy = 0
+
+    async def read(self, op: str, payload: dict[str, Any]) -> Any:
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            return await self.inner.read(op, payload)
+        except StoreBusy:
+            self.busy += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def store(self, op: str, payload: dict[str, Any]) -> Any:
+        return await self.inner.store(op, payload)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 @pytest.fixture
@@ -625,7 +650,9 @@ async def test_two_replicas_evaluate_each_rule_once(
     # A damaged row is skipped by the API and the evaluators alike, never a crash.
     alert_store.put_rule(stack.client, a.project, "alr_damaged", "{not a rule")
     assert (await api(stack, "GET", "/v1/alerts", a.key, base=gateway.url))[0] == 200
-    one, two = await evaluators.start(), await evaluators.start()
+    settings = settings_for(stack)
+    watched = [Watched(WorkerBackend(settings)), Watched(WorkerBackend(settings))]
+    one, two = await evaluators.start(watched[0]), await evaluators.start(watched[1])
     await wait_for(
         lambda: (
             one.owners.partitions
@@ -642,6 +669,9 @@ async def test_two_replicas_evaluate_each_rule_once(
     mine = {i for i in ids if one.evaluations[i]}
     theirs = {i for i in ids if two.evaluations[i]}
     assert (mine | theirs, mine & theirs) == (set(ids), set())
+    # Each replica holds at most its share of the project's read slots, so none is refused.
+    assert max(w.most_at_once for w in watched) <= MAX_IN_FLIGHT_PER_PROJECT
+    assert [w.busy for w in watched] == [0, 0]
     for rule_id in ids:
         await api(stack, "DELETE", f"/v1/alerts/{rule_id}", a.key, base=gateway.url)
 

@@ -11,10 +11,15 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------
-# builder: resolve dependencies into /opt/venv, then build Millrace's wheel and add it.
-# Every dependency ships manylinux wheels for amd64 and arm64, so no compiler is needed.
+# builder: resolve dependencies into /opt/venv, then build Millrace's wheel and add it, with
+# its parsers compiled (mypyc, formats/native.py). Every dependency ships manylinux wheels
+# for amd64 and arm64; the C compiler is for the parsers, and stays in this stage.
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 ARG WITH_CHDB=false
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -43,6 +48,18 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --no-deps /wheels/millrace-*.whl \
     && millrace --help > /dev/null \
     && python -I -c "from millrace import store; assert store.migrations(), 'migrations missing from the wheel'"
+
+# The parsers compiled in the installed package: `python -m ops.native` builds them into
+# build/native/ beside it, with mypy and setuptools at the versions uv.lock pins, installed
+# aside and removed with mypyc's C sources. The runtime stage loads the extensions, while
+# the digest of the installed sources matches (formats/native.py), without any of the tools.
+COPY uv.lock ./
+RUN python -m ops.native --tools-from uv.lock > /tmp/native-tools.txt \
+    && pip install --only-binary=:all: --target /tmp/native-tools -r /tmp/native-tools.txt \
+    && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && cd / && PYTHONPATH=/tmp/native-tools python -m ops.native --config /src/pyproject.toml \
+    && python -I -c "import formats; assert formats.NATIVE, 'the parsers are not compiled'" \
+    && rm -rf /tmp/native-tools "$site/build/formats" "$site/build/ops.txt" "$site"/build/native/*.temp
 
 # ---------------------------------------------------------------------------------------
 # runtime: the venv only. No compiler, no pip cache, no sources, a non-root user.

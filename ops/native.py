@@ -9,10 +9,18 @@ this says why.
 
 `formats/native.py` is loaded from its file, not imported: importing `formats` would load the
 compiled parsers this build is about to replace.
+
+It works on an installed package too (the container image runs it on its wheel): the
+extensions then go to `build/native/` beside the installed `formats`, and `--config` names
+the pyproject.toml whose `[tool.mypy]` the parsers are checked with (a checkout's own by
+default; an installed package has none beside it). `--tools-from uv.lock`
+prints the build tools (mypy, its dependencies and setuptools) pinned as the lock pins them,
+for an environment that installs them only to build.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import shlex
@@ -20,6 +28,7 @@ import shutil
 import sys
 import sysconfig
 import time
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -47,11 +56,19 @@ def _drop_old_layout() -> None:
         stray.unlink(missing_ok=True)
 
 
-def build() -> bool:
+def build(config: Path = REPO / "pyproject.toml") -> bool:
+    """Compile the parsers unless the build is current; `config` holds the `[tool.mypy]` the
+    parsers are type-checked with (an installed package has none beside it)."""
     native = _native()
     _drop_old_layout()
     if native.built():
         return True
+    if not config.is_file():
+        print(
+            f"native: no mypy configuration at {config} (--config): the parsers run from source",
+            file=sys.stderr,
+        )
+        return False
     if compiler() is None:
         print("native: no C compiler (cc, or $CC): the parsers run from source", file=sys.stderr)
         return False
@@ -69,7 +86,8 @@ def build() -> bool:
     os.chdir(REPO)  # mypyc names modules by their paths from here
     sources = [str(native.source(m).relative_to(REPO)) for m in native.MODULES]
     try:
-        extensions = mypycify(sources, opt_level="3", group_name=native.GROUP, verbose=False)
+        options = ["--config-file", str(config.resolve())]
+        extensions = mypycify([*options, *sources], opt_level="3", group_name=native.GROUP, verbose=False)
         dist = Distribution({"name": "millrace-native", "ext_modules": extensions})
         command = dist.get_command_obj("build_ext")
         command.build_lib = str(staging)
@@ -91,5 +109,44 @@ def build() -> bool:
     return True
 
 
+# What the build imports: mypy (whose mypyc writes the C) and setuptools (whose build_ext compiles it).
+TOOLS = ("mypy", "setuptools")
+
+
+def tool_requirements(lock: Path) -> list[str]:
+    """`TOOLS` and everything they depend on, as `name==version` pins from uv's lock file."""
+    packages = {p["name"]: p for p in tomllib.loads(lock.read_text())["package"]}
+    wanted, pins = list(TOOLS), {}
+    while wanted:
+        name = wanted.pop()
+        if name in pins:
+            continue
+        package = packages[name]
+        pins[name] = f"{name}=={package['version']}"
+        wanted.extend(d["name"] for d in package.get("dependencies", []))
+    return sorted(pins.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ops.native", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--tools-from", type=Path, metavar="LOCK", help="print the build tools pinned by LOCK, build nothing"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=REPO / "pyproject.toml",
+        help="the pyproject.toml whose [tool.mypy] the parsers are checked with (default: the checkout's)",
+    )
+    args = parser.parse_args(argv)
+    if args.tools_from is not None:
+        print("\n".join(tool_requirements(args.tools_from)))
+        return 0
+    build(args.config)
+    return 0
+
+
 if __name__ == "__main__":
-    build()
+    sys.exit(main())

@@ -245,6 +245,15 @@ def test_dockerfile_is_multi_stage_on_python_311_slim() -> None:
     assert "pip wheel" in runs and "/opt/venv" in runs
 
 
+def test_the_builder_compiles_the_parsers_into_the_venv_the_runtime_takes() -> None:
+    """tests/test_native.py runs these steps on an installed wheel; the image must take them."""
+    (builder,) = [s for s in stages() if s.name == "builder"]
+    runs = " ".join(i.args for i in builder.all("RUN"))
+    assert "gcc" in runs and "python -m ops.native --tools-from uv.lock" in runs
+    assert re.search(r"python -m ops\.native --config \S*pyproject\.toml", runs), runs
+    assert "assert formats.NATIVE" in runs, "the builder checks that the parsers were compiled"
+
+
 @pytest.mark.parametrize("with_chdb", ["false", "true"])
 def test_builder_dependency_filter_leaves_out_only_chdb(with_chdb: str) -> None:
     runs = " ".join(i.args for s in stages() for i in s.all("RUN"))

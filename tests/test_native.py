@@ -130,3 +130,57 @@ def test_an_extension_left_inside_the_package_is_never_loaded(copy: Path) -> Non
     assert any((copy / "formats").glob("*.so"))
     source, _ = probe(copy, {"MILLRACE_NATIVE": "0"})
     assert result["rows"] == source["rows"]
+
+
+def test_an_installed_wheel_compiles_its_parsers_as_the_image_does(tmp_path: Path) -> None:
+    """The Dockerfile's builder: the wheel installed, then `python -m ops.native` run on the
+    installed package (no checkout), with the build tools uv.lock pins; the parsers it serves
+    from there are the compiled ones."""
+    if compiler() is None:
+        pytest.skip("no C compiler here: nothing to build")
+    site, wheels = tmp_path / "site", tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    (wheel,) = wheels.glob("millrace-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], timeout=300, check=True)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("MILLRACE_NATIVE", None)
+    tools = subprocess.run(
+        [sys.executable, "-m", "ops.native", "--tools-from", str(REPO / "uv.lock")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert {t.split("==")[0] for t in tools} >= {"mypy", "setuptools", "mypy-extensions"}
+    assert all("==" in t for t in tools), tools
+    without = subprocess.run(
+        [sys.executable, "-m", "ops.native"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "no mypy configuration" in without.stderr  # nothing beside an installed package
+    built = subprocess.run(
+        [sys.executable, "-m", "ops.native", "--config", str(REPO / "pyproject.toml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "parser modules compiled" in built.stdout, built.stderr
+    assert (site / native.BUILT.relative_to(REPO) / "digest").exists()  # beside the installed package
+    result, stderr = probe(site, {"PYTHONPATH": str(site)})
+    assert result["native"] is True and result["compiled"] is True, stderr

@@ -5,6 +5,8 @@
 Stages, in the order a log meets them:
 
 - gateway `parse`: the dialect's parser (`formats.PARSERS`), the gateway's only parse;
+- gateway `answer`: the client's answer to the parsed request (the gateway dialect's
+  `success`: `_bulk`'s item list, OTLP's response in the request's encoding, ...);
 - gateway `rows`: encoding the rows for the envelope (`schemas.rows.encode`);
 - gateway `envelope`: `schemas.envelope.encode`;
 - worker `decode + lines`: decoding each envelope and writing its input line
@@ -16,14 +18,17 @@ Stages, in the order a log meets them:
 Each figure is the minimum over `--reps` repetitions of CPU time (`time.process_time`),
 the least disturbed by other processes on a shared machine. Wall-clock throughput is
 never used. Results print as a table and, with `--json`, as JSON. Only public entry
-points are driven (formats, schemas, the store client): no worker internals.
+points are driven (formats, schemas, the gateway's dialects, the store client): no worker
+internals.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
+import pkgutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -71,8 +76,10 @@ def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict
         lines[:] = out
 
     us = 1e6 / logs
+    answer = _answer(dialect)
     out = {
         "gateway_parse_us": _best(lambda: [parse(b, ctx) for b in bodies], reps) * us,
+        "gateway_answer_us": _best(lambda: [answer(p, now) for p in parsed], reps) * us,
         "gateway_rows_us": _best(lambda: [rows.encode(p.rows) for p in parsed], reps) * us,
         "gateway_envelope_us": _best(lambda: [encode(e) for e in envelopes], reps) * us,
         "worker_decode_lines_us": _best(worker, reps) * us,
@@ -81,6 +88,23 @@ def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict
         out["worker_insert_us"] = _insert(envelopes[0].table, lines, max(2, reps // 2)) * us
     out["logs_per_rep"] = logs
     return out
+
+
+def _answer(dialect: payloads.Dialect) -> Callable[[Any, int], Any]:
+    """The gateway's answer for a request of `dialect`: the `success` of the gateway dialect
+    named as its parser, or OTLP's protobuf one (a second dialect of the same name)."""
+    import gateway.dialects
+    from gateway.dialects.base import Dialect
+    from gateway.dialects.otlp import OTLP_PROTOBUF
+
+    if "protobuf" in dialect.content_type:
+        return OTLP_PROTOBUF.success
+    by_name: dict[str, Dialect] = {}
+    for info in pkgutil.iter_modules(gateway.dialects.__path__, "gateway.dialects."):
+        for value in vars(importlib.import_module(info.name)).values():
+            if isinstance(value, Dialect) and value is not OTLP_PROTOBUF:
+                by_name[value.name] = value
+    return by_name[dialect.parser].success
 
 
 def _insert(table: str, lines: list[bytes], reps: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import orjson
@@ -132,3 +133,23 @@ def test_es_bulk_bodies_are_ndjson_create_actions_with_ecs_documents() -> None:
     assert {"@timestamp", "message", "log", "service", "host"} <= lines[1].keys()
     scheme, _, value = payloads.headers(dialect, "mr_k")["Authorization"].partition(" ")
     assert (scheme, base64.b64decode(value)) == ("ApiKey", b"bench:mr_k")  # id:key, as Filebeat sends it
+
+
+@pytest.mark.parametrize("name", sorted(payloads.DIALECTS))
+def test_micro_answers_each_dialect_as_the_gateway_does(name: str) -> None:
+    """bench.micro's answer stage runs the gateway dialect a request of `name` gets: a 2xx in
+    the request's encoding, naming every log of the body where the API lists them."""
+    from bench.micro import _answer
+    from formats import PARSERS, ParseContext
+
+    dialect = payloads.DIALECTS[name]
+    body = payloads.bodies(dialect, 20, 1)[0]
+    ctx = ParseContext(received_at_ns=time.time_ns(), path=dialect.path, content_type=dialect.content_type)
+    parsed = PARSERS[dialect.parser](body, ctx)
+    response = _answer(dialect)(parsed, ctx.received_at_ns)
+    assert 200 <= response.status < 300
+    wanted = "application/x-protobuf" if "protobuf" in dialect.content_type else "application/json"
+    if response.status != 204:
+        assert response.content_type == wanted
+    if name == "es_bulk":
+        assert len(orjson.loads(response.body)["items"]) == 20

@@ -151,35 +151,17 @@ def test_an_installed_wheel_compiles_its_parsers_as_the_image_does(tmp_path: Pat
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], timeout=300, check=True)
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("MILLRACE_NATIVE", None)
-    tools = subprocess.run(
-        [sys.executable, "-m", "ops.native", "--tools-from", str(REPO / "uv.lock")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
+
+    def ops_native(*args: str) -> subprocess.CompletedProcess[str]:
+        """`python -m ops.native ARGS` as the image's builder runs it: the installed package's."""
+        command = [sys.executable, "-m", "ops.native", *args]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    tools = ops_native("--tools-from", str(REPO / "uv.lock")).stdout.split()
     assert {t.split("==")[0] for t in tools} >= {"mypy", "setuptools", "mypy-extensions"}
     assert all("==" in t for t in tools), tools
-    without = subprocess.run(
-        [sys.executable, "-m", "ops.native"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "no mypy configuration" in without.stderr  # nothing beside an installed package
-    built = subprocess.run(
-        [sys.executable, "-m", "ops.native", "--config", str(REPO / "pyproject.toml")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    assert "no mypy configuration" in ops_native().stderr  # nothing beside an installed package
+    built = ops_native("--config", str(REPO / "pyproject.toml"))
     assert "parser modules compiled" in built.stdout, built.stderr
     assert (site / native.BUILT.relative_to(REPO) / "digest").exists()  # beside the installed package
     result, stderr = probe(site, {"PYTHONPATH": str(site)})

@@ -88,3 +88,44 @@ def test_non_finite_doubles_are_stored_as_proto3_spells_them_in_either_encoding(
     expected = {"nan": "NaN", "inf": "Infinity", "minus": "-Infinity", "array": "[null,1.5]"}
     assert from_protobuf["attributes"] == expected
     assert from_json["attributes"] == expected
+
+
+@pytest.mark.parametrize("depth", [31, 32, 33])
+def test_how_deep_a_kvlist_may_nest_in_each_encoding(depth: int) -> None:
+    """docs/shippers.md: OTLP JSON stores an attribute nested 32 kvlists deep and refuses a
+    deeper one with its record alone; protobuf's decoder (upb, ~100 message levels, each kvlist
+    three) refuses a request nesting 32 or more as undecodable, before any record is read."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    from formats.base import ParseError
+
+    value: dict[str, object] = {"stringValue": "leaf"}
+    for i in range(depth):
+        value = {"kvlistValue": {"values": [{"key": f"k{i}", "value": value}]}}
+    body = one_record(attributes=[{"key": "a", "value": value}])
+    parsed = otlp.parse(body, JSON)
+    if depth <= 32:
+        assert len(parsed.rows) == 2 and not parsed.rejected
+        assert parsed.rows[0]["attributes"] == {
+            "a." + ".".join(f"k{i}" for i in reversed(range(depth))): "leaf"
+        }
+    else:
+        assert len(parsed.rows) == 1
+        assert [r.reason for r in parsed.rejected] == [
+            "log record 0: a value is nested deeper than 32 levels"
+        ]
+
+    request = ExportLogsServiceRequest()
+    attribute = request.resource_logs.add().scope_logs.add().log_records.add().attributes.add(key="a")
+    leaf = attribute.value
+    for i in reversed(range(depth)):
+        leaf = leaf.kvlist_value.values.add(key=f"k{i}").value
+    leaf.string_value = "leaf"
+    protobuf = ParseContext(received_at_ns=JSON.received_at_ns, content_type="application/x-protobuf")
+    if depth < 32:
+        (row,) = otlp.parse(request.SerializeToString(), protobuf).rows
+        assert row["attributes"] == parsed.rows[0]["attributes"]
+    else:
+        with pytest.raises(ParseError) as refused:
+            otlp.parse(request.SerializeToString(), protobuf)
+        assert refused.value.code == "invalid_protobuf"

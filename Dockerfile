@@ -43,6 +43,7 @@ COPY workers ./workers
 COPY schemas ./schemas
 COPY formats ./formats
 COPY reads ./reads
+COPY alerts ./alerts
 COPY ops ./ops
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --no-deps /wheels/millrace-*.whl \

@@ -85,13 +85,15 @@ def build(config: Path = REPO / "pyproject.toml") -> bool:
     shutil.rmtree(staging, ignore_errors=True)
     os.chdir(REPO)  # mypyc names modules by their paths from here
     sources = [str(native.source(m).relative_to(REPO)) for m in native.MODULES]
+    temp = native.BUILT.with_name(native.BUILT.name + ".temp")
     try:
-        options = ["--config-file", str(config.resolve())]
+        # mypy's cache goes with the build's other scratch files, not into the package's folder.
+        options = ["--config-file", str(config.resolve()), "--cache-dir", str(temp / "mypy-cache")]
         extensions = mypycify([*options, *sources], opt_level="3", group_name=native.GROUP, verbose=False)
         dist = Distribution({"name": "millrace-native", "ext_modules": extensions})
         command = dist.get_command_obj("build_ext")
         command.build_lib = str(staging)
-        command.build_temp = str(native.BUILT.with_name(native.BUILT.name + ".temp"))
+        command.build_temp = str(temp)
         dist.run_command("build_ext")
     except (Exception, SystemExit) as exc:  # missing headers, a mypyc refusal (it exits): source it is
         print(f"native: compiling the parsers failed ({exc}); they run from source", file=sys.stderr)

@@ -310,6 +310,21 @@ def test_dockerfile_healthcheck_asks_real_endpoints() -> None:
         assert path in gateway_paths() | worker_paths(), path
 
 
+def test_the_builder_copies_every_package_the_wheel_is_made_of() -> None:
+    """A package pyproject.toml builds into the wheel but the Dockerfile leaves out is missing
+    from the image (`alerts` was: `millrace alerts` could not start in a container)."""
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in found["include"]}
+    (builder,) = [s for s in stages() if s.name == "builder"]
+    copied = {
+        source.rstrip("/")
+        for instr in builder.all("COPY")
+        if "from" not in _flags_and_operands(instr.args)[0]
+        for source in _flags_and_operands(instr.args)[1][:-1]
+    }
+    assert packages <= copied, sorted(packages - copied)
+
+
 def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
     names: list[str | None] = []
     for stage in stages():

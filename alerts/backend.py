@@ -58,13 +58,21 @@ class WorkerBackend:
         if resp.status != 200:
             message = answer.get("error", {}).get("message", "") if isinstance(answer, dict) else ""
             if resp.status == 429:
-                retry_after = float(resp.headers.get("Retry-After", "1"))
+                retry_after = _seconds(resp.headers.get("Retry-After"))
                 raise StoreBusy(f"the worker answered 429: {message}", retry_after)
             raise StoreUnavailable(f"the worker answered {resp.status}: {message}")
         return answer["result"]
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def _seconds(retry_after: str | None) -> float:
+    """A Retry-After in seconds, within 0.1-60 s; 1 s when absent or not a number."""
+    try:
+        return min(60.0, max(0.1, float(retry_after or "1")))
+    except ValueError:
+        return 1.0
 
 
 class DirectBackend:

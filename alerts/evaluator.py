@@ -66,6 +66,7 @@ class Evaluator:
         self._states: dict[str, dict[str, GroupState]] = {}
         self.evaluations: Counter[str] = Counter()  # rule id -> evaluations by this replica
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._running_in: Counter[str] = Counter()  # project -> its rules running now
         self._retiring: dict[str, Rule] = {}  # deleted or disabled while ours, groups still up
 
     async def start(self) -> None:
@@ -106,25 +107,28 @@ class Evaluator:
             # Lost (or deleted, disabled): forget it; whoever owns it next reads its state back.
             self._states.pop(rule_id, None)
             self._due.pop(rule_id, None)
-        per_project = Counter(self.rules[r].project for r in self._running if r in self.rules)
-        for rule in self.rules.values():
+        # The longest overdue first, so a project's rules take their turns under its bound.
+        for rule in sorted(self.rules.values(), key=lambda r: self._due.get(r.id, 0.0)):
             if len(self._running) >= MAX_IN_FLIGHT:
                 break
             if not self._mine(rule) or rule.id in self._running:
                 continue
             if time.monotonic() < self._due.get(rule.id, 0.0):
+                break  # sorted by due time: none after it is due either
+            if self._running_in[rule.project] >= MAX_IN_FLIGHT_PER_PROJECT:
                 continue
-            if per_project[rule.project] >= MAX_IN_FLIGHT_PER_PROJECT:
-                continue
-            per_project[rule.project] += 1
             # Rules run side by side (a slow query holds up only its own rule), one at a time each.
             task = asyncio.create_task(self._round(rule), name=f"alert-{rule.id}")
             self._running[rule.id] = task
-            task.add_done_callback(self._finished(rule.id))
+            self._running_in[rule.project] += 1
+            task.add_done_callback(self._finished(rule.id, rule.project))
 
-    def _finished(self, rule_id: str) -> Callable[[asyncio.Task[None]], None]:
+    def _finished(self, rule_id: str, project: str) -> Callable[[asyncio.Task[None]], None]:
         def forget(task: asyncio.Task[None]) -> None:
             self._running.pop(rule_id, None)
+            self._running_in[project] -= 1
+            if not self._running_in[project]:
+                del self._running_in[project]
 
         return forget
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -125,6 +126,64 @@ def test_an_update_keeps_fields_and_secrets_it_does_not_mention() -> None:
         existing=first,
     )
     assert cleared.channels[0].secret == ""
+
+
+class Busy:
+    """A store whose rule reads take a while and are refused (429) once each, as the worker's
+    read pool refuses a project past its slots; it counts the reads in flight per project."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = [r.to_json() for r in rules]
+        self.in_flight: Counter[str] = Counter()
+        self.most_at_once = 0
+        self.refused: dict[str, float] = {}  # rule query -> when it was refused
+        self.read_at: dict[str, list[float]] = {}
+
+    async def read(self, op: str, payload: dict[str, Any]) -> Any:
+        project, query = payload["project"], payload["query"]
+        self.in_flight[project] += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight[project])
+        try:
+            await asyncio.sleep(0.05)
+            if query not in self.refused:
+                self.refused[query] = time.monotonic()
+                raise StoreBusy("the worker answered 429: busy", retry_after_s=0.3)
+            self.read_at.setdefault(query, []).append(time.monotonic())
+            return []
+        finally:
+            self.in_flight[project] -= 1
+
+    async def store(self, op: str, payload: dict[str, Any]) -> Any:
+        return self.rules if op == "rules" else []
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_evaluator_runs_two_rules_of_a_project_at_once_and_retries_busy_after_retry_after() -> None:
+    rules = [
+        parse_rule(
+            "shop",
+            {**errors_rule("https://hooks.example.com/x"), "query": f"payment{i} | count", "interval": "10s"},
+            rule_id=f"alr_{i}",
+            now="t0",
+            allow_private=False,
+        )
+        for i in range(6)
+    ]
+    store = Busy(rules)
+    evaluator = Evaluator(Settings.from_env({}), store)
+    evaluator.owners.partitions = frozenset(range(64))  # every rule is this replica's
+    stop = asyncio.Event()
+    running = asyncio.create_task(evaluator.run(stop))
+    await wait_for(lambda: len(store.read_at) == len(rules), 10, "every rule read after its refusal")
+    stop.set()
+    await running
+    assert store.most_at_once == MAX_IN_FLIGHT_PER_PROJECT
+    for rule in rules:
+        # Tried again once the Retry-After (0.3 s) was over, not after the 5 s of other failures.
+        waited = store.read_at[rule.query][0] - store.refused[rule.query]
+        assert 0.3 <= waited < 2.0, (rule.id, waited)
 
 
 @pytest.mark.parametrize(

@@ -78,8 +78,9 @@ class Evaluator:
             try:
                 await self.tick()
             except StoreUnavailable as exc:  # the worker restarting, the server away: wait, retry
-                log.warning("alerts_store_unavailable", error=str(exc), retry_in_s=RETRY_AFTER_FAILURE_S)
-                pause = RETRY_AFTER_FAILURE_S
+                # Busy (the read slots taken) is soon over; an outage may not be.
+                pause = exc.retry_after_s if isinstance(exc, StoreBusy) else RETRY_AFTER_FAILURE_S
+                log.warning("alerts_store_unavailable", error=str(exc), retry_in_s=pause)
             except Exception:  # a bug costs a round, never the process (a crash loop stops `run`)
                 log.exception("alerts_round_failed", retry_in_s=RETRY_AFTER_FAILURE_S)
                 pause = RETRY_AFTER_FAILURE_S

@@ -138,6 +138,7 @@ class Busy:
         self.most_at_once = 0
         self.refused: dict[str, float] = {}  # rule query -> when it was refused
         self.read_at: dict[str, list[float]] = {}
+        self.rules_at: list[float] = []  # the reloads of the rules, the first refused
 
     async def read(self, op: str, payload: dict[str, Any]) -> Any:
         project, query = payload["project"], payload["query"]
@@ -154,7 +155,13 @@ class Busy:
             self.in_flight[project] -= 1
 
     async def store(self, op: str, payload: dict[str, Any]) -> Any:
-        return self.rules if op == "rules" else []
+        if op == "rules":
+            if not self.rules_at:
+                self.rules_at.append(time.monotonic())
+                raise StoreBusy("the worker answered 429: busy", retry_after_s=0.3)
+            self.rules_at.append(time.monotonic())
+            return self.rules
+        return []
 
     async def close(self) -> None:
         pass
@@ -180,6 +187,7 @@ async def test_an_evaluator_runs_two_rules_of_a_project_at_once_and_retries_busy
     stop.set()
     await running
     assert store.most_at_once == MAX_IN_FLIGHT_PER_PROJECT
+    assert 0.3 <= store.rules_at[1] - store.rules_at[0] < 2.0  # the reload refused: its Retry-After
     for rule in rules:
         # Tried again once the Retry-After (0.3 s) was over, not after the 5 s of other failures.
         waited = store.read_at[rule.query][0] - store.refused[rule.query]

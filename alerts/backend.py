@@ -30,6 +30,12 @@ class StoreBusy(StoreUnavailable):
         self.retry_after_s = retry_after_s
 
 
+def retry_in(exc: BaseException, otherwise: float) -> float:
+    """Seconds before trying again after `exc`: a busy worker's Retry-After (soon over), else
+    `otherwise` (an outage or a failure may not be)."""
+    return exc.retry_after_s if isinstance(exc, StoreBusy) else otherwise
+
+
 class Backend(Protocol):
     async def read(self, op: str, payload: dict[str, Any]) -> Any: ...
 

@@ -25,7 +25,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from alerts.backend import Backend, StoreBusy, StoreUnavailable, backend_for
+from alerts.backend import Backend, StoreUnavailable, backend_for, retry_in
 from alerts.evaluate import NOTIFYING, GroupState, step
 from alerts.owners import Owners
 from alerts.webhook import BACKOFF_BASE_S, RETRY_FOR_S, Deliverer, Job
@@ -78,8 +78,7 @@ class Evaluator:
             try:
                 await self.tick()
             except StoreUnavailable as exc:  # the worker restarting, the server away: wait, retry
-                # Busy (the read slots taken) is soon over; an outage may not be.
-                pause = exc.retry_after_s if isinstance(exc, StoreBusy) else RETRY_AFTER_FAILURE_S
+                pause = retry_in(exc, RETRY_AFTER_FAILURE_S)
                 log.warning("alerts_store_unavailable", error=str(exc), retry_in_s=pause)
             except Exception:  # a bug costs a round, never the process (a crash loop stops `run`)
                 log.exception("alerts_round_failed", retry_in_s=RETRY_AFTER_FAILURE_S)
@@ -144,9 +143,7 @@ class Evaluator:
         except Exception as exc:  # this rule waits; the others go on
             metrics.ALERT_EVALUATIONS.labels("failed").inc()
             log.warning("alert_evaluation_failed", rule_id=rule.id, project=rule.project, error=str(exc))
-            # Busy (the project's read slots taken) is soon over; anything else may not be.
-            wait = exc.retry_after_s if isinstance(exc, StoreBusy) else RETRY_AFTER_FAILURE_S
-            self._due[rule.id] = time.monotonic() + min(rule.interval_s, wait)
+            self._due[rule.id] = time.monotonic() + min(rule.interval_s, retry_in(exc, RETRY_AFTER_FAILURE_S))
             return
         finally:
             if not self.owners.owns(rule.id):

@@ -28,7 +28,7 @@ import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from alerts.backend import Backend, StoreBusy, StoreUnavailable
+from alerts.backend import Backend, StoreUnavailable, retry_in
 from millrace import metrics
 from millrace.config import Settings
 from reads.alerts import address_problem, url_problem
@@ -210,7 +210,7 @@ class Deliverer:
                 return
             except StoreUnavailable as exc:
                 log.warning("webhook_attempt_not_recorded", event_id=row["event_id"], error=str(exc))
-                await asyncio.sleep(exc.retry_after_s if isinstance(exc, StoreBusy) else 1)
+                await asyncio.sleep(retry_in(exc, 1))
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,6 +32,12 @@ from ops.broker import LocalBroker
 from tests import backends
 from workers import pipeline
 from workers.server import read_app
+
+
+def shipped_packages() -> set[str]:
+    """The top-level packages the wheel is made of (pyproject.toml's package list)."""
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    return {pattern.rstrip("*") for pattern in config["tool"]["setuptools"]["packages"]["find"]["include"]}
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ import yaml
 from gateway.app import create_app
 from millrace.config import Settings, describe
 from ops.cli import parser
+from tests.conftest import shipped_packages
 from workers.server import read_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,8 +314,7 @@ def test_dockerfile_healthcheck_asks_real_endpoints() -> None:
 def test_the_builder_copies_every_package_the_wheel_is_made_of() -> None:
     """A package pyproject.toml builds into the wheel but the Dockerfile leaves out is missing
     from the image (`alerts` was: `millrace alerts` could not start in a container)."""
-    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    packages = {pattern.rstrip("*") for pattern in found["include"]}
+    packages = shipped_packages()
     (builder,) = [s for s in stages() if s.name == "builder"]
     copied = {
         source.rstrip("/")

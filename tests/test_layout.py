@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import shipped_packages
+
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_PARTY = {
     "schemas",
@@ -104,8 +106,7 @@ def test_pyproject_ships_and_type_checks_every_package() -> None:
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    shipped = {p.rstrip("*") for p in config["tool"]["setuptools"]["packages"]["find"]["include"]}
-    assert set(ALLOWED) == shipped
+    assert set(ALLOWED) == shipped_packages()
     assert set(ALLOWED) == set(config["tool"]["mypy"]["packages"])
 
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 import formats
 from formats import native
 from ops.native import compiler
+from tests.conftest import shipped_packages
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,8 +144,7 @@ def test_an_installed_wheel_compiles_its_parsers_as_the_image_does(tmp_path: Pat
     site, wheels, src = tmp_path / "site", tmp_path / "wheels", tmp_path / "src"
     # What the builder copies (the packages the wheel is made of), so the build leaves the
     # checkout alone.
-    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    for package in (pattern.rstrip("*") for pattern in find["include"]):
+    for package in shipped_packages():
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)

@@ -8,14 +8,13 @@ field are kept as attributes; the body's own `project_id` is kept as the attribu
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from formats.base import ParseContext, Parsed, ParseError
-from formats.common import flatten, load_json, parse_timestamp
-from schemas.record import normalize_level
+from formats.common import flatten, level_of, load_json, parse_timestamp
 
-REQUIRED = ("project_id", "timestamp", "level", "service", "message")
-_KNOWN = frozenset((*REQUIRED, "metadata"))
+REQUIRED: Final = ("project_id", "timestamp", "level", "service", "message")
+_KNOWN: Final = frozenset((*REQUIRED, "metadata"))
 
 
 def parse(body: bytes, ctx: ParseContext) -> Parsed:
@@ -65,7 +64,7 @@ def _row(i: int, item: Any) -> dict[str, Any]:
             if not log.keys() <= _KNOWN:
                 flatten({k: v for k, v in log.items() if k not in _KNOWN}, "", attributes)
             attributes["project_id"] = project_id
-            normalized, number = normalize_level(level)
+            normalized, number = level_of(level)
             return {
                 "timestamp": ts,
                 "level": normalized,

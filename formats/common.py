@@ -13,13 +13,13 @@ from schemas.record import LEVELS, normalize_level
 
 # Nesting deeper than this is refused: it is never a real log, and flattening it
 # would be work proportional to an attacker's patience.
-MAX_DEPTH = 32
-MAX_ATTRIBUTE_KEYS = 1000
+MAX_DEPTH: Final = 32
+MAX_ATTRIBUTE_KEYS: Final = 1000
 
-_EPOCH_NS_BOUNDS = (0, 4_102_444_800 * 10**9)  # 1970 .. 2100
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_NAIVE = datetime(1970, 1, 1)
-YEARLESS_FUTURE_NS = 24 * 3600 * 10**9  # how far ahead a year-less time may be (see recent_year_ns)
+_EPOCH_NS_BOUNDS: Final = (0, 4_102_444_800 * 10**9)  # 1970 .. 2100
+_EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE: Final = datetime(1970, 1, 1)
+YEARLESS_FUTURE_NS: Final = 24 * 3600 * 10**9  # how far ahead a year-less time may be (see recent_year_ns)
 
 
 def load_json(body: bytes, what: str = "body") -> Any:
@@ -139,11 +139,11 @@ def _walk(value: dict[Any, Any], prefix: str, out: dict[str, str], depth: int) -
     # each leaf adds one entry, so an object with room for all its keys needs no check until
     # a child object (which may add any number) has been walked.
     checked = len(out) + len(value) > MAX_ATTRIBUTE_KEYS
-    dot = f"{prefix}." if prefix else ""
+    names = _names_under(prefix) if prefix else None
     for key, item in value.items():
         if checked and len(out) >= MAX_ATTRIBUTE_KEYS:
             raise _too_many_fields()
-        name = _dotted(dot, key)
+        name = _dotted("", key) if names is None else _child(names, prefix, key)
         kind = type(item)
         if kind is str and name:
             out[name] = item
@@ -153,11 +153,11 @@ def _walk(value: dict[Any, Any], prefix: str, out: dict[str, str], depth: int) -
                 out[name] = "{}"
             child: dict[Any, Any] = item
             checked2 = len(out) + len(child) > MAX_ATTRIBUTE_KEYS
-            dot2 = name + "."
+            names2 = _names_under(name)
             for key2, item2 in child.items():
                 if checked2 and len(out) >= MAX_ATTRIBUTE_KEYS:
                     raise _too_many_fields()
-                name2 = _dotted(dot2, key2)
+                name2 = _child(names2, name, key2)
                 kind2 = type(item2)
                 if kind2 is str:
                     out[name2] = item2
@@ -197,6 +197,36 @@ def _flatten_deep(value: dict[Any, Any], prefix: str, out: dict[str, str], depth
             out[name] = to_text(item)
 
 
+# Dotted names already built, by parent name. The same keys under the same objects come in
+# log after log (ECS's `host.name`, `http.status`, ...): a leaf then reuses one string, whose
+# hash is already known, instead of building, hashing and freeing a new one. Bounded in
+# parents, children and length, so odd keys cost only the old way, never memory.
+_NAMES: Final[dict[str, dict[str, str]]] = {}
+_MAX_PARENTS: Final = 256
+_MAX_CHILDREN: Final = 64
+_MAX_NAME: Final = 64
+
+
+def _names_under(parent: str) -> dict[str, str]:
+    """The cache of `parent`'s children's dotted names (a throwaway one past the bounds)."""
+    names = _NAMES.get(parent)
+    if names is None:
+        names = {}
+        if len(_NAMES) < _MAX_PARENTS and len(parent) < _MAX_NAME:
+            _NAMES[parent] = names
+    return names
+
+
+def _child(names: dict[str, str], parent: str, key: Any) -> str:
+    """`parent.key`, from `names` (parent's cache) when it was built before."""
+    name = names.get(key)
+    if name is None:
+        name = _dotted(parent + ".", key)
+        if type(key) is str and len(names) < _MAX_CHILDREN and len(name) <= _MAX_NAME:
+            names[key] = name
+    return name
+
+
 def _dotted(dot: str, key: Any) -> str:
     """A child's dotted name: its parent's prefix and dot ("" at the top) and its key as text."""
     try:
@@ -231,8 +261,9 @@ def str_list(value: Any) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Helpers of the TG2G, Dynatrace, GoodLogs and Timberlogs parsers.
 
-_NUMERIC_LEVELS = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal"}  # pino, bunyan
-_MONTHS = {
+# pino's and bunyan's numeric levels
+_NUMERIC_LEVELS: Final = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal"}
+_MONTHS: Final = {
     m: i
     for i, m in enumerate(
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
@@ -348,18 +379,35 @@ def parse_bsd_timestamp(text: str, received_at_ns: int) -> int | None:
     return recent_year_ns(month, int(day), int(hour), int(minute), int(second), 0, received_at_ns)
 
 
+# `normalize_level`'s answers by level as sent. A few spellings come in log after log, and the
+# rule (schemas/record.py) runs interpreted, several times the cost of a lookup from here.
+# Bounded: odd levels are normalized each time, as before.
+_LEVELS_SEEN: Final[dict[str, tuple[str, int]]] = {}
+_MAX_LEVELS_SEEN: Final = 1024
+
+
+def level_of(text: str) -> tuple[str, int]:
+    """`normalize_level(text)`: (normalized level, severity number)."""
+    known = _LEVELS_SEEN.get(text)
+    if known is None:
+        known = normalize_level(text)
+        if len(_LEVELS_SEEN) < _MAX_LEVELS_SEEN and len(text) <= 32:
+            _LEVELS_SEEN[text] = known
+    return known
+
+
 def level_fields(value: Any) -> tuple[str, int, str]:
     """(level, severity_number, severity_text) for a level as sent; pino/bunyan numbers (10..60) count too."""
     if value is None:
         return "info", LEVELS["info"], ""
     if isinstance(value, str):
-        level, number = normalize_level(value)
+        level, number = level_of(value)
         return level, number, value
     text = to_text(value)
     if isinstance(value, int) and not isinstance(value, bool) and value in _NUMERIC_LEVELS:
         level = _NUMERIC_LEVELS[value]
         return level, LEVELS[level], text
-    level, number = normalize_level(text)
+    level, number = level_of(text)
     return level, number, text
 
 

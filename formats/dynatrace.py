@@ -53,7 +53,7 @@ nesting (objects are flattened up to common.MAX_DEPTH; deeper is a `Rejection`).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -70,15 +70,15 @@ from formats.common import (
 )
 from schemas.record import LEVELS, normalize_level
 
-MAX_REQUEST_BYTES = 10 * 1024 * 1024
-MAX_EVENTS = 50_000
-MAX_CONTENT_BYTES = 65_536
-MAX_ATTRIBUTES = 500
-MAX_KEY_BYTES = 100
-MAX_VALUE_BYTES = 32_768
-FUTURE_TOLERANCE_NS = 10 * 60 * 10**9
+MAX_REQUEST_BYTES: Final = 10 * 1024 * 1024
+MAX_EVENTS: Final = 50_000
+MAX_CONTENT_BYTES: Final = 65_536
+MAX_ATTRIBUTES: Final = 500
+MAX_KEY_BYTES: Final = 100
+MAX_VALUE_BYTES: Final = 32_768
+FUTURE_TOLERANCE_NS: Final = 10 * 60 * 10**9
 
-_JSON_LINES = frozenset(
+_JSON_LINES: Final = frozenset(
     {
         "application/jsonl",
         "application/jsonlines",
@@ -90,7 +90,7 @@ _JSON_LINES = frozenset(
 
 _CONTENT, _TIMESTAMP, _SEVERITY = 0, 1, 2
 # Lower-cased key -> (role, priority within the role).
-_ROLES: dict[str, tuple[int, int]] = {
+_ROLES: Final[dict[str, tuple[int, int]]] = {
     **{k: (_CONTENT, p) for p, k in enumerate(("content", "message", "payload", "body", "log"))},
     **{
         k.lower(): (_TIMESTAMP, p)
@@ -118,7 +118,7 @@ _ROLES: dict[str, tuple[int, int]] = {
         for p, k in enumerate(("loglevel", "status", "severity", "level", "syslog.severity"))
     },
 }
-_COLUMNS = {
+_COLUMNS: Final = {
     "service.name": "service",
     "host.name": "host",
     "deployment.environment": "environment",
@@ -126,7 +126,7 @@ _COLUMNS = {
     "span_id": "span_id",
 }
 # Dynatrace maps a level it does not know by its first letter.
-_BY_INITIAL = {"e": "error", "a": "error", "c": "error", "s": "error", "f": "fatal", "w": "warn"}
+_BY_INITIAL: Final = {"e": "error", "a": "error", "c": "error", "s": "error", "f": "fatal", "w": "warn"}
 _BY_INITIAL.update(n="info", i="info", d="debug")
 
 

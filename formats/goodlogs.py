@@ -36,7 +36,7 @@ Every row's map gets `$browser`, `$os`, `$device` (from the User-Agent) and `$ip
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
@@ -50,15 +50,15 @@ from formats.common import (
 from formats.useragent import user_agent
 from schemas.record import EVENTS_TABLE, LEVELS
 
-MAX_BATCH = 500
-MAX_BODY_BYTES = 2 * 1024 * 1024
-MAX_MESSAGE_BYTES = 65_536
-SEVERITIES = ("debug", "info", "warn", "error", "fatal")
-LEGACY = ("metadata", "context", "code_location")
+MAX_BATCH: Final = 500
+MAX_BODY_BYTES: Final = 2 * 1024 * 1024
+MAX_MESSAGE_BYTES: Final = 65_536
+SEVERITIES: Final = ("debug", "info", "warn", "error", "fatal")
+LEGACY: Final = ("metadata", "context", "code_location")
 
-_LOG_FIELDS = frozenset({"severity", "message", "properties", "timestamp", *LEGACY})
-_EVENT_FIELDS = frozenset({"event", "distinctId", "properties", "timestamp"})
-_SEVERITIES = frozenset(SEVERITIES)
+_LOG_FIELDS: Final = frozenset({"severity", "message", "properties", "timestamp", *LEGACY})
+_EVENT_FIELDS: Final = frozenset({"event", "distinctId", "properties", "timestamp"})
+_SEVERITIES: Final = frozenset(SEVERITIES)
 
 Row = dict[str, Any]
 

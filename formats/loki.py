@@ -54,9 +54,9 @@ _COLUMN_LABELS: Final = {
     "trace_id": "trace_id",
     "span_id": "span_id",
 }
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_.:]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\})', re.S)
+_LABEL: Final = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_.:]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\})', re.S)
 _ESCAPES: Final = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
-_ESCAPE = re.compile(r"\\(.)", re.S)
+_ESCAPE: Final = re.compile(r"\\(.)", re.S)
 
 
 def _push_request_class() -> type[Message]:

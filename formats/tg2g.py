@@ -29,7 +29,7 @@ gateway's body limit bounds it. An empty `logs` array is accepted with nothing t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from formats.base import ParseContext, Parsed, ParseError, Rejection
 from formats.common import (
@@ -42,9 +42,9 @@ from formats.common import (
     time_or_received,
 )
 
-_ENVELOPE = frozenset({"source", "entity", "logs"})
-_HANDLED = frozenset({"message", "timestamp", "level"})
-_MAPPING = {**WELL_KNOWN_COLUMNS, "source": "service"}
+_ENVELOPE: Final = frozenset({"source", "entity", "logs"})
+_HANDLED: Final = frozenset({"message", "timestamp", "level"})
+_MAPPING: Final = {**WELL_KNOWN_COLUMNS, "source": "service"}
 
 
 def parse(body: bytes, ctx: ParseContext) -> Parsed:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from ua_parser import parse as parse_ua
 
-_OS_NAMES = {"Mac OS X": "macOS"}
-_MOBILE_OS = frozenset({"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS", "HarmonyOS"})
-_DESKTOP_OS = frozenset(
+_OS_NAMES: Final = {"Mac OS X": "macOS"}
+_MOBILE_OS: Final = frozenset({"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS", "HarmonyOS"})
+_DESKTOP_OS: Final = frozenset(
     {"Mac OS X", "Windows", "Linux", "Ubuntu", "Fedora", "Chrome OS", "FreeBSD", "Debian"}
 )
-_TABLETS = ("iPad", "Tablet", "Kindle", "Nexus 7", "Nexus 9", "Nexus 10", "SM-T", "Galaxy Tab")
+_TABLETS: Final = ("iPad", "Tablet", "Kindle", "Nexus 7", "Nexus 9", "Nexus 10", "SM-T", "Galaxy Tab")
 
 
 class Agent(NamedTuple):

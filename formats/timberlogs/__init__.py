@@ -20,7 +20,7 @@ documents for a 400; schema violations list their issues in `details`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -29,8 +29,8 @@ from formats.common import media_type
 from formats.timberlogs import csv_, json_, jsonl, obl, syslog, text
 from formats.timberlogs.schema import FIELDS, build_rows, fail, loads
 
-FORMATS = ("json", "jsonl", "syslog", "text", "csv", "obl")
-MEDIA_TYPES = {
+FORMATS: Final = ("json", "jsonl", "syslog", "text", "csv", "obl")
+MEDIA_TYPES: Final = {
     "application/json": "json",
     "application/x-ndjson": "jsonl",
     "application/jsonl": "jsonl",
@@ -41,9 +41,9 @@ MEDIA_TYPES = {
     "application/x-obl": "obl",
     "application/obl": "obl",
 }
-_BOM = b"\xef\xbb\xbf"
+_BOM: Final = b"\xef\xbb\xbf"
 _UNSET: Any = object()
-_FIELD_NAMES = frozenset(name.lower() for name in FIELDS)
+_FIELD_NAMES: Final = frozenset(name.lower() for name in FIELDS)
 
 
 def parse(body: bytes, ctx: ParseContext) -> Parsed:

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from formats.base import ParseContext
 from formats.timberlogs.schema import FIELDS, MAX_LOGS, decode, fail, number
 
-_CANONICAL = {name.lower(): name for name in FIELDS}
+_CANONICAL: Final = {name.lower(): name for name in FIELDS}
 
 
 def entries(body: bytes, ctx: ParseContext) -> list[Any]:

@@ -25,17 +25,21 @@ four types above.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from formats.base import ParseContext
 from formats.common import parse_timestamp, to_text
 from formats.timberlogs.schema import MAX_LOGS, fail, loads
 
-MARKER = "open-board-log-"
-_MESSAGE = {"button": ("Button", "label"), "utterance": ("Utterance", "text"), "action": ("Action", "action")}
+MARKER: Final = "open-board-log-"
+_MESSAGE: Final = {
+    "button": ("Button", "label"),
+    "utterance": ("Utterance", "text"),
+    "action": ("Action", "action"),
+}
 _MESSAGE["note"] = ("Note", "text")
-_ROOT_FIELDS = frozenset({"sessions", "user_id", "source", "device_id"})
-_SESSION_FIELDS = frozenset({"events", "user_id", "device_id"})
+_ROOT_FIELDS: Final = frozenset({"sessions", "user_id", "source", "device_id"})
+_SESSION_FIELDS: Final = frozenset({"events", "user_id", "device_id"})
 
 
 def is_obl(doc: Any) -> bool:

@@ -43,7 +43,7 @@ MIN_LOGS, MAX_LOGS = 1, 100
 LEVEL_VALUES: Final = ("debug", "info", "warn", "error")
 ENVIRONMENTS: Final = ("development", "staging", "production")
 MAX_MESSAGE, MAX_SOURCE, MAX_TAGS, MAX_TAG, MAX_STEP = 10_000, 100, 20, 50, 1000
-MAX_ISSUES = 100  # enough to fix a batch, bounded so an error body stays small
+MAX_ISSUES: Final = 100  # enough to fix a batch, bounded so an error body stays small
 QUERY_DEFAULTS: Final = ("source", "environment", "level", "dataset")
 
 FIELDS: Final = (
@@ -64,7 +64,7 @@ FIELDS: Final = (
     "flowId",
     "stepIndex",
 )
-_KNOWN = frozenset(FIELDS)
+_KNOWN: Final = frozenset(FIELDS)
 _OPTIONAL_STRINGS: Final = (
     ("userId", "user_id"),
     ("sessionId", "session_id"),
@@ -73,7 +73,7 @@ _OPTIONAL_STRINGS: Final = (
     ("errorName", "error_name"),
     ("errorStack", "error_stack"),
 )
-_MAX_MS = 4_102_444_800_000  # 2100-01-01, the bound common.parse_timestamp keeps too
+_MAX_MS: Final = 4_102_444_800_000  # 2100-01-01, the bound common.parse_timestamp keeps too
 
 Issue = dict[str, Any]
 

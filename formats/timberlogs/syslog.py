@@ -26,24 +26,24 @@ RFC 5424 nil values (`-`) are left out. A line that is neither form refuses the 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 from formats import framing
 from formats.base import ParseContext
 from formats.common import ascii_digits, parse_bsd_timestamp, parse_timestamp
 from formats.timberlogs.schema import MAX_LOGS, decode, fail
 
-SEVERITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
-LEVELS = ("error", "error", "error", "error", "warn", "info", "info", "debug")
-FACILITIES = (
+SEVERITIES: Final = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
+LEVELS: Final = ("error", "error", "error", "error", "warn", "info", "info", "debug")
+FACILITIES: Final = (
     *("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp"),
     *("ntp", "security", "console", "solaris-cron", *[f"local{n}" for n in range(8)]),
 )
 
 # Structured data is rare and small, so a regex per element is fine there.
-_SD_ID = re.compile(r'\[([^ \]="]+)')
-_SD_PARAM = re.compile(r' ([^ \]="]+)="((?:[^"\\]|\\.)*)"', re.S)
-_SD_UNESCAPE = re.compile(r'\\(["\\\]])')
+_SD_ID: Final = re.compile(r'\[([^ \]="]+)')
+_SD_PARAM: Final = re.compile(r' ([^ \]="]+)="((?:[^"\\]|\\.)*)"', re.S)
+_SD_UNESCAPE: Final = re.compile(r'\\(["\\\]])')
 
 
 def entries(body: bytes, ctx: ParseContext) -> tuple[list[Any], list[str]]:

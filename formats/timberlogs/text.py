@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from formats import framing
 from formats.base import ParseContext
 from formats.common import datetime_ns
 from formats.timberlogs.schema import MAX_LOGS, decode
 
-LEVEL_WORDS = {"error": "error", "warn": "warn", "warning": "warn", "info": "info", "debug": "debug"}
+LEVEL_WORDS: Final = {"error": "error", "warn": "warn", "warning": "warn", "info": "info", "debug": "debug"}
 
 # Run only on lines whose first character is a digit.
-_TIMESTAMP = re.compile(
+_TIMESTAMP: Final = re.compile(
     r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d(?::?\d\d)?)?"
     r"|(\d\d)/(\d\d)/(\d{4}) (\d\d):(\d\d):(\d\d))(?=\s|$)",
     re.ASCII,

@@ -443,3 +443,23 @@ def test_es_bulk_answer_is_the_json_of_its_items() -> None:
             assert response.headers["X-Elastic-Product"] == "Elasticsearch"
             answered += len(items)
     assert answered > 1000
+
+
+def test_flatten_names_are_the_same_past_the_name_cache_bounds() -> None:
+    """Dotted names are reused by parent (`common._NAMES`); parents, children and names past its
+    bounds are built as before, every name is right either way, and the cache stays bounded."""
+    import formats.common as common
+
+    rng = random.Random(7)
+    for i in range(3000):
+        parent: Any = rng.choice(("host", "http", f"p{i}", "x" * 70 + str(i), i))
+        key: Any = rng.choice(("name", "status", f"k{i}", "y" * 70, 5))
+        doc = {parent: {key: i, "deep": {key: str(i)}}}
+        for prefix in ("", "top"):
+            out: dict[str, str] = {}
+            flatten(doc, prefix, out, 1 if prefix else 0)
+            head = f"{prefix}.{parent}" if prefix else str(parent)
+            assert out == {f"{head}.{key}": str(i), f"{head}.deep.{key}": str(i)}, (prefix, doc)
+    assert 0 < len(common._NAMES) <= common._MAX_PARENTS
+    assert all(len(names) <= common._MAX_CHILDREN for names in common._NAMES.values())
+    assert all(len(name) <= common._MAX_NAME for names in common._NAMES.values() for name in names.values())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Final, NoReturn
 
 from formats.base import ParseContext, Parsed, ParseError
-from formats.common import flatten, level_of, load_json, parse_timestamp
+from formats.common import flatten, load_json, normalized_level, parse_timestamp
 
 REQUIRED: Final = ("project_id", "timestamp", "level", "service", "message")
 _KNOWN: Final = frozenset((*REQUIRED, "metadata"))
@@ -64,7 +64,7 @@ def _row(i: int, item: Any) -> dict[str, Any]:
             if not log.keys() <= _KNOWN:
                 flatten({k: v for k, v in log.items() if k not in _KNOWN}, "", attributes)
             attributes["project_id"] = project_id
-            normalized, number = level_of(level)
+            normalized, number = normalized_level(level)
             return {
                 "timestamp": ts,
                 "level": normalized,

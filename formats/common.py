@@ -143,7 +143,7 @@ def _walk(value: dict[Any, Any], prefix: str, out: dict[str, str], depth: int) -
     for key, item in value.items():
         if checked and len(out) >= MAX_ATTRIBUTE_KEYS:
             raise _too_many_fields()
-        name = _dotted("", key) if names is None else _child(names, prefix, key)
+        name = _child(names, prefix, key) if prefix else _dotted("", key)
         kind = type(item)
         if kind is str and name:
             out[name] = item
@@ -153,7 +153,7 @@ def _walk(value: dict[Any, Any], prefix: str, out: dict[str, str], depth: int) -
                 out[name] = "{}"
             child: dict[Any, Any] = item
             checked2 = len(out) + len(child) > MAX_ATTRIBUTE_KEYS
-            names2 = _names_under(name)
+            names2 = _names_under(name) if child else None
             for key2, item2 in child.items():
                 if checked2 and len(out) >= MAX_ATTRIBUTE_KEYS:
                     raise _too_many_fields()
@@ -199,30 +199,33 @@ def _flatten_deep(value: dict[Any, Any], prefix: str, out: dict[str, str], depth
 
 # Dotted names already built, by parent name. The same keys under the same objects come in
 # log after log (ECS's `host.name`, `http.status`, ...): a leaf then reuses one string, whose
-# hash is already known, instead of building, hashing and freeing a new one. Bounded in
-# parents, children and length, so odd keys cost only the old way, never memory.
+# hash is already known, instead of building, hashing and freeing a new one. Bounded: names
+# past `_MAX_NAME` and children past `_MAX_CHILDREN` are built each time, as without it, and
+# a full cache starts over (parents of one-off names must not keep out the common ones).
 _NAMES: Final[dict[str, dict[str, str]]] = {}
 _MAX_PARENTS: Final = 256
 _MAX_CHILDREN: Final = 64
 _MAX_NAME: Final = 64
 
 
-def _names_under(parent: str) -> dict[str, str]:
-    """The cache of `parent`'s children's dotted names (a throwaway one past the bounds)."""
+def _names_under(parent: str) -> dict[str, str] | None:
+    """The cache of `parent`'s children's dotted names; None for a parent too long to cache."""
     names = _NAMES.get(parent)
-    if names is None:
-        names = {}
-        if len(_NAMES) < _MAX_PARENTS and len(parent) < _MAX_NAME:
-            _NAMES[parent] = names
+    if names is None and len(parent) < _MAX_NAME:
+        if len(_NAMES) >= _MAX_PARENTS:
+            _NAMES.clear()
+        names = _NAMES[parent] = {}
     return names
 
 
-def _child(names: dict[str, str], parent: str, key: Any) -> str:
+def _child(names: dict[str, str] | None, parent: str, key: Any) -> str:
     """`parent.key`, from `names` (parent's cache) when it was built before."""
+    if names is None or type(key) is not str:  # only plain text keys: their equality is the text's
+        return _dotted(parent + ".", key)
     name = names.get(key)
     if name is None:
-        name = _dotted(parent + ".", key)
-        if type(key) is str and len(names) < _MAX_CHILDREN and len(name) <= _MAX_NAME:
+        name = parent + "." + key
+        if len(names) < _MAX_CHILDREN and len(name) <= _MAX_NAME:
             names[key] = name
     return name
 
@@ -381,18 +384,20 @@ def parse_bsd_timestamp(text: str, received_at_ns: int) -> int | None:
 
 # `normalize_level`'s answers by level as sent. A few spellings come in log after log, and the
 # rule (schemas/record.py) runs interpreted, several times the cost of a lookup from here.
-# Bounded: odd levels are normalized each time, as before.
+# Bounded: long levels are normalized each time, and a full cache starts over.
 _LEVELS_SEEN: Final[dict[str, tuple[str, int]]] = {}
 _MAX_LEVELS_SEEN: Final = 1024
 
 
-def level_of(text: str) -> tuple[str, int]:
+def normalized_level(text: str) -> tuple[str, int]:
     """`normalize_level(text)`: (normalized level, severity number)."""
+    if type(text) is not str or len(text) > 32:  # a str subclass may compare as it likes
+        return normalize_level(text)
     known = _LEVELS_SEEN.get(text)
     if known is None:
-        known = normalize_level(text)
-        if len(_LEVELS_SEEN) < _MAX_LEVELS_SEEN and len(text) <= 32:
-            _LEVELS_SEEN[text] = known
+        if len(_LEVELS_SEEN) >= _MAX_LEVELS_SEEN:
+            _LEVELS_SEEN.clear()
+        known = _LEVELS_SEEN[text] = normalize_level(text)
     return known
 
 
@@ -401,13 +406,13 @@ def level_fields(value: Any) -> tuple[str, int, str]:
     if value is None:
         return "info", LEVELS["info"], ""
     if isinstance(value, str):
-        level, number = level_of(value)
+        level, number = normalized_level(value)
         return level, number, value
     text = to_text(value)
     if isinstance(value, int) and not isinstance(value, bool) and value in _NUMERIC_LEVELS:
         level = _NUMERIC_LEVELS[value]
         return level, LEVELS[level], text
-    level, number = level_of(text)
+    level, number = normalized_level(text)
     return level, number, text
 
 

@@ -453,9 +453,9 @@ def test_flatten_names_are_the_same_past_the_name_cache_bounds() -> None:
     rng = random.Random(7)
     for i in range(3000):
         parent: Any = rng.choice(("host", "http", f"p{i}", "x" * 70 + str(i), i))
-        key: Any = rng.choice(("name", "status", f"k{i}", "y" * 70, 5))
+        key: Any = rng.choice(("name", "status", f"k{i}", "y" * 70, 5, True, 1.5, "a.b"))
         doc = {parent: {key: i, "deep": {key: str(i)}}}
-        for prefix in ("", "top"):
+        for prefix in ("", "top", "p" * 80):
             out: dict[str, str] = {}
             flatten(doc, prefix, out, 1 if prefix else 0)
             head = f"{prefix}.{parent}" if prefix else str(parent)
@@ -463,3 +463,17 @@ def test_flatten_names_are_the_same_past_the_name_cache_bounds() -> None:
     assert 0 < len(common._NAMES) <= common._MAX_PARENTS
     assert all(len(names) <= common._MAX_CHILDREN for names in common._NAMES.values())
     assert all(len(name) <= common._MAX_NAME for names in common._NAMES.values() for name in names.values())
+
+
+def test_levels_are_normalized_as_the_rule_says_cached_or_not() -> None:
+    """`normalized_level` answers from a cache of `normalize_level`'s answers: the same answers,
+    for levels seen once or often, past the cache's size, long or odd."""
+    import formats.common as common
+    from schemas.record import normalize_level
+
+    words = ["info", "INFO", " Warn ", "warning", "err", "fatal", "", "x" * 40, "débug", "notice", "trace"]
+    words += [f"level{i}" for i in range(common._MAX_LEVELS_SEEN + 50)]
+    for _ in range(2):
+        for word in words:
+            assert common.normalized_level(word) == normalize_level(word), word
+    assert 0 < len(common._LEVELS_SEEN) <= common._MAX_LEVELS_SEEN

@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--sweep",
         action="store_true",
-        help="every dialect in turn on one pipeline, each under a project of its own; one table",
+        help="every dialect in turn, each on a pipeline started afresh with its own warm-up; one table",
     )
     p.add_argument(
         "--peer",
@@ -689,28 +689,35 @@ def prepare(args: argparse.Namespace, name: str, work: Path) -> tuple[payloads.D
     return dialect, per_body, bodies_file, sum(map(len, bodies)) / len(bodies)
 
 
-def sweep(args: argparse.Namespace, target: Target, idle: dict[str, float], work: Path) -> dict[str, Any]:
-    """The other dialects after the main one, on the same pipeline, each under a fresh project
-    and in a measurement window of its own (measure() waits for each tail to land first)."""
-    out: dict[str, Any] = {}
-    assert target.pipeline is not None
-    for name in sorted(payloads.DIALECTS):
-        if name == args.dialect:
-            continue
-        dialect, per_body, bodies_file, _ = prepare(args, name, work)
-        project = f"{target.project}-{name}"
-        key = target.pipeline.create_key(project)
-        procs.wait_for_key(target.url, payloads.headers(payloads.DIALECTS["astralog"], key))
-        one = replace(target, key=key, project=project)
-        group = spawn_load(args, one, dialect, per_body, bodies_file)
-        print(f"sweep: {dialect.name}, {per_body} logs/request, {args.duration:.0f}s", flush=True)
-        try:
-            measured = measure(argparse.Namespace(**{**vars(args), "dialect": name}), one, group, idle)
-        finally:
-            group.stop()
-        measured.pop("timeline", None)  # the main run's timeline is the one charted
-        out[name] = measured
-    return out
+def measure_fresh(args: argparse.Namespace, target: Target, name: str, work: Path) -> dict[str, Any]:
+    """One more dialect of a sweep on `target`, a pipeline just started: its idle cost, its
+    own warm-up, the load, and its measurement (the timeline left out: the main run's is charted)."""
+    dialect, per_body, bodies_file, _ = prepare(args, name, work)
+    procs.wait_for_key(target.url, payloads.headers(payloads.DIALECTS["astralog"], target.key))
+    idle = idle_cores(target, _stats_headers(args))
+    warmed = warm_up(args, target, dialect, per_body, bodies_file) if args.warmup > 0 else None
+    group = spawn_load(args, target, dialect, per_body, bodies_file)
+    print(f"sweep: {dialect.name}, {per_body} logs/request, {args.duration:.0f}s", flush=True)
+    try:
+        measured = measure(argparse.Namespace(**{**vars(args), "dialect": name}), target, group, idle)
+    finally:
+        group.stop()
+    measured.pop("timeline", None)
+    if warmed is not None:
+        measured["warmup"] = warmed
+    return measured
+
+
+def stop(args: argparse.Namespace, target: Target) -> None:
+    """Stop the bench's own pipeline and, unless --keep-data, drop its topic data and rows."""
+    if target.pipeline is None:
+        return
+    print("stopping Millrace ...", flush=True)
+    target.pipeline.down()
+    _ensure_gone(target.pids)
+    if not args.keep_data:
+        # A 60 s run leaves gigabytes of topic data and rows; the logs in run/ stay for a look.
+        _wipe(args.home, ("kafka/data", "kafka/cluster.id", "clickhouse"))
 
 
 def run_peer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -796,10 +803,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result.update(measure(args, target, group, idle))
         group.stop()
         if args.sweep and target.pipeline is not None:
-            result["sweep"] = {
-                args.dialect: {k: result[k] for k in ("millrace", "processes")},
-                **sweep(args, target, idle, work),
-            }
+            # Each other dialect on a pipeline started afresh (bench/README.md, "Sweep"): on a
+            # reused one it paid the merges of every dialect before it.
+            result["sweep"] = {args.dialect: {k: result[k] for k in ("millrace", "processes")}}
+            for name in sorted(set(payloads.DIALECTS) - {args.dialect}):
+                stop(args, target)
+                target = None  # stopped: never stopped twice, whatever `start` does next
+                # A project of its own (`bench-<ts>-<dialect>`): with --keep-data the rows stay.
+                target = start(args, f"{stamp}-{name}")
+                result["sweep"][name] = measure_fresh(args, target, name, work)
             result["sweep_table"] = report.sweep_rows(result["sweep"])
         if not args.no_baselines:
             result["baselines"] = baselines(args, target.pipeline, bodies_file, per_body, work)
@@ -808,13 +820,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if group is not None:
             group.stop()
-        if target is not None and target.pipeline is not None:
-            print("stopping Millrace ...", flush=True)
-            target.pipeline.down()
-            _ensure_gone(target.pids)
-            if not args.keep_data:
-                # A 60 s run leaves gigabytes of topic data and rows; the logs in run/ stay for a look.
-                _wipe(args.home, ("kafka/data", "kafka/cluster.id", "clickhouse"))
+        if target is not None:
+            stop(args, target)
         if not args.keep_work and not args.peer:
             shutil.rmtree(work, ignore_errors=True)
     if args.peer:  # after Millrace is down, so the two never share the machine

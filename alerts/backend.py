@@ -7,6 +7,7 @@ for the rule's query and `millrace.alert_store.call` for rules, state, events an
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -44,10 +45,24 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
+# Calls of one project in flight at once, from one evaluator, whoever makes them. The worker runs
+# a project's reads in a few slots and refuses past them (429). The evaluator already starts at
+# most this many rules of a project at once; this also holds the calls made beside the rules'
+# rounds (a deleted rule's last transitions, the webhook deliverer's attempt records), which wait
+# here for a turn instead of meeting a refusal.
+CALLS_PER_PROJECT = 2
+# How long a call waits for its project's turn before it counts as refused (busy, retried after
+# a second): the caller may be the evaluator's main loop (a deleted rule's last transitions),
+# which must not wait on one project's queue for long.
+TURN_WAIT_S = 5.0
+
+
 class WorkerBackend:
     def __init__(self, settings: Settings) -> None:
         self._url = settings.worker_query_url
         self._session = internal.worker_session(settings)
+        self._turns: dict[str, asyncio.Semaphore] = {}  # project -> its calls' turns, while it has callers
+        self._callers: Counter[str] = Counter()
 
     async def read(self, op: str, payload: dict[str, Any]) -> Any:
         return await self._post(f"/internal/v1/read/{op}", payload)
@@ -56,6 +71,32 @@ class WorkerBackend:
         return await self._post(f"/internal/v1/alerts/{op}", payload)
 
     async def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        project = payload.get("project")
+        if not isinstance(project, str):  # the rules' reload: no project's slots
+            return await self._send(path, payload)
+        turns = self._turns.get(project)
+        if turns is None:
+            turns = self._turns[project] = asyncio.Semaphore(CALLS_PER_PROJECT)
+        self._callers[project] += 1
+        try:
+            try:
+                async with asyncio.timeout(TURN_WAIT_S):
+                    await turns.acquire()
+            except TimeoutError:
+                raise StoreBusy(
+                    f"{CALLS_PER_PROJECT} calls of project {project!r} in flight for {TURN_WAIT_S:.0f} s",
+                    retry_after_s=1.0,
+                ) from None
+            try:
+                return await self._send(path, payload)
+            finally:
+                turns.release()
+        finally:
+            self._callers[project] -= 1
+            if not self._callers[project]:  # no caller left: the project's turns go too
+                del self._callers[project], self._turns[project]
+
+    async def _send(self, path: str, payload: dict[str, Any]) -> Any:
         try:
             async with self._session.post(f"{self._url}{path}", data=orjson.dumps(payload)) as resp:
                 answer = orjson.loads(await resp.read())

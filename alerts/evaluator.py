@@ -25,7 +25,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from alerts.backend import Backend, StoreUnavailable, backend_for, retry_in
+from alerts.backend import CALLS_PER_PROJECT, Backend, StoreUnavailable, backend_for, retry_in
 from alerts.evaluate import NOTIFYING, GroupState, step
 from alerts.owners import Owners
 from alerts.webhook import BACKOFF_BASE_S, RETRY_FOR_S, Deliverer, Job
@@ -39,10 +39,11 @@ RELOAD_S = 1.0
 TICK_S = 0.25
 RETRY_AFTER_FAILURE_S = 5.0
 MAX_IN_FLIGHT = 8  # rules evaluated at once by one evaluator
-# Rules of one project evaluated at once by one evaluator. The worker runs a project's reads
-# in a few slots and refuses past them (429); two replicas at this bound leave the project's
-# own readers a slot, where eight rules at once had some refused round after round.
-MAX_IN_FLIGHT_PER_PROJECT = 2
+# Rules of one project evaluated at once by one evaluator: as many as the backend lets a project
+# have calls in flight (more would only queue there). The worker runs a project's reads in a few
+# slots and refuses past them (429); two replicas at this bound leave the project's own readers
+# a slot, where eight rules at once had some refused round after round.
+MAX_IN_FLIGHT_PER_PROJECT = CALLS_PER_PROJECT
 
 
 class Evaluator:

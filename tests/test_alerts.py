@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from alerts.backend import Backend, StoreBusy, StoreUnavailable, WorkerBackend
+from alerts.backend import CALLS_PER_PROJECT, Backend, StoreBusy, StoreUnavailable, WorkerBackend
 from alerts.evaluate import GroupState, event_id, step
 from alerts.evaluator import MAX_IN_FLIGHT_PER_PROJECT, Evaluator
 from alerts.webhook import signature
@@ -192,6 +192,93 @@ async def test_an_evaluator_runs_two_rules_of_a_project_at_once_and_retries_busy
         # Tried again once the Retry-After (0.3 s) was over, not after the 5 s of other failures.
         waited = store.read_at[rule.query][0] - store.refused[rule.query]
         assert 0.3 <= waited < 2.0, (rule.id, waited)
+
+
+async def test_the_worker_backend_gives_a_project_two_calls_at_once_whoever_makes_them(tmp_path: Any) -> None:
+    """Reads, state writes and delivery records of one project share its turns (the worker's
+    read slots refuse past a few); another project and the rules' reload do not wait for them."""
+    in_flight: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+    calls: list[str] = []
+    total = {"shop": 10, "blog": 2, "": 3}
+    # Each call is held until as many calls of its project as may be in flight are (or no more
+    # are coming), then a little longer: a call past the bound would arrive meanwhile.
+    bound = {"shop": CALLS_PER_PROJECT, "blog": 2, "": 3}
+
+    async def internal_port(request: web.Request) -> web.Response:
+        payload = orjson.loads(await request.read())
+        project = payload.get("project", "")
+        calls.append(project)
+        in_flight[project] += 1
+        most[project] = max(most[project], in_flight[project])
+        try:
+            await wait_for(
+                lambda: in_flight[project] >= bound[project] or calls.count(project) == total[project],
+                5,
+                f"{bound[project]} calls of {project!r} in flight",
+            )
+            await asyncio.sleep(0.05)
+        finally:
+            in_flight[project] -= 1
+        return web.json_response({"result": []})
+
+    app = web.Application()
+    app.router.add_post("/internal/v1/{kind}/{op}", internal_port)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    backend = WorkerBackend(
+        Settings.from_env({"MILLRACE_HOME": str(tmp_path), "MILLRACE_WORKER_QUERY_PORT": str(port)})
+    )
+    try:
+        await asyncio.gather(
+            *(backend.read("alert_values", {"project": "shop", "query": "x"}) for _ in range(4)),
+            *(backend.store("put_delivery", {"project": "shop", "attempt": {}}) for _ in range(6)),
+            *(backend.store("put_state", {"project": "blog", "rule_id": "r", "state": {}}) for _ in range(2)),
+            *(backend.store("rules", {}) for _ in range(3)),
+        )
+        assert not backend._turns  # no caller left: nothing kept per project
+    finally:
+        await backend.close()
+        await runner.cleanup()
+    assert Counter(calls) == total  # every call made once, none given up on
+    assert most == {"shop": CALLS_PER_PROJECT, "blog": 2, "": 3}
+
+
+async def test_a_call_that_waits_too_long_for_its_projects_turn_counts_as_busy(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluator's main loop makes calls too (a deleted rule's last transitions): one that
+    cannot get a turn within TURN_WAIT_S fails as busy, to be retried, instead of waiting on."""
+    import alerts.backend
+
+    monkeypatch.setattr(alerts.backend, "TURN_WAIT_S", 0.2)
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.json_response({"result": []})
+
+    app = web.Application()
+    app.router.add_post("/internal/v1/{kind}/{op}", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    backend = WorkerBackend(
+        Settings.from_env({"MILLRACE_HOME": str(tmp_path), "MILLRACE_WORKER_QUERY_PORT": str(port)})
+    )
+    try:
+        outcomes = await asyncio.gather(
+            *(backend.store("put_state", {"project": "shop"}) for _ in range(CALLS_PER_PROJECT + 1)),
+            return_exceptions=True,
+        )
+    finally:
+        await backend.close()
+        await runner.cleanup()
+    busy = [o for o in outcomes if isinstance(o, StoreBusy)]
+    assert outcomes.count([]) == CALLS_PER_PROJECT and len(busy) == 1, outcomes
+    assert busy[0].retry_after_s == 1.0
 
 
 @pytest.mark.parametrize(

@@ -694,6 +694,11 @@ def measure_fresh(args: argparse.Namespace, target: Target, name: str, work: Pat
     own warm-up, the load, and its measurement (the timeline left out: the main run's is charted)."""
     dialect, per_body, bodies_file, _ = prepare(args, name, work)
     procs.wait_for_key(target.url, payloads.headers(payloads.DIALECTS["astralog"], target.key))
+    # What this pipeline's processes imported: a source changed since the build (an edit during
+    # a long sweep) makes them run the parsers from source, and the figures stop comparing.
+    compiled = formats.native.built() if formats.NATIVE else False
+    if formats.NATIVE and not compiled:
+        print(f"warning: {name} runs the parsers from source (they changed since `make native`)", flush=True)
     idle = idle_cores(target, _stats_headers(args))
     warmed = warm_up(args, target, dialect, per_body, bodies_file) if args.warmup > 0 else None
     group = spawn_load(args, target, dialect, per_body, bodies_file)
@@ -703,6 +708,7 @@ def measure_fresh(args: argparse.Namespace, target: Target, name: str, work: Pat
     finally:
         group.stop()
     measured.pop("timeline", None)
+    measured["parsers_compiled"] = compiled
     if warmed is not None:
         measured["warmup"] = warmed
     return measured

@@ -8,6 +8,7 @@ evaluator reading and writing through the worker's internal port exactly as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import time
@@ -194,6 +195,27 @@ async def test_an_evaluator_runs_two_rules_of_a_project_at_once_and_retries_busy
         assert 0.3 <= waited < 2.0, (rule.id, waited)
 
 
+@contextlib.asynccontextmanager
+async def worker_port_answering(
+    handler: Callable[[web.Request], Awaitable[web.Response]], home: Any
+) -> AsyncIterator[WorkerBackend]:
+    """A WorkerBackend whose worker's internal port is `handler`, answering every op."""
+    app = web.Application()
+    app.router.add_post("/internal/v1/{kind}/{op}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    backend = WorkerBackend(
+        Settings.from_env({"MILLRACE_HOME": str(home), "MILLRACE_WORKER_QUERY_PORT": str(port)})
+    )
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        await runner.cleanup()
+
+
 async def test_the_worker_backend_gives_a_project_two_calls_at_once_whoever_makes_them(tmp_path: Any) -> None:
     """Reads, state writes and delivery records of one project share its turns (the worker's
     read slots refuse past a few); another project and the rules' reload do not wait for them."""
@@ -222,16 +244,7 @@ async def test_the_worker_backend_gives_a_project_two_calls_at_once_whoever_make
             in_flight[project] -= 1
         return web.json_response({"result": []})
 
-    app = web.Application()
-    app.router.add_post("/internal/v1/{kind}/{op}", internal_port)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    backend = WorkerBackend(
-        Settings.from_env({"MILLRACE_HOME": str(tmp_path), "MILLRACE_WORKER_QUERY_PORT": str(port)})
-    )
-    try:
+    async with worker_port_answering(internal_port, tmp_path) as backend:
         await asyncio.gather(
             *(backend.read("alert_values", {"project": "shop", "query": "x"}) for _ in range(4)),
             *(backend.store("put_delivery", {"project": "shop", "attempt": {}}) for _ in range(6)),
@@ -239,9 +252,6 @@ async def test_the_worker_backend_gives_a_project_two_calls_at_once_whoever_make
             *(backend.store("rules", {}) for _ in range(3)),
         )
         assert not backend._turns  # no caller left: nothing kept per project
-    finally:
-        await backend.close()
-        await runner.cleanup()
     assert Counter(calls) == total  # every call made once, none given up on
     assert most == {"shop": CALLS_PER_PROJECT, "blog": 2, "": 3}
 
@@ -259,23 +269,11 @@ async def test_a_call_that_waits_too_long_for_its_projects_turn_counts_as_busy(
         await asyncio.sleep(1.0)
         return web.json_response({"result": []})
 
-    app = web.Application()
-    app.router.add_post("/internal/v1/{kind}/{op}", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    backend = WorkerBackend(
-        Settings.from_env({"MILLRACE_HOME": str(tmp_path), "MILLRACE_WORKER_QUERY_PORT": str(port)})
-    )
-    try:
+    async with worker_port_answering(slow, tmp_path) as backend:
         outcomes = await asyncio.gather(
             *(backend.store("put_state", {"project": "shop"}) for _ in range(CALLS_PER_PROJECT + 1)),
             return_exceptions=True,
         )
-    finally:
-        await backend.close()
-        await runner.cleanup()
     busy = [o for o in outcomes if isinstance(o, StoreBusy)]
     assert outcomes.count([]) == CALLS_PER_PROJECT and len(busy) == 1, outcomes
     assert busy[0].retry_after_s == 1.0

@@ -63,11 +63,11 @@ def measure(dialect_name: str, reps: int, batch_rows: int, insert: bool) -> dict
     parsed = [parse(b, ctx) for b in bodies]
     envelopes = [payloads.envelope(dialect, body, i, "bench-micro", now) for i, body in enumerate(bodies)]
     wire = [encode(e) for e in envelopes]
-    lines: list[bytes] = []
+    lines: list[bytes | memoryview] = []
     tune_gc()  # as the gateway and the worker run
 
     def worker() -> None:
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         for offset, value in enumerate(wire):
             envelope = decode(value)
             facts = {"project": envelope.project, "observed_timestamp": envelope.received_at_ns}
@@ -107,7 +107,7 @@ def _answer(dialect: payloads.Dialect) -> Callable[[Any, int], Any]:
     return by_name[dialect.parser].success
 
 
-def _insert(table: str, lines: list[bytes], reps: int) -> float:
+def _insert(table: str, lines: list[bytes | memoryview], reps: int) -> float:
     """CPU seconds of the engine's insert of `lines` (best of `reps`)."""
     from millrace import store
     from millrace.config import Settings

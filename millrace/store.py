@@ -173,7 +173,7 @@ def insert_select(
     columns: Sequence[str],
     select: Callable[[str], str],
     structure: str,
-    data: Sequence[bytes],
+    data: Sequence[bytes | memoryview],
     dedup_token: str,
     input_settings: Mapping[str, int],
     parameters: Mapping[str, Any],

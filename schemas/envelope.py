@@ -40,7 +40,10 @@ class Envelope:
     user_agent: str
     client_ip: str
     received_at_ns: int
-    body: bytes  # the rows (`schemas.rows.encode`); the raw request body in version 1
+    # The rows (`schemas.rows.encode`); the raw request body (bytes) in version 1. Decoded, a
+    # version 2 envelope's rows are a view of the message itself: the worker's batch then holds
+    # each message once, not once as read and once more as its rows.
+    body: bytes | memoryview
     query: dict[str, str] = field(default_factory=dict)
     table: str = LOGS_TABLE  # where the rows go
     rows: int = 0  # how many the body holds
@@ -71,6 +74,7 @@ def decode(data: bytes) -> Envelope:
         if version == RAW_BODY_VERSION:  # its own flags of the store-parsed path are gone
             meta.pop("store_parses", None)
             meta.pop("records", None)
-        return Envelope(body=data[end:], **{**meta, "version": version})
+        body = data[end:] if version == RAW_BODY_VERSION else memoryview(data)[end:]
+        return Envelope(body=body, **{**meta, "version": version})
     except (orjson.JSONDecodeError, TypeError) as exc:
         raise EnvelopeError(f"envelope metadata is unreadable: {exc}") from None

@@ -28,7 +28,7 @@ def encode(rows: list[dict[str, Any]]) -> bytes:
     return orjson.dumps(rows)
 
 
-def line(facts: dict[str, Any], rows: bytes) -> tuple[bytes, ...]:
+def line(facts: dict[str, Any], rows: bytes | memoryview) -> tuple[bytes | memoryview, ...]:
     """One input line, in pieces: the rows are written out as they came, never copied into
     a line of their own."""
     head = orjson.dumps({"f": facts})

@@ -38,7 +38,7 @@ class TableBatch:
     split: bool = False
 
     @property
-    def lines(self) -> list[bytes]:
+    def lines(self) -> list[bytes | memoryview]:
         return [piece for line in self.items for piece in line.pieces]
 
     def add(self, line: Line) -> None:

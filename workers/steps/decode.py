@@ -38,7 +38,7 @@ def decode_envelope(record: ConsumerRecord) -> Envelope:
         user_agent=envelope.user_agent,
         client_ip=envelope.client_ip,
     )
-    parsed = parser(envelope.body, ctx)
+    parsed = parser(bytes(envelope.body), ctx)  # bytes already: version 1 bodies are not views
     try:
         body = rows.encode(parsed.rows)
     except orjson.JSONEncodeError as exc:

@@ -19,7 +19,7 @@ class Line:
     """One message's input for the engine, and what the batch needs to know of it."""
 
     table: str
-    pieces: tuple[bytes, ...]
+    pieces: tuple[bytes | memoryview, ...]
     rows: int
     partition: int
     offset: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final, cast
 
 import orjson
@@ -382,23 +383,18 @@ def parse_bsd_timestamp(text: str, received_at_ns: int) -> int | None:
     return recent_year_ns(month, int(day), int(hour), int(minute), int(second), 0, received_at_ns)
 
 
-# `normalize_level`'s answers by level as sent. A few spellings come in log after log, and the
-# rule (schemas/record.py) runs interpreted, several times the cost of a lookup from here.
-# Bounded: long levels are normalized each time, and a full cache starts over.
-_LEVELS_SEEN: Final[dict[str, tuple[str, int]]] = {}
-_MAX_LEVELS_SEEN: Final = 1024
-
-
 def normalized_level(text: str) -> tuple[str, int]:
-    """`normalize_level(text)`: (normalized level, severity number)."""
-    if type(text) is not str or len(text) > 32:  # a str subclass may compare as it likes
-        return normalize_level(text)
-    known = _LEVELS_SEEN.get(text)
-    if known is None:
-        if len(_LEVELS_SEEN) >= _MAX_LEVELS_SEEN:
-            _LEVELS_SEEN.clear()
-        known = _LEVELS_SEEN[text] = normalize_level(text)
-    return known
+    """`normalize_level(text)`: (normalized level, severity number). The rule (schemas/record.py)
+    runs interpreted, several times the cost of a lookup from here; levels are a few short words
+    sent in every log, so those are remembered (as dynatrace.py does its own)."""
+    if type(text) is str and len(text) <= 32:  # a str subclass may compare as it likes
+        return _short_normalized_level(text)
+    return normalize_level(text)
+
+
+@lru_cache(maxsize=1024)
+def _short_normalized_level(text: str) -> tuple[str, int]:
+    return normalize_level(text)
 
 
 def level_fields(value: Any) -> tuple[str, int, str]:

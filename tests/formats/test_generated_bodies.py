@@ -17,7 +17,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -472,8 +472,9 @@ def test_levels_are_normalized_as_the_rule_says_cached_or_not() -> None:
     from schemas.record import normalize_level
 
     words = ["info", "INFO", " Warn ", "warning", "err", "fatal", "", "x" * 40, "débug", "notice", "trace"]
-    words += [f"level{i}" for i in range(common._MAX_LEVELS_SEEN + 50)]
+    cache = common._short_normalized_level
+    words += [f"level{i}" for i in range(cast(int, cache.cache_info().maxsize) + 50)]
     for _ in range(2):
         for word in words:
             assert common.normalized_level(word) == normalize_level(word), word
-    assert 0 < len(common._LEVELS_SEEN) <= common._MAX_LEVELS_SEEN
+    assert 0 < cache.cache_info().currsize <= cast(int, cache.cache_info().maxsize)

@@ -177,9 +177,15 @@ def create_app(settings: Settings) -> web.Application:
 
         return handle
 
+    async def es_bulk(request: web.Request) -> web.StreamResponse:
+        answer = await request.app[INGESTOR].ingest(request, ES_BULK)
+        return metrics.counted(ES_BULK.name, es_bulk_route.filtered(request, answer))
+
     async def es_probe(request: web.Request) -> web.Response:
         admitted = request.app[INGESTOR].admit(ES_BULK.token(request), SCOPE_LOGS)
-        return ES_BULK.error(admitted) if isinstance(admitted, Problem) else es_bulk_route.probe(request)
+        if isinstance(admitted, Problem):
+            return ES_BULK.error(admitted)
+        return es_bulk_route.filtered(request, es_bulk_route.probe(request))
 
     async def root(request: web.Request) -> web.Response:
         return await (es_probe if "Authorization" in request.headers else explorer.page)(request)
@@ -201,8 +207,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/api/v2/logs/ingest", ingest(DYNATRACE))
     app.router.add_post("/loki/api/v1/push", ingest(LOKI))
     for path in ("/_bulk", "/{index}/_bulk"):
-        app.router.add_post(path, ingest(ES_BULK))
-        app.router.add_put(path, ingest(ES_BULK))
+        app.router.add_post(path, es_bulk)
+        app.router.add_put(path, es_bulk)
     for path in ("/services/collector", "/services/collector/event", "/services/collector/event/1.0"):
         app.router.add_post(path, hec(HEC_EVENT))
     for path in ("/services/collector/raw", "/services/collector/raw/1.0"):

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from formats.loki import MAX_DECOMPRESSED, PushRequest
+from gateway.dialects import es_bulk as es_bulk_route
 from millrace import metrics
 from millrace.keys import SCOPE_READ
 from tests.conftest import Gateway, Stack, Tenant
@@ -469,6 +470,57 @@ async def test_elasticsearch_unsupported_and_broken_items_are_answered_per_item(
     ]
     assert await stack.wait_rows(tenant.project, 2) == 2
     assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == ["kept", "kept too"]
+
+
+async def test_elasticsearch_filter_path_cuts_answers_as_logstash_asks(stack: Stack) -> None:
+    """Logstash's `_bulk` path carries `filter_path=errors,items.*.error,items.*.status`; the Python
+    client passes `filter_path` through `helpers.bulk` to every request."""
+    from elasticsearch import helpers
+
+    tenant = await fresh(stack, "es-filter")
+    client = es_client(stack, bearer_auth=tenant.key)
+    logstash = "errors,items.*.error,items.*.status"
+    actions = [
+        {"_index": "a", "message": "first"},
+        {"_index": "a", "@timestamp": "not a time", "message": "refused"},
+        {"_index": "a", "message": "second"},
+    ]
+
+    ok, errors = await asyncio.to_thread(
+        helpers.bulk, client, actions, raise_on_error=False, filter_path=logstash
+    )
+
+    assert ok == 2
+    assert [(op, item["status"], item["error"]["type"]) for e in errors for op, item in e.items()] == [
+        ("index", 400, "document_parsing_exception")
+    ]
+    body = b"".join(
+        b'{"index": {"_index": "b"}}\n' + orjson.dumps(doc) + b"\n"
+        for doc in ({"message": "third"}, {"message": "bad", "@timestamp": "never"})
+    )
+    bearer = {"Authorization": f"Bearer {tenant.key}", "Content-Type": "application/x-ndjson"}
+    status, text, headers = await post(stack, f"/_bulk?filter_path={logstash}", body, **bearer)
+    answer = orjson.loads(text)
+    assert (status, headers["X-Elastic-Product"]) == (200, "Elasticsearch")
+    assert answer["errors"] is True and set(answer) == {"errors", "items"}
+    assert answer["items"][0] == {"index": {"status": 201}}
+    assert set(answer["items"][1]["index"]) == {"status", "error"}
+    fine = b'{"index": {"_index": "b"}}\n{"message": "fourth"}\n'
+    status, text, _ = await post(stack, "/_bulk?filter_path=items.*.error", fine, **bearer)
+    assert (status, orjson.loads(text)) == (200, {})  # nothing failed: nothing left
+    assert await stack.wait_rows(tenant.project, 4) == 4
+    assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == [
+        "first",
+        "fourth",
+        "second",
+        "third",
+    ]
+
+    probe = await asyncio.to_thread(client.info, filter_path="version.number")
+    assert probe.body == {"version": {"number": es_bulk_route.VERSION}}
+    # Errors are never filtered, as in Elasticsearch.
+    status, text, _ = await post(stack, "/_bulk?filter_path=status", b"", **bearer)
+    assert status == 400 and orjson.loads(text)["error"]["type"] == "illegal_argument_exception"
 
 
 async def test_elasticsearch_probes_and_refusals_answer_as_elasticsearch(stack: Stack) -> None:

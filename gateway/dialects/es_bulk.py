@@ -12,12 +12,18 @@ Over the key's log rate, the documents that still fit are stored and the rest ar
 queue is full, so `helpers.streaming_bulk(max_retries=...)` resends only those. A request
 refused before its body is read (over the request rate, or no log token left at all) is a
 whole-request `429`, which the client retries whole.
+
+A `filter_path` query parameter cuts a successful answer down as Elasticsearch's response
+filtering does (`filtered`): Logstash asks every `_bulk` for `errors,items.*.error,items.*.status`.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import lru_cache, partial
 from typing import Any, Final
 
 import orjson
@@ -79,27 +85,75 @@ def _item(item: BulkItem, position: int, received_at_ns: int) -> dict[str, Any]:
     return {item.op: body}
 
 
+class _BulkAnswer(web.Response):
+    """A `_bulk` success answer that keeps what it answered, so `filtered` writes a filtered one
+    without reading this one's JSON back."""
+
+    def __init__(self, took: int, errors: bool, items: list[BulkItem], received_at_ns: int) -> None:
+        head = b'{"took":%d,"errors":%s,"items":[' % (took, b"true" if errors else b"false")
+        parts = _rendered_items(items, received_at_ns, None)
+        super().__init__(
+            status=200, body=b"".join((head, b",".join(parts), b"]}")), content_type="application/json"
+        )
+        self.headers.update(PRODUCT_HEADER)
+        self.answered = (took, errors, items, received_at_ns)
+
+
 def _success(parsed: Parsed, received_at_ns: int) -> web.Response:
-    """`{"took", "errors", "items"}`: a stored item's JSON is `_item`'s, written from a template
-    cut once per (op, index, status) around the two values that vary by position, without a dict
-    per item; the other items via `_item`."""
-    items: list[BulkItem] = parsed.answer or []
+    """`{"took", "errors", "items"}`, one item per action (`_rendered_items`)."""
     took = max(0, (time.time_ns() - received_at_ns) // 1_000_000)
-    templates: dict[tuple[str, str, int], tuple[bytes, bytes, bytes]] = {}
+    return _BulkAnswer(took, bool(parsed.rejected), parsed.answer or [], received_at_ns)
+
+
+# An item's JSON-ready dict -> what a filter keeps of it (`_GONE`: nothing).
+_ItemFilter = Callable[[dict[str, Any]], Any]
+_GONE: Final = object()
+# A position no answer reaches: a filtered item that shows it depends on its position.
+_PROBE: Final = 987_654_321_987
+
+
+def _rendered_items(items: list[BulkItem], received_at_ns: int, keep: _ItemFilter | None) -> list[bytes]:
+    """Each item's JSON (`_item`'s), less what `keep` leaves out; an item it leaves nothing of is
+    left out. A stored item without an id of its own is written from what its (op, index, status)
+    renders once, without a dict per item: cut around the id and `_seq_no` (they vary by
+    position), or, filtered, the same bytes for each when what is kept does not vary."""
+    templates: dict[tuple[str, str, int], tuple[bytes, bytes, bytes] | bytes | None] = {}
     parts: list[bytes] = []
     for position, item in enumerate(items):
         if item.error is None and item.id is None:
             key = (item.op, item.index, item.status)
-            template = templates.get(key)
-            if template is None:
-                template = templates[key] = _stored_template(item, position, received_at_ns)
-            head, middle, end = template
-            parts.append(b"%s%x-%d%s%d%s" % (head, received_at_ns, position, middle, position, end))
-        else:
-            parts.append(orjson.dumps(_item(item, position, received_at_ns)))
-    head = b'{"took":%d,"errors":%s,"items":[' % (took, b"true" if parsed.rejected else b"false")
-    body = b"".join((head, b",".join(parts), b"]}"))
-    return _with_product(web.Response(status=200, body=body, content_type="application/json"))
+            if key not in templates:
+                templates[key] = _template(item, received_at_ns, keep)
+            template = templates[key]
+            if isinstance(template, tuple):
+                head, middle, end = template
+                parts.append(b"%s%x-%d%s%d%s" % (head, received_at_ns, position, middle, position, end))
+                continue
+            if isinstance(template, bytes):
+                if template:
+                    parts.append(template)
+                continue
+        document = _item(item, position, received_at_ns)
+        if keep is None:
+            parts.append(orjson.dumps(document))
+        elif (kept := keep(document)) is not _GONE:
+            parts.append(orjson.dumps(kept))
+    return parts
+
+
+def _template(
+    item: BulkItem, received_at_ns: int, keep: _ItemFilter | None
+) -> tuple[bytes, bytes, bytes] | bytes | None:
+    """How `_rendered_items` writes a stored item without an id: cuts around the id and `_seq_no`
+    (unfiltered), the bytes every such item is filtered to (b"" when nothing is kept), or None when
+    what is kept varies by position."""
+    if keep is None:
+        return _stored_template(item, _PROBE, received_at_ns)
+    kept = keep(_item(item, _PROBE, received_at_ns))
+    if kept is _GONE:
+        return b""
+    rendered = orjson.dumps(kept)
+    return None if b"%d" % _PROBE in rendered else rendered
 
 
 def _stored_template(item: BulkItem, position: int, received_at_ns: int) -> tuple[bytes, bytes, bytes]:
@@ -181,3 +235,160 @@ def probe(request: web.Request) -> web.Response:
     else:  # /_cluster/health
         body = {"cluster_name": "millrace", "status": "green", "timed_out": False, "number_of_nodes": 1}
     return _with_product(json_response(200, body))
+
+
+# -- filter_path ---------------------------------------------------------------------------------
+# Elasticsearch's response filtering: comma-separated dotted paths, `*` for any part of one
+# name, `**` for any number of levels, arrays passed through to their elements, `-path` to
+# leave a path out (applied before the others). An inclusive filter keeps only what a path
+# reaches, and an object or array left with nothing is left out whole; when nothing is
+# reached the answer is `{}`. Error answers are never filtered (Elasticsearch does not).
+
+_Segment = str | re.Pattern[str]  # "*", "**", a plain name, or a name with `*` in it
+_Path = tuple[_Segment, ...]
+
+
+def _segment(name: str) -> _Segment:
+    if name in ("*", "**") or "*" not in name:
+        return name
+    return re.compile(".*".join(re.escape(part) for part in name.split("*")), re.DOTALL)
+
+
+class _Paths:
+    """Where a filter stands at one level of a document: the paths still to follow. Each field
+    name's step is worked out once and remembered (an answer repeats the same few names)."""
+
+    __slots__ = ("_steps", "paths")
+
+    def __init__(self, paths: tuple[_Path, ...]) -> None:
+        self.paths = paths
+        self._steps: dict[str, tuple[bool, _Paths | None]] = {}
+
+    def step(self, name: str) -> tuple[bool, _Paths | None]:
+        """Whether a path ends at the field `name` (it is kept whole), and where the paths that go
+        on below it stand (None: none does)."""
+        known = self._steps.get(name)
+        if known is None:
+            whole, below = _step(self.paths, name)
+            known = (whole, _Paths(below) if below and not whole else None)
+            if len(self._steps) < 256:
+                self._steps[name] = known
+        return known
+
+
+@lru_cache(maxsize=64)  # a shipper sends the same filter with every request
+def _filters(expression: str) -> tuple[_Paths | None, _Paths | None]:
+    """(inclusive, exclusive) paths of a `filter_path` value, None where there are none."""
+    include: list[_Path] = []
+    exclude: list[_Path] = []
+    for text in expression.split(","):
+        text = text.strip()
+        exclusive = text.startswith("-")
+        names = text[1:] if exclusive else text
+        if names:
+            (exclude if exclusive else include).append(tuple(_segment(n) for n in names.split(".")))
+    return (_Paths(tuple(include)) if include else None), (_Paths(tuple(exclude)) if exclude else None)
+
+
+def _step(paths: tuple[_Path, ...], name: str) -> tuple[bool, tuple[_Path, ...]]:
+    whole = False
+    below: list[_Path] = []
+    for path in paths:
+        head = path[0]
+        if head == "**":
+            if len(path) == 1:
+                return True, ()
+            below.append(path)  # `**` takes this level too ...
+            ends, rest = _step((path[1:],), name)  # ... or none
+            whole = whole or ends
+            below.extend(rest)
+        elif (head in ("*", name)) if isinstance(head, str) else (head.fullmatch(name) is not None):
+            if len(path) == 1:
+                whole = True
+            else:
+                below.append(path[1:])
+    return whole, tuple(below)
+
+
+def _kept(value: Any, paths: _Paths) -> tuple[bool, Any]:
+    """What the inclusive `paths` keep of `value`."""
+    if type(value) is dict:
+        out: dict[str, Any] = {}
+        for name, inner in value.items():
+            whole, below = paths.step(name)
+            if whole:
+                out[name] = inner
+            elif below is not None:
+                found, kept = _kept(inner, below)
+                if found:
+                    out[name] = kept
+        return bool(out), out
+    if type(value) is list:
+        items = [kept for inner in value for found, kept in (_kept(inner, paths),) if found]
+        return bool(items), items
+    return False, value  # a scalar where a path wanted more levels
+
+
+def _without(value: Any, paths: _Paths) -> Any:
+    """`value` less what the exclusive `paths` reach."""
+    if type(value) is dict:
+        out: dict[str, Any] = {}
+        for name, inner in value.items():
+            whole, below = paths.step(name)
+            if not whole:
+                out[name] = inner if below is None else _without(inner, below)
+        return out
+    if type(value) is list:
+        return [_without(inner, paths) for inner in value]
+    return value
+
+
+def _filtered(document: Any, include: _Paths | None, exclude: _Paths | None) -> Any:
+    """`document` less what `exclude` reaches, then only what `include` reaches (`_GONE`: nothing)."""
+    if exclude is not None:
+        document = _without(document, exclude)
+    if include is not None:
+        found, document = _kept(document, include)
+        if not found:
+            return _GONE
+    return document
+
+
+def filter_answer(document: Any, expression: str) -> Any:
+    """`document` as Elasticsearch answers it with `filter_path=expression`."""
+    kept = _filtered(document, *_filters(expression))
+    return {} if kept is _GONE else kept
+
+
+def _filtered_bulk(answer: _BulkAnswer, include: _Paths | None, exclude: _Paths | None) -> bytes:
+    """`filter_answer` of a `_bulk` answer, written from what it answered: the items' filter is
+    where the paths stand at `items` (an array passes them on to its elements)."""
+    took, errors, items, received_at_ns = answer.answered
+    head = _filtered({"took": took, "errors": errors}, include, exclude)
+    head = {} if head is _GONE else head
+    dropped, except_below = exclude.step("items") if exclude is not None else (False, None)
+    whole, below = include.step("items") if include is not None else (True, None)
+    if dropped or (not whole and below is None):
+        return orjson.dumps(head)
+    keep: _ItemFilter | None = None
+    if except_below is not None or not whole:
+        keep = partial(_filtered, include=None if whole else below, exclude=except_below)
+    parts = _rendered_items(items, received_at_ns, keep)
+    if not parts and not whole:
+        return orjson.dumps(head)  # no item kept anything: no `items`
+    rendered = orjson.dumps(head)
+    return b"".join((rendered[:-1], b"," if head else b"", b'"items":[', b",".join(parts), b"]}"))
+
+
+def filtered(request: web.Request, response: web.Response) -> web.Response:
+    """A successful JSON answer cut down to the request's `filter_path`, if it has one."""
+    expression = request.query.get("filter_path")
+    if not expression or not 200 <= response.status < 300 or response.content_type != "application/json":
+        return response
+    include, exclude = _filters(expression)
+    if isinstance(response, _BulkAnswer):
+        response.body = _filtered_bulk(response, include, exclude)
+    elif isinstance(response.body, bytes) and response.body:
+        kept = _filtered(orjson.loads(response.body), include, exclude)
+        response.body = orjson.dumps({} if kept is _GONE else kept)
+    return response

@@ -178,6 +178,8 @@ def create_app(settings: Settings) -> web.Application:
         return handle
 
     async def es_bulk(request: web.Request) -> web.StreamResponse:
+        if (bad_filter := es_bulk_route.check_filter(request)) is not None:
+            return metrics.counted(ES_BULK.name, ES_BULK.error(bad_filter))
         answer = await request.app[INGESTOR].ingest(request, ES_BULK)
         return metrics.counted(ES_BULK.name, es_bulk_route.filtered(request, answer))
 
@@ -185,6 +187,8 @@ def create_app(settings: Settings) -> web.Application:
         admitted = request.app[INGESTOR].admit(ES_BULK.token(request), SCOPE_LOGS)
         if isinstance(admitted, Problem):
             return ES_BULK.error(admitted)
+        if (bad_filter := es_bulk_route.check_filter(request)) is not None:
+            return ES_BULK.error(bad_filter)
         return es_bulk_route.filtered(request, es_bulk_route.probe(request))
 
     async def root(request: web.Request) -> web.Response:

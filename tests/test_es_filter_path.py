@@ -16,7 +16,16 @@ from aiohttp.test_utils import make_mocked_request
 from formats import Parsed, Rejection
 from formats.es_bulk import BulkItem
 from gateway.dialects.base import Problem
-from gateway.dialects.es_bulk import ES_BULK, filter_answer, filtered
+from gateway.dialects.es_bulk import (
+    ES_BULK,
+    MAX_FILTER_CHARS,
+    MAX_FILTER_DEPTH,
+    MAX_FILTER_PATHS,
+    FilterPathError,
+    check_filter,
+    filter_answer,
+    filtered,
+)
 
 STATE: dict[str, Any] = {
     "cluster_name": "millrace",
@@ -107,6 +116,21 @@ BULK: dict[str, Any] = {
                 ],
             },
         ),
+        # `**` takes one level or more, never none.
+        (
+            {"status": "green", "nodes": {"a": {"status": "up"}}},
+            "**.status",
+            {"nodes": {"a": {"status": "up"}}},
+        ),
+        (
+            STATE,
+            "**.**.twitter.**.state",
+            {"routing_table": {"indices": {"twitter": {"shards": {"0": [{"state": "STARTED"}]}}}}},
+        ),
+        # An exclusion leaves out the objects and arrays it empties, and is trimmed like the rest.
+        ({"a": {"b": 1}, "c": 1}, "-a.b", {"c": 1}),
+        ({"a": [{"b": 1}, {"b": 2, "d": 3}], "e": {}}, " - a.b ", {"a": [{"d": 3}], "e": {}}),
+        ({"a": {"b": 1}}, "-a.b", {}),
         # Names are matched whole, `*` only as a wildcard (no other pattern characters).
         ({"a.b": 1, "ab": 2, "a?": 3, "a[b]": 4}, "a?,a[b]", {"a?": 3, "a[b]": 4}),
         ({"status": 1, "status2": 2}, "status", {"status": 1}),
@@ -154,6 +178,12 @@ ITEMS = [
         "nothing",
         "*",
         "**",
+        "**.status",
+        "items.**",
+        "-items.*.*",
+        "-items.**,took",
+        "-took,-errors,-items.*._shards.*",
+        "items.*.*s*s*",
     ],
 )
 def test_a_bulk_answer_filtered_is_its_json_filtered(expression: str, rejected: list[Rejection]) -> None:
@@ -179,3 +209,31 @@ def test_answers_without_filter_path_or_with_errors_are_left_alone() -> None:
     answer = ES_BULK.success(Parsed(rows=[], answer=ITEMS), 1)
     before = answer.body
     assert filtered(make_mocked_request("POST", "/_bulk"), answer).body == before
+
+
+def test_wildcards_are_matched_without_backtracking() -> None:
+    """A run of `*` against a long name that does not match: linear, not exponential (a regex of
+    `.*` pieces took seconds at a few dozen stars)."""
+    name = "_" * 5000
+    document = {name: 1, "status": 2}
+    for pattern in ("*" * 60 + "x", "*a" * 30 + "*x", "*_" * 40 + "x"):
+        assert filter_answer(document, pattern) == {}
+    assert filter_answer(document, "*_" * 40 + "*") == {name: 1}
+
+
+def test_a_filter_past_the_bounds_is_refused() -> None:
+    with pytest.raises(FilterPathError):
+        filter_answer({}, "a" * (MAX_FILTER_CHARS + 1))
+    with pytest.raises(FilterPathError):
+        filter_answer({}, ",".join(f"f{i}" for i in range(MAX_FILTER_PATHS + 1)))
+    with pytest.raises(FilterPathError):
+        filter_answer({}, ".".join(["a"] * (MAX_FILTER_DEPTH + 1)))
+    # Repeated `**` is one `**`: no path blow-up, and within the bounds.
+    assert filter_answer(STATE, ".".join(["**"] * 200) + ".state") == filter_answer(STATE, "**.state")
+    problem = check_filter(
+        make_mocked_request(
+            "POST", "/_bulk?filter_path=" + ",".join(f"a{i}" for i in range(MAX_FILTER_PATHS + 1))
+        )
+    )
+    assert problem is not None and (problem.status, problem.code) == (400, "invalid_filter_path")
+    assert check_filter(make_mocked_request("POST", "/_bulk?filter_path=items.*.status")) is None

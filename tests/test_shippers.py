@@ -508,6 +508,9 @@ async def test_elasticsearch_filter_path_cuts_answers_as_logstash_asks(stack: St
     fine = b'{"index": {"_index": "b"}}\n{"message": "fourth"}\n'
     status, text, _ = await post(stack, "/_bulk?filter_path=items.*.error", fine, **bearer)
     assert (status, orjson.loads(text)) == (200, {})  # nothing failed: nothing left
+    too_many = ",".join(f"f{i}" for i in range(es_bulk_route.MAX_FILTER_PATHS + 1))
+    status, text, _ = await post(stack, f"/_bulk?filter_path={too_many}", fine, **bearer)
+    assert status == 400 and "filter_path" in orjson.loads(text)["error"]["reason"]  # refused, not stored
     assert await stack.wait_rows(tenant.project, 4) == 4
     assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == [
         "first",

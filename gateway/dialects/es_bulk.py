@@ -27,12 +27,15 @@ from functools import lru_cache, partial
 from typing import Any, Final
 
 import orjson
+import structlog
 from aiohttp import web
 
 from formats import Parsed, Rejection
 from formats.es_bulk import BulkItem
 from gateway.dialects.base import Dialect, Problem, basic_key, decoded_base64, json_response
 from millrace.keys import SCOPE_LOGS
+
+log = structlog.get_logger()
 
 PRODUCT_HEADER: Final = {"X-Elastic-Product": "Elasticsearch"}
 VERSION: Final = "8.17.0"  # what the probes report: the shippers in docs/shippers.md accept 8.x
@@ -108,7 +111,8 @@ def _success(parsed: Parsed, received_at_ns: int) -> web.Response:
 # An item's JSON-ready dict -> what a filter keeps of it (`_GONE`: nothing).
 _ItemFilter = Callable[[dict[str, Any]], Any]
 _GONE: Final = object()
-# A position no answer reaches: a filtered item that shows it depends on its position.
+# A position no answer reaches: a filtered item whose JSON shows it depends on its position
+# (a chance match elsewhere only sends those items down the slower per-item path).
 _PROBE: Final = 987_654_321_987
 
 
@@ -239,19 +243,60 @@ def probe(request: web.Request) -> web.Response:
 
 # -- filter_path ---------------------------------------------------------------------------------
 # Elasticsearch's response filtering: comma-separated dotted paths, `*` for any part of one
-# name, `**` for any number of levels, arrays passed through to their elements, `-path` to
+# name, `**` for one or more levels, arrays passed through to their elements, `-path` to
 # leave a path out (applied before the others). An inclusive filter keeps only what a path
 # reaches, and an object or array left with nothing is left out whole; when nothing is
-# reached the answer is `{}`. Error answers are never filtered (Elasticsearch does not).
+# reached the answer is `{}`. An exclusion leaves out an object or array it empties. Error
+# answers are never filtered (Elasticsearch does not).
 
-_Segment = str | re.Pattern[str]  # "*", "**", a plain name, or a name with `*` in it
-_Path = tuple[_Segment, ...]
+MAX_FILTER_CHARS: Final = 2048
+MAX_FILTER_PATHS: Final = 64
+MAX_FILTER_DEPTH: Final = 16  # names in one path: deeper than any answer here
+_MAX_STEPS: Final = 256  # field names remembered per filter state; our answers use a few dozen
+
+_Path = tuple[str, ...]  # names: plain, with `*` in them, or "**"
 
 
-def _segment(name: str) -> _Segment:
-    if name in ("*", "**") or "*" not in name:
-        return name
-    return re.compile(".*".join(re.escape(part) for part in name.split("*")), re.DOTALL)
+class FilterPathError(ValueError):
+    """A `filter_path` past the bounds above: answered 400 before the body is read."""
+
+
+def _glob(pattern: str, name: str) -> bool:
+    """`name` matches `pattern`, where `*` stands for any run of characters: the leftmost match of
+    each literal piece in turn, which is linear in the name (no backtracking)."""
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return pattern == name
+    first, last = pieces[0], pieces[-1]
+    if len(name) < len(first) + len(last) or not name.startswith(first) or not name.endswith(last):
+        return False
+    at, stop = len(first), len(name) - len(last)
+    for piece in pieces[1:-1]:
+        at = name.find(piece, at, stop)
+        if at < 0:
+            return False
+        at += len(piece)
+    return True
+
+
+def _step(paths: tuple[_Path, ...], name: str) -> tuple[bool, tuple[_Path, ...]]:
+    """Whether a path ends at the field `name` (the field is reached whole), and the paths that go
+    on below it, each once."""
+    whole = False
+    below: dict[_Path, None] = {}
+    for path in paths:
+        head = path[0]
+        if head == "**":  # this level and maybe more: below, `**` goes on or the rest starts
+            if len(path) == 1:
+                return True, ()
+            below[path] = None
+            below[path[1:]] = None
+        elif head == "*" or _glob(head, name):
+            if len(path) == 1:
+                whole = True
+            else:
+                below[path[1:]] = None
+    return whole, tuple(below)
 
 
 class _Paths:
@@ -265,53 +310,46 @@ class _Paths:
         self._steps: dict[str, tuple[bool, _Paths | None]] = {}
 
     def step(self, name: str) -> tuple[bool, _Paths | None]:
-        """Whether a path ends at the field `name` (it is kept whole), and where the paths that go
-        on below it stand (None: none does)."""
+        """`_step` at the field `name`: (reached whole, where the paths stand below; None: none)."""
         known = self._steps.get(name)
         if known is None:
             whole, below = _step(self.paths, name)
             known = (whole, _Paths(below) if below and not whole else None)
-            if len(self._steps) < 256:
+            if len(self._steps) < _MAX_STEPS:
                 self._steps[name] = known
         return known
 
 
 @lru_cache(maxsize=64)  # a shipper sends the same filter with every request
 def _filters(expression: str) -> tuple[_Paths | None, _Paths | None]:
-    """(inclusive, exclusive) paths of a `filter_path` value, None where there are none."""
-    include: list[_Path] = []
-    exclude: list[_Path] = []
+    """(inclusive, exclusive) paths of a `filter_path` value, None where there are none. Raises
+    `FilterPathError` past the bounds."""
+    if len(expression) > MAX_FILTER_CHARS:
+        raise FilterPathError(f"filter_path is longer than {MAX_FILTER_CHARS} characters")
+    include: dict[_Path, None] = {}
+    exclude: dict[_Path, None] = {}
     for text in expression.split(","):
         text = text.strip()
         exclusive = text.startswith("-")
-        names = text[1:] if exclusive else text
-        if names:
-            (exclude if exclusive else include).append(tuple(_segment(n) for n in names.split(".")))
+        names = text[1:].strip() if exclusive else text
+        if not names:
+            continue
+        # `**.**` is `**`, and a run of `*` one `*`: fewer paths to follow, the same matches.
+        path = tuple(re.sub(r"\*{2,}", "*", n) if n != "**" else n for n in names.split("."))
+        path = tuple(n for i, n in enumerate(path) if n != "**" or i == 0 or path[i - 1] != "**")
+        if len(path) > MAX_FILTER_DEPTH:
+            raise FilterPathError(f"a filter_path path has more than {MAX_FILTER_DEPTH} names")
+        (exclude if exclusive else include)[path] = None
+    if len(include) + len(exclude) > MAX_FILTER_PATHS:
+        raise FilterPathError(f"filter_path has more than {MAX_FILTER_PATHS} paths")
     return (_Paths(tuple(include)) if include else None), (_Paths(tuple(exclude)) if exclude else None)
 
 
-def _step(paths: tuple[_Path, ...], name: str) -> tuple[bool, tuple[_Path, ...]]:
-    whole = False
-    below: list[_Path] = []
-    for path in paths:
-        head = path[0]
-        if head == "**":
-            if len(path) == 1:
-                return True, ()
-            below.append(path)  # `**` takes this level too ...
-            ends, rest = _step((path[1:],), name)  # ... or none
-            whole = whole or ends
-            below.extend(rest)
-        elif (head in ("*", name)) if isinstance(head, str) else (head.fullmatch(name) is not None):
-            if len(path) == 1:
-                whole = True
-            else:
-                below.append(path[1:])
-    return whole, tuple(below)
+# `type(x) is dict` below, not isinstance: the answers are plain JSON values from orjson or ours.
 
 
 def _kept(value: Any, paths: _Paths) -> tuple[bool, Any]:
-    """What the inclusive `paths` keep of `value`."""
+    """(anything reached, what the inclusive `paths` keep of `value`)."""
     if type(value) is dict:
         out: dict[str, Any] = {}
         for name, inner in value.items():
@@ -324,22 +362,31 @@ def _kept(value: Any, paths: _Paths) -> tuple[bool, Any]:
                     out[name] = kept
         return bool(out), out
     if type(value) is list:
-        items = [kept for inner in value for found, kept in (_kept(inner, paths),) if found]
+        items = []
+        for inner in value:
+            found, kept = _kept(inner, paths)
+            if found:
+                items.append(kept)
         return bool(items), items
     return False, value  # a scalar where a path wanted more levels
 
 
 def _without(value: Any, paths: _Paths) -> Any:
-    """`value` less what the exclusive `paths` reach."""
+    """`value` less what the exclusive `paths` reach; an object or array they empty goes too
+    (`_GONE`)."""
     if type(value) is dict:
         out: dict[str, Any] = {}
         for name, inner in value.items():
             whole, below = paths.step(name)
-            if not whole:
-                out[name] = inner if below is None else _without(inner, below)
-        return out
+            if whole:
+                continue
+            kept = inner if below is None else _without(inner, below)
+            if kept is not _GONE:
+                out[name] = kept
+        return out if out or not value else _GONE
     if type(value) is list:
-        return [_without(inner, paths) for inner in value]
+        items = [kept for inner in value if (kept := _without(inner, paths)) is not _GONE]
+        return items if items or not value else _GONE
     return value
 
 
@@ -347,6 +394,8 @@ def _filtered(document: Any, include: _Paths | None, exclude: _Paths | None) -> 
     """`document` less what `exclude` reaches, then only what `include` reaches (`_GONE`: nothing)."""
     if exclude is not None:
         document = _without(document, exclude)
+        if document is _GONE:
+            return _GONE
     if include is not None:
         found, document = _kept(document, include)
         if not found:
@@ -360,12 +409,22 @@ def filter_answer(document: Any, expression: str) -> Any:
     return {} if kept is _GONE else kept
 
 
+def check_filter(request: web.Request) -> Problem | None:
+    """The refusal of a `filter_path` past the bounds, before anything is stored (a failure once
+    the documents are stored would make the shipper send them again)."""
+    try:
+        _filters(request.query.get("filter_path", ""))
+    except FilterPathError as exc:
+        return Problem(400, "invalid_filter_path", str(exc))
+    return None
+
+
 def _filtered_bulk(answer: _BulkAnswer, include: _Paths | None, exclude: _Paths | None) -> bytes:
     """`filter_answer` of a `_bulk` answer, written from what it answered: the items' filter is
     where the paths stand at `items` (an array passes them on to its elements)."""
     took, errors, items, received_at_ns = answer.answered
-    head = _filtered({"took": took, "errors": errors}, include, exclude)
-    head = {} if head is _GONE else head
+    kept = _filtered({"took": took, "errors": errors}, include, exclude)
+    head = {} if kept is _GONE else kept
     dropped, except_below = exclude.step("items") if exclude is not None else (False, None)
     whole, below = include.step("items") if include is not None else (True, None)
     if dropped or (not whole and below is None):
@@ -374,8 +433,8 @@ def _filtered_bulk(answer: _BulkAnswer, include: _Paths | None, exclude: _Paths 
     if except_below is not None or not whole:
         keep = partial(_filtered, include=None if whole else below, exclude=except_below)
     parts = _rendered_items(items, received_at_ns, keep)
-    if not parts and not whole:
-        return orjson.dumps(head)  # no item kept anything: no `items`
+    if not parts and (not whole or (items and except_below is not None)):
+        return orjson.dumps(head)  # no item kept anything, or an exclusion emptied them all: no `items`
     rendered = orjson.dumps(head)
     return b"".join((rendered[:-1], b"," if head else b"", b'"items":[', b",".join(parts), b"]}"))
 
@@ -385,10 +444,13 @@ def filtered(request: web.Request, response: web.Response) -> web.Response:
     expression = request.query.get("filter_path")
     if not expression or not 200 <= response.status < 300 or response.content_type != "application/json":
         return response
-    include, exclude = _filters(expression)
-    if isinstance(response, _BulkAnswer):
-        response.body = _filtered_bulk(response, include, exclude)
-    elif isinstance(response.body, bytes) and response.body:
-        kept = _filtered(orjson.loads(response.body), include, exclude)
-        response.body = orjson.dumps({} if kept is _GONE else kept)
+    try:
+        include, exclude = _filters(expression)  # checked before the request was taken (check_filter)
+        if isinstance(response, _BulkAnswer):
+            response.body = _filtered_bulk(response, include, exclude)
+        elif isinstance(response.body, bytes) and response.body:
+            kept = _filtered(orjson.loads(response.body), include, exclude)
+            response.body = orjson.dumps({} if kept is _GONE else kept)
+    except Exception:  # the documents are stored: the whole answer beats a 500 the shipper would resend on
+        log.exception("filter_path_failed", filter_path=expression[:200])
     return response

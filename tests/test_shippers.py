@@ -708,8 +708,10 @@ async def test_hec_answers_and_error_codes(stack: Stack) -> None:
 
 
 def otel_logger(exporter: Any, resource: dict[str, str]) -> tuple[logging.Logger, Any, list[Any]]:
-    """The SDK's LoggerProvider and LoggingHandler exporting through `exporter`; results recorded."""
-    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    """The SDK's LoggerProvider, with the logging handler of `opentelemetry-instrumentation-logging`
+    (the SDK's own is deprecated in its favour), exporting through `exporter`; results recorded."""
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
 

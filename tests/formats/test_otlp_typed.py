@@ -384,9 +384,12 @@ def test_handwritten_edges_give_the_same_outcome_on_both_walks(name: str, body: 
 
 
 def exporter_body() -> bytes:
-    """A body as the OpenTelemetry SDK's OTLP JSON exporter sends it (its own encoder)."""
+    """A body as the OpenTelemetry SDK's OTLP JSON exporter sends it (its own encoder), of records from
+    the logging handler of `opentelemetry-instrumentation-logging` and the Logs API."""
+    from opentelemetry._logs import SeverityNumber
     from opentelemetry.exporter.otlp.json.common._log_encoder import encode_logs
-    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -404,7 +407,10 @@ def exporter_body() -> bytes:
         with TracerProvider().get_tracer("tests").start_as_current_span("charge"):
             extra = {"order.id": 42, "retry": True, "ratio": 2.5, "blob": b"\x00\x01", "ids": [1, 2]}
             logger.error("charge failed", extra=extra)
-        logger.warning({"structured": {"a": 1, "b": [True, None]}})
+        # A structured body: the handler sends a message as text, so through the Logs API itself.
+        provider.get_logger("tests.otlp-typed").emit(
+            severity_number=SeverityNumber.WARN, body={"structured": {"a": 1, "b": [True, None]}}
+        )
         logger.info("plain")
     finally:
         logger.removeHandler(handler)
@@ -417,5 +423,7 @@ def test_the_otel_exporters_body_takes_the_typed_walk_with_the_same_rows() -> No
     assert assert_same([body]) == 1
     rows = otlp.parse(body, CTX).rows
     structured = '{"structured":{"a":1,"b":[true,null]}}'
-    assert [row["message"] for row in rows] == ["charge failed", structured, "plain"]
-    assert rows[0]["attributes"]["order.id"] == "42" and rows[0]["attributes"]["blob"] == "AAE="
+    # The Logs API's record has a scope of its own, so the records come grouped by scope.
+    assert sorted(row["message"] for row in rows) == sorted(["charge failed", structured, "plain"])
+    (failed,) = (row for row in rows if row["message"] == "charge failed")
+    assert failed["attributes"]["order.id"] == "42" and failed["attributes"]["blob"] == "AAE="

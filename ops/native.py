@@ -15,7 +15,7 @@ extensions then go to `build/native/` beside the installed `formats`, and `--con
 the pyproject.toml whose `[tool.mypy]` the parsers are checked with (a checkout's own by
 default; an installed package has none beside it). `--tools-from uv.lock`
 prints the build tools (mypy, its dependencies and setuptools) pinned as the lock pins them,
-for an environment that installs them only to build.
+with their environment markers, for an environment that installs them only to build.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import time
 import tomllib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,17 +117,44 @@ TOOLS = ("mypy", "setuptools")
 
 
 def tool_requirements(lock: Path) -> list[str]:
-    """`TOOLS` and everything they depend on, as `name==version` pins from uv's lock file."""
-    packages = {p["name"]: p for p in tomllib.loads(lock.read_text())["package"]}
-    wanted, pins = list(TOOLS), {}
+    """`TOOLS` and everything they depend on, as `name==version` pins from uv's lock file, each
+    with the environment marker of the paths that need it (`pip install -r` evaluates it, so a
+    dependency of another platform or interpreter is left out)."""
+    entries: list[dict[str, Any]] = tomllib.loads(lock.read_text())["package"]
+    by_name = {p["name"]: p for p in entries}
+    by_version = {(p["name"], p["version"]): p for p in entries}  # a name locked at two versions
+    needed: dict[tuple[str, str], set[str | None]] = {}  # (name, version) -> markers; None: always
+    wanted: list[tuple[dict[str, Any], str | None]] = [(by_name[t], None) for t in TOOLS]
     while wanted:
-        name = wanted.pop()
-        if name in pins:
+        package, marker = wanted.pop()
+        markers = needed.setdefault((package["name"], package["version"]), set())
+        if len(markers) >= _MAX_MARKERS:
+            # Past a few paths (or round a dependency cycle, where the markers would only grow) it
+            # is needed whenever the tools are: installing one package too many is harmless.
+            marker = None
+        if None in markers or marker in markers:
             continue
-        package = packages[name]
-        pins[name] = f"{name}=={package['version']}"
-        wanted.extend(d["name"] for d in package.get("dependencies", []))
-    return sorted(pins.values())
+        markers.add(marker)
+        for dependency in package.get("dependencies", []):
+            key = (dependency["name"], dependency.get("version"))
+            found = by_version[key] if key in by_version else by_name[dependency["name"]]
+            wanted.append((found, _both(marker, dependency.get("marker"))))
+    return sorted(_pin(name, version, markers) for (name, version), markers in needed.items())
+
+
+_MAX_MARKERS = 8
+
+
+def _both(outer: str | None, inner: str | None) -> str | None:
+    if outer is None or inner is None:
+        return inner if outer is None else outer
+    return f"({outer}) and ({inner})"
+
+
+def _pin(name: str, version: str, markers: set[str | None]) -> str:
+    if None in markers:
+        return f"{name}=={version}"
+    return f"{name}=={version} ; " + " or ".join(f"({m})" for m in sorted(m for m in markers if m))
 
 
 def main(argv: list[str] | None = None) -> int:

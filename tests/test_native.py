@@ -18,7 +18,7 @@ import pytest
 
 import formats
 from formats import native
-from ops.native import compiler
+from ops.native import compiler, tool_requirements
 from tests.conftest import shipped_packages
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def test_an_installed_wheel_compiles_its_parsers_as_the_image_does(tmp_path: Pat
         command = [sys.executable, "-m", "ops.native", *args]
         return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
-    tools = ops_native("--tools-from", str(REPO / "uv.lock")).stdout.split()
+    tools = ops_native("--tools-from", str(REPO / "uv.lock")).stdout.splitlines()
     assert {t.split("==")[0] for t in tools} >= {"mypy", "setuptools", "mypy-extensions"}
     assert all("==" in t for t in tools), tools
     assert "no mypy configuration" in ops_native().stderr  # nothing beside an installed package
@@ -176,3 +176,55 @@ def test_an_installed_wheel_compiles_its_parsers_as_the_image_does(tmp_path: Pat
     assert not (site / ".mypy_cache").exists()  # the image keeps what is in site-packages
     result, stderr = probe(site, {"PYTHONPATH": str(site)})
     assert result["native"] is True and result["compiled"] is True, stderr
+
+
+def test_the_build_tools_carry_the_markers_of_the_paths_that_need_them(tmp_path: Path) -> None:
+    """`--tools-from` pins what the tools need, each under the markers of its paths (pip evaluates
+    them): a dependency of another interpreter stays out here, and so does what only it needs."""
+    lock = tmp_path / "uv.lock"
+    lock.write_text(
+        """
+[[package]]
+name = "mypy"
+version = "2.0"
+dependencies = [
+    { name = "librt", marker = "platform_python_implementation != 'PyPy'" },
+    { name = "shared" },
+    { name = "twice", version = "2.0", marker = "python_version >= '3.12'" },
+]
+
+[[package]]
+name = "librt"
+version = "0.1"
+dependencies = [{ name = "shared" }, { name = "only-librt" }]
+
+[[package]]
+name = "only-librt"
+version = "1.0"
+
+[[package]]
+name = "shared"
+version = "3.0"
+dependencies = [{ name = "mypy" }]
+
+[[package]]
+name = "twice"
+version = "1.0"
+
+[[package]]
+name = "twice"
+version = "2.0"
+
+[[package]]
+name = "setuptools"
+version = "80.0"
+"""
+    )
+    assert tool_requirements(lock) == [
+        "librt==0.1 ; (platform_python_implementation != 'PyPy')",
+        "mypy==2.0",
+        "only-librt==1.0 ; (platform_python_implementation != 'PyPy')",
+        "setuptools==80.0",
+        "shared==3.0",  # needed always (through mypy), whatever else also needs it
+        "twice==2.0 ; (python_version >= '3.12')",  # the version the dependency names
+    ]

@@ -178,18 +178,20 @@ def create_app(settings: Settings) -> web.Application:
         return handle
 
     async def es_bulk(request: web.Request) -> web.StreamResponse:
-        if (bad_filter := es_bulk_route.check_filter(request)) is not None:
-            return metrics.counted(ES_BULK.name, ES_BULK.error(bad_filter))
-        answer = await request.app[INGESTOR].ingest(request, ES_BULK)
-        return metrics.counted(ES_BULK.name, es_bulk_route.filtered(request, answer))
+        filters = es_bulk_route.request_filters(request)
+        if isinstance(filters, Problem):
+            return metrics.counted(ES_BULK.name, ES_BULK.error(filters))
+        answer = await request.app[INGESTOR].ingest(request, es_bulk_route.answering(filters))
+        return metrics.counted(ES_BULK.name, answer)
 
     async def es_probe(request: web.Request) -> web.Response:
         admitted = request.app[INGESTOR].admit(ES_BULK.token(request), SCOPE_LOGS)
         if isinstance(admitted, Problem):
             return ES_BULK.error(admitted)
-        if (bad_filter := es_bulk_route.check_filter(request)) is not None:
-            return ES_BULK.error(bad_filter)
-        return es_bulk_route.filtered(request, es_bulk_route.probe(request))
+        filters = es_bulk_route.request_filters(request)
+        if isinstance(filters, Problem):
+            return ES_BULK.error(filters)
+        return es_bulk_route.probe(request, filters)
 
     async def root(request: web.Request) -> web.Response:
         return await (es_probe if "Authorization" in request.headers else explorer.page)(request)

@@ -22,9 +22,9 @@ from gateway.dialects.es_bulk import (
     MAX_FILTER_DEPTH,
     MAX_FILTER_PATHS,
     FilterPathError,
-    check_filter,
+    answering,
     filter_answer,
-    filtered,
+    request_filters,
 )
 
 STATE: dict[str, Any] = {
@@ -192,9 +192,10 @@ def test_a_bulk_answer_filtered_is_its_json_filtered(expression: str, rejected: 
     received_at_ns = 1_717_171_717_123_456_789
     parsed = Parsed(rows=[], rejected=rejected, answer=ITEMS)
     whole = orjson.loads(ES_BULK.success(parsed, received_at_ns).body)  # type: ignore[union-attr]
-    request = make_mocked_request("POST", f"/_bulk?filter_path={expression}")
+    filters = request_filters(make_mocked_request("POST", f"/_bulk?filter_path={expression}"))
+    assert not isinstance(filters, Problem)
 
-    answer = filtered(request, ES_BULK.success(parsed, received_at_ns))
+    answer = answering(filters).success(parsed, received_at_ns)
 
     assert answer.headers["X-Elastic-Product"] == "Elasticsearch"
     kept = orjson.loads(answer.body)  # type: ignore[arg-type]
@@ -203,12 +204,13 @@ def test_a_bulk_answer_filtered_is_its_json_filtered(expression: str, rejected: 
 
 
 def test_answers_without_filter_path_or_with_errors_are_left_alone() -> None:
-    error = ES_BULK.error(Problem(400, "invalid_body", "no"))
-    before = error.body
-    assert filtered(make_mocked_request("POST", "/_bulk?filter_path=status"), error).body == before
-    answer = ES_BULK.success(Parsed(rows=[], answer=ITEMS), 1)
-    before = answer.body
-    assert filtered(make_mocked_request("POST", "/_bulk"), answer).body == before
+    filters = request_filters(make_mocked_request("POST", "/_bulk?filter_path=status"))
+    assert not isinstance(filters, Problem)
+    error = answering(filters).error(Problem(400, "invalid_body", "no"))
+    assert error.body == ES_BULK.error(Problem(400, "invalid_body", "no")).body
+    unfiltered = request_filters(make_mocked_request("POST", "/_bulk"))
+    assert not isinstance(unfiltered, Problem)
+    assert answering(unfiltered) is ES_BULK  # the dialect's own answer, untouched
 
 
 def test_wildcards_are_matched_without_backtracking() -> None:
@@ -230,10 +232,12 @@ def test_a_filter_past_the_bounds_is_refused() -> None:
         filter_answer({}, ".".join(["a"] * (MAX_FILTER_DEPTH + 1)))
     # Repeated `**` is one `**`: no path blow-up, and within the bounds.
     assert filter_answer(STATE, ".".join(["**"] * 200) + ".state") == filter_answer(STATE, "**.state")
-    problem = check_filter(
+    problem = request_filters(
         make_mocked_request(
             "POST", "/_bulk?filter_path=" + ",".join(f"a{i}" for i in range(MAX_FILTER_PATHS + 1))
         )
     )
-    assert problem is not None and (problem.status, problem.code) == (400, "invalid_filter_path")
-    assert check_filter(make_mocked_request("POST", "/_bulk?filter_path=items.*.status")) is None
+    assert isinstance(problem, Problem) and (problem.status, problem.code) == (400, "invalid_filter_path")
+    assert not isinstance(
+        request_filters(make_mocked_request("POST", "/_bulk?filter_path=items.*.status")), Problem
+    )

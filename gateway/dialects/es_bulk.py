@@ -14,7 +14,8 @@ refused before its body is read (over the request rate, or no log token left at 
 whole-request `429`, which the client retries whole.
 
 A `filter_path` query parameter cuts a successful answer down as Elasticsearch's response
-filtering does (`filtered`): Logstash asks every `_bulk` for `errors,items.*.error,items.*.status`.
+filtering does (`answering`, `probe`): Logstash asks every `_bulk` for
+`errors,items.*.error,items.*.status`.
 """
 
 from __future__ import annotations
@@ -88,24 +89,26 @@ def _item(item: BulkItem, position: int, received_at_ns: int) -> dict[str, Any]:
     return {item.op: body}
 
 
-class _BulkAnswer(web.Response):
-    """A `_bulk` success answer that keeps what it answered, so `filtered` writes a filtered one
-    without reading this one's JSON back."""
-
-    def __init__(self, took: int, errors: bool, items: list[BulkItem], received_at_ns: int) -> None:
-        head = b'{"took":%d,"errors":%s,"items":[' % (took, b"true" if errors else b"false")
-        parts = _rendered_items(items, received_at_ns, None)
-        super().__init__(
-            status=200, body=b"".join((head, b",".join(parts), b"]}")), content_type="application/json"
-        )
-        self.headers.update(PRODUCT_HEADER)
-        self.answered = (took, errors, items, received_at_ns)
-
-
-def _success(parsed: Parsed, received_at_ns: int) -> web.Response:
-    """`{"took", "errors", "items"}`, one item per action (`_rendered_items`)."""
+def _success(
+    parsed: Parsed, received_at_ns: int, include: _Paths | None = None, exclude: _Paths | None = None
+) -> web.Response:
+    """`{"took", "errors", "items"}`, one item per action (`_rendered_items`), cut down to the
+    request's `filter_path` when `answering` gave one (`_filtered_bulk`)."""
     took = max(0, (time.time_ns() - received_at_ns) // 1_000_000)
-    return _BulkAnswer(took, bool(parsed.rejected), parsed.answer or [], received_at_ns)
+    items: list[BulkItem] = parsed.answer or []
+    errors = bool(parsed.rejected)
+    body = None
+    if include is not None or exclude is not None:
+        try:
+            body = _filtered_bulk(took, errors, items, received_at_ns, include, exclude)
+        except (
+            Exception
+        ):  # the documents are stored: the whole answer beats a 500 the shipper would resend on
+            log.exception("filter_path_failed")
+    if body is None:
+        head = b'{"took":%d,"errors":%s,"items":[' % (took, b"true" if errors else b"false")
+        body = b"".join((head, b",".join(_rendered_items(items, received_at_ns, None)), b"]}"))
+    return _with_product(web.Response(status=200, body=body, content_type="application/json"))
 
 
 # An item's JSON-ready dict -> what a filter keeps of it (`_GONE`: nothing).
@@ -213,8 +216,9 @@ ES_BULK = Dialect(
 )
 
 
-def probe(request: web.Request) -> web.Response:
-    """The answer to a shipper's probe, once its key was admitted (the paths docs/shippers.md lists)."""
+def probe(request: web.Request, filters: _Filters) -> web.Response:
+    """The answer to a shipper's probe, once its key was admitted (the paths docs/shippers.md
+    lists), cut down to its `filter_path` (`request_filters`)."""
     path = request.path.rstrip("/")
     if path == "":
         major = int(VERSION.split(".")[0])
@@ -238,7 +242,8 @@ def probe(request: web.Request) -> web.Response:
         body = {"license": {"status": "active", "uid": "millrace", "type": "basic", "issued_to": "millrace"}}
     else:  # /_cluster/health
         body = {"cluster_name": "millrace", "status": "green", "timed_out": False, "number_of_nodes": 1}
-    return _with_product(json_response(200, body))
+    kept = _filtered(body, *filters)
+    return _with_product(json_response(200, {} if kept is _GONE else kept))
 
 
 # -- filter_path ---------------------------------------------------------------------------------
@@ -320,8 +325,11 @@ class _Paths:
         return known
 
 
+_Filters = tuple[_Paths | None, _Paths | None]  # (inclusive, exclusive) paths
+
+
 @lru_cache(maxsize=64)  # a shipper sends the same filter with every request
-def _filters(expression: str) -> tuple[_Paths | None, _Paths | None]:
+def _filters(expression: str) -> _Filters:
     """(inclusive, exclusive) paths of a `filter_path` value, None where there are none. Raises
     `FilterPathError` past the bounds."""
     if len(expression) > MAX_FILTER_CHARS:
@@ -409,20 +417,26 @@ def filter_answer(document: Any, expression: str) -> Any:
     return {} if kept is _GONE else kept
 
 
-def check_filter(request: web.Request) -> Problem | None:
-    """The refusal of a `filter_path` past the bounds, before anything is stored (a failure once
-    the documents are stored would make the shipper send them again)."""
+def request_filters(request: web.Request) -> _Filters | Problem:
+    """The request's `filter_path` (both None without one), or the refusal of one past the bounds,
+    before anything is stored (a failure once the documents are stored would make the shipper
+    send them again)."""
     try:
-        _filters(request.query.get("filter_path", ""))
+        return _filters(request.query.get("filter_path", ""))
     except FilterPathError as exc:
         return Problem(400, "invalid_filter_path", str(exc))
-    return None
 
 
-def _filtered_bulk(answer: _BulkAnswer, include: _Paths | None, exclude: _Paths | None) -> bytes:
-    """`filter_answer` of a `_bulk` answer, written from what it answered: the items' filter is
-    where the paths stand at `items` (an array passes them on to its elements)."""
-    took, errors, items, received_at_ns = answer.answered
+def _filtered_bulk(
+    took: int,
+    errors: bool,
+    items: list[BulkItem],
+    received_at_ns: int,
+    include: _Paths | None,
+    exclude: _Paths | None,
+) -> bytes:
+    """`filter_answer` of the `_bulk` answer, written from the items, not from its JSON: the items'
+    filter is where the paths stand at `items` (an array passes them on to its elements)."""
     kept = _filtered({"took": took, "errors": errors}, include, exclude)
     head = {} if kept is _GONE else kept
     dropped, except_below = exclude.step("items") if exclude is not None else (False, None)
@@ -439,18 +453,9 @@ def _filtered_bulk(answer: _BulkAnswer, include: _Paths | None, exclude: _Paths 
     return b"".join((rendered[:-1], b"," if head else b"", b'"items":[', b",".join(parts), b"]}"))
 
 
-def filtered(request: web.Request, response: web.Response) -> web.Response:
-    """A successful JSON answer cut down to the request's `filter_path`, if it has one."""
-    expression = request.query.get("filter_path")
-    if not expression or not 200 <= response.status < 300 or response.content_type != "application/json":
-        return response
-    try:
-        include, exclude = _filters(expression)  # checked before the request was taken (check_filter)
-        if isinstance(response, _BulkAnswer):
-            response.body = _filtered_bulk(response, include, exclude)
-        elif isinstance(response.body, bytes) and response.body:
-            kept = _filtered(orjson.loads(response.body), include, exclude)
-            response.body = orjson.dumps({} if kept is _GONE else kept)
-    except Exception:  # the documents are stored: the whole answer beats a 500 the shipper would resend on
-        log.exception("filter_path_failed", filter_path=expression[:200])
-    return response
+def answering(filters: _Filters) -> Dialect:
+    """`ES_BULK`, its successful answers cut down to `filters` (`request_filters`) when there are any."""
+    include, exclude = filters
+    if include is None and exclude is None:
+        return ES_BULK
+    return replace(ES_BULK, success=partial(_success, include=include, exclude=exclude))

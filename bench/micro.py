@@ -8,9 +8,9 @@ Stages, in the order a log meets them:
 - gateway `answer`: the client's answer to the parsed request (the gateway dialect's
   `success`: `_bulk`'s item list, OTLP's response in the request's encoding, ...);
 - gateway `rows`: encoding the rows for the envelope (`schemas.rows.encode`);
-- gateway `envelope`: `schemas.envelope.encode`;
-- worker `decode + lines`: decoding each envelope and writing its input line
-  (`schemas.rows.line`: the request facts, the rows as they came), per message;
+- gateway `envelope`: `schemas.envelope.encode`, which compresses the rows (zstd, level 1);
+- worker `decode + lines`: decoding each envelope (inflating its rows) and writing its input
+  line (`schemas.rows.line`: the request facts, the rows as they came), per message;
 - worker `insert`: the engine reading those lines into a fresh embedded ClickHouse (chDB)
   directory in one `INSERT ... SELECT` of `--batch-rows` rows (`store.insert_select`),
   process CPU (all threads, background merges stopped).

@@ -90,7 +90,9 @@ class Settings:
     linger_ms: int = _setting("MILLRACE_KAFKA_LINGER_MS", "0", "Producer linger: how long to gather a batch")
     kafka_compression: str = _setting(
         "MILLRACE_KAFKA_COMPRESSION",
-        "zstd",  # aiokafka's lz4 is level 9: 4x the CPU of zstd-3 for a worse ratio (bench/RESULTS.md)
+        # The envelope's rows are zstd-compressed by the gateway itself (schemas/envelope.py):
+        # a codec here would compress them a second time for nothing.
+        "none",
         "Producer compression of record batches: none, gzip, lz4, zstd or snappy",
     )
     produce_timeout_s: float = _setting(

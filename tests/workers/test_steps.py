@@ -169,6 +169,18 @@ def test_decode_parses_a_version_1_envelope_into_rows() -> None:
     assert orjson.loads(item.envelope.body)[0]["message"] == "m"
 
 
+def test_decode_inflates_the_rows_of_a_version_3_envelope_and_dead_letters_a_broken_frame() -> None:
+    out = Next()
+    good = encode(envelope_for(BODY))
+    meta_end = 7 + int.from_bytes(good[3:7], "big")
+    Decode(out).submit(Message(record("raw", good, 11), {TP: 12}))
+    Decode(out).submit(Message(record("raw", good[:meta_end] + b"\x28\xb5\x2f\xfd broken", 12), {TP: 13}))
+    item, dead = (m.payload for m in out.got)
+    assert isinstance(item, Decoded) and orjson.loads(item.envelope.body)[0]["message"] == "m"
+    assert isinstance(dead, DeadLetter) and (dead.code, dead.source_offset) == ("bad_envelope", 12)
+    assert "zstd" in dead.reason
+
+
 # -- skip stored --------------------------------------------------------------------------------
 
 

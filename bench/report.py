@@ -335,12 +335,19 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
 
 SWEEP_ROLES = ("worker", "gateway", "kafka")
+REFERENCE = "astralog"
 
 
-def sweep_rows(sweep: dict[str, dict[str, Any]], reference: str = "astralog") -> list[dict[str, Any]]:
+def again(reference: str) -> str:
+    """The sweep's key for the reference dialect's second run, the sweep's last."""
+    return f"{reference} (again)"
+
+
+def sweep_rows(sweep: dict[str, dict[str, Any]], reference: str = REFERENCE) -> list[dict[str, Any]]:
     """One row per dialect: landed/acked logs/s, CPU µs/log per process and over all of them
     (gateways summed, load generators and the bench left out), and landed/s as a ratio to
-    the reference dialect's."""
+    the reference dialect's: to the mean of its runs when it ran twice (first and last), so
+    a machine that drifts over the sweep moves every ratio less."""
     rows: list[dict[str, Any]] = []
     for dialect, run in sweep.items():
         m, costs = run.get("millrace") or {}, run.get("processes") or {}
@@ -357,25 +364,40 @@ def sweep_rows(sweep: dict[str, dict[str, Any]], reference: str = "astralog") ->
                 "all_us_per_log": round(sum(parts), 2) if None not in parts else None,
             }
         )
-    ref = next((r for r in rows if r["dialect"] == reference), None)
+    refs = [r["landed_per_s"] for r in rows if r["dialect"] in (reference, again(reference))]
+    base = sum(refs) / len(refs) if refs and None not in refs else None
     for row in rows:
-        base, own = (ref or {}).get("landed_per_s"), row["landed_per_s"]
+        own = row["landed_per_s"]
         row["landed_vs_reference"] = round(own / base, 2) if base and own is not None else None
     return rows
 
 
-def sweep_table(rows: list[dict[str, Any]], reference: str = "astralog") -> str:
+def reference_drift(rows: list[dict[str, Any]], reference: str = REFERENCE) -> str | None:
+    """How far the reference's two runs lie apart, when it ran twice."""
+    landed = {r["dialect"]: r["landed_per_s"] for r in rows}
+    first, last = landed.get(reference), landed.get(again(reference))
+    if not first or not last:
+        return None
+    return (
+        f"{reference} landed {_n(first)}/s first and {_n(last)}/s last ({(last - first) / first:+.0%}); "
+        "the ratios are to the mean of the two"
+    )
+
+
+def sweep_table(rows: list[dict[str, Any]], reference: str = REFERENCE) -> str:
     head = (
-        f"{'dialect':<11} {'landed/s':>10} {'acked/s':>10} {'worker':>7} {'gateway':>8} {'broker':>7} "
+        f"{'dialect':<16} {'landed/s':>10} {'acked/s':>10} {'worker':>7} {'gateway':>8} {'broker':>7} "
         f"{'all':>7}  landed vs {reference}"
     )
     lines = ["Sweep (CPU in µs/log)", head]
     for r in rows:
         lines.append(
-            f"{r['dialect']:<11} {_n(r['landed_per_s']):>10} {_n(r['acked_per_s']):>10} "
+            f"{r['dialect']:<16} {_n(r['landed_per_s']):>10} {_n(r['acked_per_s']):>10} "
             f"{_n(r['worker_us_per_log']):>7} {_n(r['gateway_us_per_log']):>8} "
             f"{_n(r['kafka_us_per_log']):>7} {_n(r['all_us_per_log']):>7}  {_n(r['landed_vs_reference'], 2)}"
         )
+    if drift := reference_drift(rows, reference):
+        lines.append(drift)
     return "\n".join(lines)
 
 

@@ -818,6 +818,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # A project of its own (`bench-<ts>-<dialect>`): with --keep-data the rows stay.
                 target = start(args, f"{stamp}-{name}")
                 result["sweep"][name] = measure_fresh(args, target, name, work)
+            # The reference once more, last: the machine drifts over a sweep's half hour, and
+            # ratios to one run at one end of it would carry that drift (bench/README.md).
+            stop(args, target)
+            target = None
+            reference = report.REFERENCE
+            target = start(args, f"{stamp}-{reference}-again")
+            result["sweep"][report.again(reference)] = measure_fresh(args, target, reference, work)
             result["sweep_table"] = report.sweep_rows(result["sweep"])
         if not args.no_baselines:
             result["baselines"] = baselines(args, target.pipeline, bodies_file, per_body, work)

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from bench import load, payloads, peer
-from bench.report import sweep_rows, sweep_table
+from bench.report import again, sweep_rows, sweep_table
 from bench.sampling import readable_lag
 
 
@@ -62,6 +62,21 @@ def test_sweep_rows_sum_the_pipeline_processes_and_compare_landed_rates_to_astra
     assert tg2g["gateway_us_per_log"] == 5.0  # both gateway processes
     assert (tg2g["all_us_per_log"], tg2g["landed_vs_reference"]) == (28.0, 0.5)
     assert "tg2g" in sweep_table(rows) and "landed vs astralog" in sweep_table(rows)
+
+
+def test_a_sweep_that_ran_astralog_twice_compares_to_the_mean_of_both_and_shows_the_drift() -> None:
+    rows = sweep_rows(
+        {
+            "astralog": _run(100_000.0, 110_000.0, worker=9.0, gateway=8.0, kafka=2.0),
+            "otlp": _run(72_000.0, 75_000.0, worker=8.0, gateway=10.0, kafka=2.0),
+            again("astralog"): _run(80_000.0, 90_000.0, worker=10.0, gateway=9.0, kafka=2.0),
+        }
+    )
+    ratios = {r["dialect"]: r["landed_vs_reference"] for r in rows}
+    assert ratios == {"astralog": 1.11, "otlp": 0.8, "astralog (again)": 0.89}  # to 90,000
+    table = sweep_table(rows)
+    assert "astralog landed 100,000/s first and 80,000/s last (-20%)" in table
+    assert "mean of the two" in table
 
 
 def test_sweep_rows_leave_what_was_not_measured_unknown() -> None:

@@ -45,8 +45,9 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 # Declared dependencies (pyproject) by import name, for `formats/` and `schemas/`.
-# google: protobuf; opentelemetry: the generated OTLP messages of opentelemetry-proto
-FORMAT_DEPENDENCIES = {"orjson", "msgspec", "ua_parser", "google", "cramjam", "opentelemetry"}
+# google: protobuf; opentelemetry: the generated OTLP messages of opentelemetry-proto; zstandard:
+# the envelope's compressed rows (schemas/envelope.py)
+FORMAT_DEPENDENCIES = {"orjson", "msgspec", "ua_parser", "google", "cramjam", "zstandard", "opentelemetry"}
 
 
 def imported_roots(path: Path) -> set[str]:

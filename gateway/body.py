@@ -12,10 +12,17 @@ from __future__ import annotations
 import asyncio
 import zlib
 
+import cramjam
+import lz4.frame
 import zstandard
 from aiohttp import web
 
 _CHUNK = 64 * 1024
+ENCODINGS = ("gzip", "deflate", "zlib", "zstd", "snappy", "lz4")  # besides none
+# Snappy's framing format: a stream identifier, then chunks of (type, 3-byte little-endian
+# length, data); a data chunk holds a 4-byte checksum and at most 64 KiB once decoded.
+_SNAPPY_COMPRESSED, _SNAPPY_PLAIN = 0x00, 0x01
+_SNAPPY_CHUNK_MAX = 65536
 
 
 class BodyError(Exception):
@@ -70,7 +77,7 @@ def decompress(raw: bytes, encoding: str, limit: int, prefix: bool = False) -> b
     try:
         if encoding in ("gzip", "x-gzip"):
             return _zlib(raw, zlib.MAX_WBITS | 16, limit, prefix, members=True)
-        if encoding == "deflate":
+        if encoding in ("deflate", "zlib"):  # the OTel Collector names its zlib streams either way
             # RFC 9110 deflate is zlib-wrapped, but many clients send raw deflate: accept both.
             try:
                 return _zlib(raw, zlib.MAX_WBITS, limit, prefix)
@@ -78,12 +85,17 @@ def decompress(raw: bytes, encoding: str, limit: int, prefix: bool = False) -> b
                 return _zlib(raw, -zlib.MAX_WBITS, limit, prefix)
         if encoding == "zstd":
             return _zstd(raw, limit, prefix)
-    except (zlib.error, zstandard.ZstdError) as exc:
+        if encoding == "snappy":
+            return _snappy(raw, limit, prefix)
+        if encoding == "lz4":
+            return _lz4(raw, limit, prefix)
+    except (zlib.error, zstandard.ZstdError, cramjam.DecompressionError, RuntimeError) as exc:
+        # RuntimeError: how python-lz4 reports a broken frame.
         raise BodyError(400, "bad_encoding", f"request body is not valid {encoding}: {exc}") from None
     raise BodyError(
         415,
         "unsupported_encoding",
-        f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or zstd",
+        f"Content-Encoding {encoding!r} is not supported; use {', '.join(ENCODINGS)} or none",
     )
 
 
@@ -127,3 +139,51 @@ def _zstd(raw: bytes, limit: int, prefix: bool) -> bytes:
                 return bytes(out[:limit])
             raise _too_big(limit)
     return bytes(out)
+
+
+def _snappy(raw: bytes, limit: int, prefix: bool) -> bytes:
+    """Snappy's framing format (what the OTel Collector and Go's `snappy.NewBufferedWriter`
+    send). Each chunk states its size, so the whole output is sized from the chunk headers
+    before anything is inflated; cramjam then decodes (and checks) the chunks that fit."""
+    size, end = 0, 0
+    while end < len(raw):
+        if end + 4 > len(raw):
+            raise cramjam.DecompressionError("truncated chunk header")
+        kind, length = raw[end], int.from_bytes(raw[end + 1 : end + 4], "little")
+        data = end + 4
+        if kind == _SNAPPY_COMPRESSED and length >= 4:
+            grows = cramjam.snappy.decompress_raw_len(raw[data + 4 : data + length])
+        elif kind == _SNAPPY_PLAIN and length >= 4:
+            grows = length - 4
+        else:
+            grows = 0  # the stream identifier, padding, skippable chunks; cramjam judges the rest
+        if grows > _SNAPPY_CHUNK_MAX:
+            raise cramjam.DecompressionError(f"a chunk claims {grows} bytes, over the format's 64 KiB")
+        if size + grows > limit:
+            if not prefix:
+                raise _too_big(limit)
+            return bytes(cramjam.snappy.decompress(raw[: data + length]))[:limit]
+        size, end = size + grows, data + length
+    return bytes(cramjam.snappy.decompress(raw))
+
+
+def _lz4(raw: bytes, limit: int, prefix: bool) -> bytes:
+    """The LZ4 frame format (the OTel Collector's `lz4`), inflated _CHUNK bytes at a time;
+    frames back to back are read in turn, all under the one limit."""
+    out = bytearray()
+    data = raw
+    while True:
+        d = lz4.frame.LZ4FrameDecompressor()
+        while not d.eof:
+            chunk = d.decompress(data, max_length=_CHUNK)
+            data = b""  # the decompressor keeps what it has not used yet
+            if not chunk and d.needs_input and not d.eof:  # an empty frame ends at once
+                raise RuntimeError("truncated frame")
+            out += chunk
+            if len(out) > limit:
+                if prefix:
+                    return bytes(out[:limit])
+                raise _too_big(limit)
+        data = d.unused_data
+        if not data:
+            return bytes(out)

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import cramjam
+import lz4.frame
 import orjson
 import pytest
 import zstandard
@@ -1043,7 +1045,14 @@ def test_too_large_answers_in_each_dialects_format() -> None:
 
 @pytest.mark.parametrize(
     ("encoding", "compress"),
-    [("gzip", gzip.compress), ("deflate", zlib.compress), ("zstd", zstandard.ZstdCompressor().compress)],
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("zlib", zlib.compress),
+        ("zstd", zstandard.ZstdCompressor().compress),
+        ("snappy", lambda b: bytes(cramjam.snappy.compress(b))),  # framed, as Go's snappy.NewBufferedWriter
+        ("lz4", lz4.frame.compress),
+    ],
 )
 async def test_compressed_bodies_are_accepted(stack: Stack, encoding: str, compress: Any) -> None:
     tenant = await fresh(stack, f"enc-{encoding}")

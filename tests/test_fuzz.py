@@ -27,6 +27,8 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
+import cramjam
+import lz4.frame
 import orjson
 import pytest
 import pytest_asyncio
@@ -354,19 +356,23 @@ def test_other_dialects_bodies(name: str, data: st.DataObject) -> None:
 
 # -- the body decoder ----------------------------------------------------------------------------
 
-ENCODINGS = ["gzip", "x-gzip", "deflate", "zstd"]
+ENCODINGS = ["gzip", "x-gzip", "deflate", "zlib", "zstd", "snappy", "lz4"]
 
 
 def compress(body: bytes, encoding: str, raw_deflate: bool = False) -> bytes:
     if encoding in ("gzip", "x-gzip"):
         return gzip.compress(body)
-    if encoding == "deflate":
+    if encoding in ("deflate", "zlib"):
         if raw_deflate:
             c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
             return c.compress(body) + c.flush()
         return zlib.compress(body)
     if encoding == "zstd":
         return zstandard.ZstdCompressor().compress(body)
+    if encoding == "snappy":
+        return bytes(cramjam.snappy.compress(body))
+    if encoding == "lz4":
+        return lz4.frame.compress(body)
     return body
 
 
@@ -380,7 +386,20 @@ def corrupt(data: st.DataObject, packed: bytes) -> bytes:
     if how == "append":
         return packed + data.draw(st.binary(min_size=1, max_size=16))
     if how == "prefix":  # a valid magic number, then garbage
-        return data.draw(st.sampled_from([b"\x1f\x8b\x08\x00", b"\x28\xb5\x2f\xfd", b"\x78\x9c"])) + packed
+        return (
+            data.draw(
+                st.sampled_from(
+                    [
+                        b"\x1f\x8b\x08\x00",
+                        b"\x28\xb5\x2f\xfd",
+                        b"\x78\x9c",
+                        b"\x04\x22\x4d\x18",
+                        b"\xff\x06\x00\x00sNaPpY",
+                    ]
+                )
+            )
+            + packed
+        )
     return data.draw(st.binary(max_size=64))
 
 
@@ -412,9 +431,10 @@ def test_decompress_gives_bytes_or_a_client_error(data: st.DataObject, body: byt
 def test_an_empty_body_compressed_is_an_empty_body(encoding: str) -> None:
     """Found by the test above: an empty gzip/deflate stream was refused as 'truncated'."""
     assert decompress(compress(b"", encoding), encoding, 1000) == b""
-    # gzip members and zstd frames follow one another; a zlib stream ends where it ends.
+    # gzip members, zstd and lz4 frames and snappy streams follow one another; a zlib
+    # stream (`deflate` or `zlib`) ends where it ends.
     two = decompress(compress(b"", encoding) + compress(b"ab", encoding), encoding, 1000)
-    assert two == (b"" if encoding == "deflate" else b"ab")
+    assert two == (b"" if encoding in ("deflate", "zlib") else b"ab")
 
 
 # -- through the real gateway --------------------------------------------------------------------

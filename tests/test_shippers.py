@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cramjam
+import lz4.frame
 import orjson
 import pytest
+import zstandard
 
 from formats.loki import MAX_DECOMPRESSED, PushRequest
 from gateway.dialects import es_bulk as es_bulk_route
@@ -855,6 +859,39 @@ async def test_otlp_answers_partial_success_and_status_in_the_request_encoding(s
 
     assert await stack.wait_rows(tenant.project, 2) == 2
     assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == ["j", "kept"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "snappy", "zlib", "deflate", "lz4", "none"])
+async def test_otlp_takes_every_compression_the_collector_can_send(stack: Stack, encoding: str) -> None:
+    """The Collector's `otlphttp` exporter `compression:` values, as its confighttp writes them:
+    gzip, zstd, framed snappy, zlib for both `zlib` and `deflate`, the LZ4 frame format."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    tenant = await fresh(stack, f"otlp-{encoding}")
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    for i in range(3):
+        records.add(time_unix_nano=time.time_ns(), severity_number=9).body.string_value = f"{encoding} {i}"
+    plain = request.SerializeToString()
+    packed = {
+        "gzip": gzip.compress,
+        "zstd": zstandard.ZstdCompressor().compress,
+        "snappy": lambda b: bytes(cramjam.snappy.compress(b)),
+        "zlib": zlib.compress,
+        "deflate": zlib.compress,
+        "lz4": lz4.frame.compress,
+        "none": bytes,
+    }[encoding](plain)
+    headers = {"Authorization": f"Bearer {tenant.key}", "Content-Type": "application/x-protobuf"}
+    if encoding != "none":
+        headers["Content-Encoding"] = encoding
+        assert packed != plain
+    async with stack.session.post(stack.url + "/v1/logs", data=packed, headers=headers) as resp:
+        assert resp.status == 200, await resp.read()
+    assert await stack.wait_rows(tenant.project, 3) == 3
+    assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == [
+        f"{encoding} {i}" for i in range(3)
+    ]
 
 
 async def test_v1_logs_routing_between_otlp_and_the_seed_apis(stack: Stack) -> None:

@@ -44,7 +44,7 @@ CONTENT_TYPES = (
     "application/x-www-form-urlencoded",
     "",
 )
-ENCODINGS = ("gzip", "deflate", "zstd", "br")
+ENCODINGS = ("gzip", "deflate", "zlib", "zstd", "snappy", "lz4", "br")
 QUERIES: tuple[dict[str, str], ...] = (
     {},
     {"environment": "production"},

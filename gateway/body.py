@@ -103,6 +103,16 @@ def _too_big(limit: int) -> BodyError:
     return BodyError(413, "body_too_large", f"decompressed request body exceeds the limit of {limit} bytes")
 
 
+def _past_cap(out: bytearray, limit: int, prefix: bool) -> bytes | None:
+    """None while `out` is within `limit`; past it, its first `limit` bytes with `prefix`,
+    else the 413. Every decoder checks after each step, so none holds more than a step over."""
+    if len(out) <= limit:
+        return None
+    if prefix:
+        return bytes(out[:limit])
+    raise _too_big(limit)
+
+
 def _zlib(raw: bytes, wbits: int, limit: int, prefix: bool, members: bool = False) -> bytes:
     """Inflate in steps of at most _CHUNK output bytes, so memory is the limit, not the bomb.
 
@@ -119,10 +129,8 @@ def _zlib(raw: bytes, wbits: int, limit: int, prefix: bool, members: bool = Fals
             if not chunk and not data and not d.eof:  # an empty member ends at once
                 raise zlib.error("truncated stream")
             out += chunk
-            if len(out) > limit:
-                if prefix:
-                    return bytes(out[:limit])
-                raise _too_big(limit)
+            if (done := _past_cap(out, limit, prefix)) is not None:
+                return done
         data = d.unused_data
         if not members or not data.strip(b"\0"):  # some writers pad the last member with zeros
             return bytes(out)
@@ -134,10 +142,8 @@ def _zstd(raw: bytes, limit: int, prefix: bool) -> bytes:
     out = bytearray()
     while chunk := reader.read(_CHUNK):
         out += chunk
-        if len(out) > limit:
-            if prefix:
-                return bytes(out[:limit])
-            raise _too_big(limit)
+        if (done := _past_cap(out, limit, prefix)) is not None:
+            return done
     return bytes(out)
 
 
@@ -180,10 +186,8 @@ def _lz4(raw: bytes, limit: int, prefix: bool) -> bytes:
             if not chunk and d.needs_input and not d.eof:  # an empty frame ends at once
                 raise RuntimeError("truncated frame")
             out += chunk
-            if len(out) > limit:
-                if prefix:
-                    return bytes(out[:limit])
-                raise _too_big(limit)
+            if (done := _past_cap(out, limit, prefix)) is not None:
+                return done
         data = d.unused_data
         if not data:
             return bytes(out)

@@ -812,19 +812,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Each other dialect on a pipeline started afresh (bench/README.md, "Sweep"): on a
             # reused one it paid the merges of every dialect before it.
             result["sweep"] = {args.dialect: {k: result[k] for k in ("millrace", "processes")}}
-            for name in sorted(set(payloads.DIALECTS) - {args.dialect}):
+            # (sweep key, dialect, project suffix); the reference once more, last: the machine
+            # drifts over a sweep's half hour, and ratios to one run at one end of it would carry
+            # that drift (bench/README.md).
+            runs = [(name, name, name) for name in sorted(set(payloads.DIALECTS) - {args.dialect})]
+            runs.append((report.again(report.REFERENCE), report.REFERENCE, f"{report.REFERENCE}-again"))
+            for key, name, suffix in runs:
                 stop(args, target)
                 target = None  # stopped: never stopped twice, whatever `start` does next
-                # A project of its own (`bench-<ts>-<dialect>`): with --keep-data the rows stay.
-                target = start(args, f"{stamp}-{name}")
-                result["sweep"][name] = measure_fresh(args, target, name, work)
-            # The reference once more, last: the machine drifts over a sweep's half hour, and
-            # ratios to one run at one end of it would carry that drift (bench/README.md).
-            stop(args, target)
-            target = None
-            reference = report.REFERENCE
-            target = start(args, f"{stamp}-{reference}-again")
-            result["sweep"][report.again(reference)] = measure_fresh(args, target, reference, work)
+                # A project of its own (`bench-<ts>-<suffix>`): with --keep-data the rows stay.
+                target = start(args, f"{stamp}-{suffix}")
+                result["sweep"][key] = measure_fresh(args, target, name, work)
             result["sweep_table"] = report.sweep_rows(result["sweep"])
         if not args.no_baselines:
             result["baselines"] = baselines(args, target.pipeline, bodies_file, per_body, work)

@@ -55,8 +55,8 @@ class Envelope:
     client_ip: str
     received_at_ns: int
     # The rows (`schemas.rows.encode`), always plain here: `encode` compresses them; the raw
-    # request body (bytes) in version 1. Decoded, a version 2 envelope's rows are a view of the
-    # message itself, so the worker's batch holds each message once.
+    # request body (bytes) in version 1. Decoded, a version 3 envelope's rows are inflated from
+    # the message (which stays compressed); a version 2 envelope's are a view of it.
     body: bytes | memoryview
     query: dict[str, str] = field(default_factory=dict)
     table: str = LOGS_TABLE  # where the rows go
@@ -124,6 +124,6 @@ def _decompressed(frame: memoryview) -> bytes:
         size = zstandard.frame_content_size(frame)
         if size < 0 or size > MAX_ROWS_BYTES:  # -1: a frame that does not state its size
             raise EnvelopeError(f"the envelope's rows state no size or too large a one ({size} bytes)")
-        return _CODECS.decompressor.decompress(frame, max_output_size=size)
+        return _CODECS.decompressor.decompress(frame)  # exactly the size it states
     except zstandard.ZstdError as exc:
         raise EnvelopeError(f"the envelope's rows are not a readable zstd frame: {exc}") from None

@@ -101,9 +101,8 @@ def _success(
     if include is not None or exclude is not None:
         try:
             body = _filtered_bulk(took, errors, items, received_at_ns, include, exclude)
-        except (
-            Exception
-        ):  # the documents are stored: the whole answer beats a 500 the shipper would resend on
+        # The documents are stored: the whole answer beats a 500 the shipper would resend on.
+        except Exception:
             log.exception("filter_path_failed")
     if body is None:
         head = b'{"took":%d,"errors":%s,"items":[' % (took, b"true" if errors else b"false")

@@ -82,6 +82,7 @@ async def _producer(app: web.Application) -> AsyncIterator[None]:
     producer = envelope_producer(
         settings,
         linger_ms=settings.linger_ms,
+        max_batch_size=settings.kafka_batch_bytes,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         request_timeout_ms=int(settings.produce_timeout_s * 1000),
     )

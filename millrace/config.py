@@ -85,9 +85,17 @@ class Settings:
     consumer_group: str = _setting(
         "MILLRACE_CONSUMER_GROUP", "millrace-workers", "Kafka group of the workers"
     )
-    # 0: a request's record (100-500 logs, far over the 16 KiB batch size) is a batch of its own,
-    # so lingering only delays its ack (measured: bench/README.md, scale knobs).
+    # 0: the records that arrive while a produce request is in flight already share the next
+    # one, so lingering only delays an ack (measured: bench/README.md, scale knobs).
     linger_ms: int = _setting("MILLRACE_KAFKA_LINGER_MS", "0", "Producer linger: how long to gather a batch")
+    # Room for several envelopes (6-40 KB compressed) in one record batch: fewer batches for the
+    # producer to build and the broker to validate and append. Under the broker's default
+    # message.max.bytes (1,048,588), so a cluster's own topics take it unchanged.
+    kafka_batch_bytes: int = _setting(
+        "MILLRACE_KAFKA_BATCH_BYTES",
+        "1000000",
+        "Producer record batch size: envelopes sent to one partition together share a batch",
+    )
     kafka_compression: str = _setting(
         "MILLRACE_KAFKA_COMPRESSION",
         # The envelope's rows are zstd-compressed by the gateway itself (schemas/envelope.py):
@@ -251,6 +259,7 @@ class Settings:
             "gateway_processes": lambda n, v: _int(n, v, 1, 64),
             "replication_factor": lambda n, v: _int(n, v, 1, 32),
             "linger_ms": lambda n, v: _int(n, v, 0, 10000),
+            "kafka_batch_bytes": lambda n, v: _int(n, v, 1024, 64 * 1024 * 1024),
             "batch_rows": lambda n, v: _int(n, v, 1, 10_000_000),
             "batch_age_ms": lambda n, v: _int(n, v, 10, 600_000),
             "dlq_flood_threshold": lambda n, v: _int(n, v, 0, 1_000_000_000),

@@ -39,6 +39,7 @@ def test_the_readme_shows_settings_as_the_code_has_them_and_links_the_rest() -> 
         ({"MILLRACE_TRUSTED_PROXIES": "10.0.0.0/8,not-an-ip"}, "not-an-ip"),
         ({"MILLRACE_KAFKA_COMPRESSION": "brotli"}, "MILLRACE_KAFKA_COMPRESSION"),
         ({"MILLRACE_PRODUCE_TIMEOUT_S": "-1"}, "MILLRACE_PRODUCE_TIMEOUT_S"),
+        ({"MILLRACE_KAFKA_BATCH_BYTES": "100"}, "MILLRACE_KAFKA_BATCH_BYTES"),
         ({"MILLRACE_KAFKA_BROKERS": "2"}, "one of 1, 3"),
         (
             {"MILLRACE_KAFKA_BROKERS": "3", "MILLRACE_REPLICATION_FACTOR": "1"},

@@ -81,7 +81,10 @@ def _add_client_fields(rows: list[Row], column: str, ctx: ParseContext) -> None:
     agent = user_agent(ctx.user_agent)
     injected = {"$browser": agent.browser, "$os": agent.os, "$device": agent.device, "$ip": ctx.client_ip}
     for row in rows:
-        row[column] = {**row.get(column, {}), **injected}
+        # In place: each row's map is its own (built by `_log_row` / `_event_row`), and update()
+        # leaves a client's own `$ip` where it was, as a merged copy would.
+        fields: dict[str, str] = row[column]
+        fields.update(injected)
 
 
 def _batch(body: bytes, ctx: ParseContext) -> list[Any]:

@@ -181,7 +181,10 @@ def create_app(settings: Settings) -> web.Application:
     async def es_bulk(request: web.Request) -> web.StreamResponse:
         filters = es_bulk_route.request_filters(request)
         if isinstance(filters, Problem):
-            return metrics.counted(ES_BULK.name, ES_BULK.error(filters))
+            # The key first, as Elasticsearch answers: a client without one learns that (401).
+            admitted = request.app[INGESTOR].admit(ES_BULK.token(request), SCOPE_LOGS)
+            refusal = admitted if isinstance(admitted, Problem) else filters
+            return metrics.counted(ES_BULK.name, ES_BULK.error(refusal))
         answer = await request.app[INGESTOR].ingest(request, es_bulk_route.answering(filters))
         return metrics.counted(ES_BULK.name, answer)
 

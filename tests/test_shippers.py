@@ -515,6 +515,12 @@ async def test_elasticsearch_filter_path_cuts_answers_as_logstash_asks(stack: St
     too_many = ",".join(f"f{i}" for i in range(es_bulk_route.MAX_FILTER_PATHS + 1))
     status, text, _ = await post(stack, f"/_bulk?filter_path={too_many}", fine, **bearer)
     assert status == 400 and "filter_path" in orjson.loads(text)["error"]["reason"]  # refused, not stored
+    # Without a key the same request learns that first, as from Elasticsearch.
+    no_key = {"Content-Type": "application/x-ndjson"}
+    status, text, headers = await post(stack, f"/_bulk?filter_path={too_many}", fine, **no_key)
+    refusal = orjson.loads(text)
+    assert (status, refusal["status"], refusal["error"]["type"]) == (401, 401, "security_exception")
+    assert headers["X-Elastic-Product"] == "Elasticsearch"
     assert await stack.wait_rows(tenant.project, 4) == 4
     assert sorted(r[0] for r in stored(stack, tenant.project, "message")) == [
         "first",

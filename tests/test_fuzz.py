@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
 import os
 import signal
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -27,12 +25,9 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
-import cramjam
-import lz4.frame
 import orjson
 import pytest
 import pytest_asyncio
-import zstandard
 from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
@@ -45,6 +40,7 @@ from gateway.dialects.otlp import Status
 from schemas import rows as row_codec
 from schemas.envelope import Envelope, encode
 from schemas.record import EVENTS_TABLE, LOGS_TABLE
+from tests.bodies import compress
 from tests.conftest import Stack, Tenant
 from tests.fuzz.contract import ContractViolation, check
 from tests.fuzz.corpus import (
@@ -357,23 +353,6 @@ def test_other_dialects_bodies(name: str, data: st.DataObject) -> None:
 # -- the body decoder ----------------------------------------------------------------------------
 
 ENCODINGS = ["gzip", "x-gzip", "deflate", "zlib", "zstd", "snappy", "lz4"]
-
-
-def compress(body: bytes, encoding: str, raw_deflate: bool = False) -> bytes:
-    if encoding in ("gzip", "x-gzip"):
-        return gzip.compress(body)
-    if encoding in ("deflate", "zlib"):
-        if raw_deflate:
-            c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-            return c.compress(body) + c.flush()
-        return zlib.compress(body)
-    if encoding == "zstd":
-        return zstandard.ZstdCompressor().compress(body)
-    if encoding == "snappy":
-        return bytes(cramjam.snappy.compress(body))
-    if encoding == "lz4":
-        return lz4.frame.compress(body)
-    return body
 
 
 def corrupt(data: st.DataObject, packed: bytes) -> bytes:

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
 import logging
 import time
 import uuid
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cramjam
-import lz4.frame
 import orjson
 import pytest
-import zstandard
 
 from formats.loki import MAX_DECOMPRESSED, PushRequest
 from gateway.dialects import es_bulk as es_bulk_route
 from millrace import metrics
 from millrace.keys import SCOPE_READ
+from tests.bodies import compress
 from tests.conftest import Gateway, Stack, Tenant
 
 pytestmark = pytest.mark.integration
@@ -879,15 +876,7 @@ async def test_otlp_takes_every_compression_the_collector_can_send(stack: Stack,
     for i in range(3):
         records.add(time_unix_nano=time.time_ns(), severity_number=9).body.string_value = f"{encoding} {i}"
     plain = request.SerializeToString()
-    packed = {
-        "gzip": gzip.compress,
-        "zstd": zstandard.ZstdCompressor().compress,
-        "snappy": lambda b: bytes(cramjam.snappy.compress(b)),
-        "zlib": zlib.compress,
-        "deflate": zlib.compress,
-        "lz4": lz4.frame.compress,
-        "none": bytes,
-    }[encoding](plain)
+    packed = compress(plain, encoding)
     headers = {"Authorization": f"Bearer {tenant.key}", "Content-Type": "application/x-protobuf"}
     if encoding != "none":
         headers["Content-Encoding"] = encoding

@@ -450,7 +450,7 @@ def batch_size(dialect: Dialect, requested: int) -> int:
     return min(requested, dialect.max_batch) if dialect.max_batch else requested
 
 
-USER_AGENT = "millrace-bench/1 (python aiohttp)"
+USER_AGENT = "millrace-bench/2 (python asyncio)"
 
 
 def headers(dialect: Dialect, key: str, gzip: bool = False) -> dict[str, str]:

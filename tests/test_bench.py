@@ -1,13 +1,16 @@
-"""The bench's own arithmetic (pure functions; the bench itself runs with `make bench`)."""
+"""The bench's own arithmetic and its load generator (the bench itself runs with `make bench`)."""
 
 from __future__ import annotations
 
 import base64
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
@@ -176,3 +179,61 @@ def test_micro_answers_each_dialect_as_the_gateway_does(name: str) -> None:
         assert response.content_type == wanted
     if name == "es_bulk":
         assert len(orjson.loads(response.body)["items"]) == 20
+
+
+async def _drive_against(handler: Any, bodies: list[bytes], seconds: float = 0.6) -> load.Tally:
+    """The load generator's loop against a real HTTP server answering with `handler`."""
+    app = web.Application()
+    app.router.add_post("/in", handler)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        cfg = load.LoadConfig(
+            url=f"http://127.0.0.1:{server.port}/in?x=1",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer k"},
+            bodies_file="unused",
+            logs_per_body=3,
+            connections=2,
+            duration_s=seconds,
+            timeout_s=5,
+        )
+        tally = load.Tally()
+        counters = [0] * load.SLOTS
+        await load._drive(cfg, bodies, load.prepare(cfg, bodies), counters, 0, tally)
+        assert counters[load.OK] == tally.ok and counters[load.ACKED] == tally.acked_logs
+        assert counters[load.FAILED] == sum(tally.statuses.values())
+        return tally
+    finally:
+        await server.close()
+
+
+async def test_the_load_generator_posts_each_body_whole_and_counts_what_was_acknowledged() -> None:
+    bodies = [b'{"n":%d}' % i for i in range(5)]
+    seen: list[tuple[bytes, str, str, str]] = []
+
+    async def take(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append((body, request.headers["Authorization"], request.content_type, request.query_string))
+        return web.json_response({"ok": True})
+
+    tally = await _drive_against(take, bodies)
+    assert tally.ok == len(seen) > 10 and not tally.statuses
+    assert tally.acked_logs == 3 * len(seen) and sum(tally.latency.values()) == tally.ok
+    assert {body for body, *_ in seen} == set(bodies)
+    sent = {(auth, ctype, query) for _, auth, ctype, query in seen}
+    assert sent == {("Bearer k", "application/json", "x=1")}
+
+
+async def test_the_load_generator_counts_refusals_apart_and_reconnects_when_the_server_closes() -> None:
+    answered = {"n": 0}
+
+    async def every_third_refused_and_closed(request: web.Request) -> web.Response:
+        await request.read()
+        answered["n"] += 1
+        if answered["n"] % 3 == 0:
+            return web.json_response({"busy": True}, status=429, headers={"Retry-After": "0"})
+        return web.json_response({"ok": True}, headers={"Connection": "close"})
+
+    tally = await _drive_against(every_third_refused_and_closed, [b"{}"])
+    assert tally.statuses["429"] >= 1 and set(tally.statuses) == {"429"}
+    assert tally.ok + tally.statuses["429"] == answered["n"] and tally.ok >= 2 * tally.statuses["429"] - 1

@@ -212,7 +212,8 @@ class Ingestor:
         return dialect.success(parsed, received_at_ns)
 
     async def _produce(self, envelope: Envelope) -> None:
-        # The request id as key spreads one project's load evenly over partitions.
+        # The key is the request id, which the worker names the request by; the partition is
+        # any available one (`gateway.app.spread`), so one project's load spreads evenly.
         send = self.producer.send_and_wait(
             self.settings.topic, encode(envelope), key=envelope.request_id.encode()
         )

@@ -292,3 +292,22 @@ async def test_project_stats_count_with_and_without_the_lag(stack: Stack) -> Non
     assert counts["lag_ms"] == {"p50": None, "p99": None, "max": None}
     later = project_stats(stack.client, "spine-stats", since_ns=time.time_ns() + 10**12, lag=False)
     assert later["logs"] == 0
+
+
+async def test_requests_spread_over_the_partitions_and_each_request_stays_in_one(stack: Stack) -> None:
+    """The gateway picks any partition for a request (`gateway.app.spread`), never splits one."""
+    tenant = await stack.tenant("spine-spread")
+    headers = {"Authorization": tenant.key, "Content-Type": "application/json"}
+    for i in range(24):
+        status, _ = await post(stack, "/v1/drain", drain_body(f"spread-{i}", n=3), headers)
+        assert status == 200
+    assert await stack.wait_rows("spine-spread", 72) == 72
+    placed = stack.query(
+        "SELECT ingest_id, groupUniqArray(kafka_partition) FROM logs "
+        "WHERE project = {p:String} GROUP BY ingest_id",
+        p="spine-spread",
+    )
+    assert len(placed) == 24 and all(len(parts) == 1 for _, parts in placed)
+    used = {parts[0] for _, parts in placed}
+    # 24 requests over the topic's partitions: all in one would be (1/4)^23 by chance.
+    assert stack.settings.partitions > 1 and len(used) > 1

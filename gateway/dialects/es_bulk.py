@@ -122,18 +122,24 @@ def _rendered_items(items: list[BulkItem], received_at_ns: int, keep: _ItemFilte
     """Each item's JSON (`_item`'s), less what `keep` leaves out; an item it leaves nothing of is
     left out. A stored item without an id of its own is written from what its (op, index, status)
     renders once, without a dict per item: cut around the id and `_seq_no` (they vary by
-    position), or, filtered, the same bytes for each when what is kept does not vary."""
+    position), or, filtered, the same bytes for each when what is kept does not vary. The
+    items of one action line are one object, so a run of them looks its template up once."""
     templates: dict[tuple[str, str, int], tuple[bytes, bytes, bytes] | bytes | None] = {}
     parts: list[bytes] = []
+    previous: BulkItem | None = None
+    template: tuple[bytes, bytes, bytes] | bytes | None = None
     for position, item in enumerate(items):
         if item.error is None and item.id is None:
-            key = (item.op, item.index, item.status)
-            if key not in templates:
-                templates[key] = _template(item, received_at_ns, keep)
-            template = templates[key]
+            if item is not previous:
+                previous, key = item, (item.op, item.index, item.status)
+                if key not in templates:
+                    templates[key] = _template(item, received_at_ns, keep)
+                template = templates[key]
+                if isinstance(template, tuple):  # the receive time is the same in every id
+                    template = (template[0] + b"%x-" % received_at_ns, template[1], template[2])
             if isinstance(template, tuple):
                 head, middle, end = template
-                parts.append(b"%s%x-%d%s%d%s" % (head, received_at_ns, position, middle, position, end))
+                parts.append(b"%s%d%s%d%s" % (head, position, middle, position, end))
                 continue
             if isinstance(template, bytes):
                 if template:

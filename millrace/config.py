@@ -140,6 +140,12 @@ class Settings:
     batch_age_ms: int = _setting(
         "MILLRACE_BATCH_AGE_MS", "2000", "...or when the oldest buffered row is this old"
     )
+    # Off by default: an unmerged part is searched without these indexes (docs/operations.md).
+    defer_skip_indexes: bool = _setting(
+        "MILLRACE_DEFER_SKIP_INDEXES",
+        "0",
+        "1: the token and bloom-filter indexes are built by background merges, not by each insert",
+    )
     dlq_flood_threshold: int = _setting(
         "MILLRACE_DLQ_FLOOD_THRESHOLD",
         "100",
@@ -280,6 +286,7 @@ class Settings:
             "idle_timeout_s": _positive_float,
             "trusted_proxies": _networks,
             "alert_allow_private_targets": _bool,
+            "defer_skip_indexes": _bool,
             "otlp_key_header": _header_name,
             "log_level": lambda n, v: _choice(n, v.lower(), ("debug", "info", "warning", "error")),
             "log_format": lambda n, v: _choice(n, v.lower(), ("json", "console")),

@@ -21,7 +21,7 @@ import clickhouse_connect
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from millrace.config import Settings
+from millrace.config import ConfigError, Settings
 from schemas.record import EVENT_COLUMNS, EVENTS_TABLE, LOG_COLUMNS, LOGS_TABLE
 
 # Column types of the tables the pipeline inserts into, from the record definition (which
@@ -175,7 +175,7 @@ def insert_select(
     structure: str,
     data: Sequence[bytes | memoryview],
     dedup_token: str,
-    input_settings: Mapping[str, int],
+    input_settings: Mapping[str, int | str],
     parameters: Mapping[str, Any],
 ) -> None:
     """One `INSERT ... SELECT` over JSONEachRow `data` (its pieces, in order), so the engine
@@ -212,6 +212,31 @@ def insert_select(
             data=b"".join(data),
             settings=settings,
         )
+
+
+# The engine setting that leaves named skip indexes out of an insert's new part; merges (or an
+# explicit MATERIALIZE INDEX) build them. Recent ClickHouse releases and the chDB here have it.
+DEFER_SETTING = "exclude_materialize_skip_indexes_on_insert"
+
+
+def deferrable_indexes(client: Client, tables: Sequence[str]) -> dict[str, str]:
+    """Per table, its skip indexes an insert may leave to merges (MILLRACE_DEFER_SKIP_INDEXES),
+    as the engine setting names them: all but `minmax`, which is cheap and prunes by time.
+    Read from the tables themselves, so a migration that adds an index is covered. Raises
+    ConfigError when the engine does not know the setting (an older server)."""
+    known = client.query("SELECT count() FROM system.settings WHERE name = {s:String}", {"s": DEFER_SETTING})
+    if not known.result_rows[0][0]:
+        raise ConfigError(
+            f"MILLRACE_DEFER_SKIP_INDEXES=1 needs a ClickHouse with the setting {DEFER_SETTING}; "
+            f"this store ({client.server_version}) has none: upgrade it or unset the setting"
+        )
+    found = client.query(
+        "SELECT table, arrayStringConcat(groupArray(name), ',') FROM system.data_skipping_indices "
+        "WHERE database = currentDatabase() AND table IN {t:Array(String)} AND type != 'minmax' "
+        "GROUP BY table",
+        {"t": list(tables)},
+    )
+    return {str(table): str(names) for table, names in found.result_rows}
 
 
 def _quote(text: str) -> str:

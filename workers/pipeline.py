@@ -12,6 +12,7 @@ messages and only the last step commits, after the rows are stored.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
 
+from millrace import store
 from millrace.config import Settings
 from millrace.kafka.topics import envelope_producer
+from schemas.record import EVENTS_TABLE, LOGS_TABLE
 from workers.consumer import consume, make_consumer
 from workers.flood import FloodGuard, HaltOnFlood
 from workers.steps import BatchLines, Commit, Decode, Enrich, Insert, InsertFn, SendDeadLetters, SkipStored
@@ -57,6 +60,16 @@ def build(worker: Worker, client: Client, dlq: AIOKafkaProducer, insert: InsertF
     worker.chain = Decode(SkipStored(Enrich(batch), worker.marks, stats))
 
 
+async def store_insert(settings: Settings, client: Client) -> InsertFn:
+    """The store boundary the settings ask for: `insert_table`, leaving the skip indexes to the
+    merges when MILLRACE_DEFER_SKIP_INDEXES is on (ConfigError when the store cannot)."""
+    if not settings.defer_skip_indexes:
+        return insert_table
+    deferred = await asyncio.to_thread(store.deferrable_indexes, client, (LOGS_TABLE, EVENTS_TABLE))
+    log.info("skip_indexes_deferred_to_merges", indexes=deferred)
+    return functools.partial(insert_table, deferred=deferred)
+
+
 async def run(
     settings: Settings,
     client: Client,
@@ -68,6 +81,8 @@ async def run(
 ) -> Worker:
     """Consume until `stop` is set. `insert` is the store boundary (tests inject failures
     there); `on_start` sees the worker once it runs (tests watch its consumer)."""
+    if insert is insert_table:
+        insert = await store_insert(settings, client)
     consumer, dlq = make_consumer(settings), envelope_producer(settings)  # a dead letter is a whole envelope
     worker = Worker(
         settings, consumer, flood or FloodGuard.from_settings(settings), Watermarks(settings, client)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,11 +21,14 @@ from clickhouse_connect.driver.client import Client
 from formats import Parsed, ParseError
 from formats.useragent import user_agent
 from millrace import store
+from millrace.config import ConfigError
 from schemas.envelope import Envelope, encode
 from schemas.record import EVENTS_TABLE, LOGS_TABLE, PIPELINE_COLUMNS, TABLE_COLUMNS, TABLE_DEFAULTS
+from tests import bodies as bodies_module
 from tests.conftest import Stack
 from tests.formats.test_idempotency import CASES
 from tests.workers.rows_helpers import envelope_for, record
+from workers import pipeline
 from workers.steps import Decoded, TableBatch, decode_envelope, insert_table
 from workers.steps.enrich import line_of
 
@@ -118,3 +122,59 @@ def test_a_version_1_envelope_is_parsed_by_the_worker_into_the_same_rows() -> No
         old = envelope_for(body, name, ctx, raw=True, received_at_ns=now)
         upgraded = decode_envelope(record("t", encode(old)))
         assert (upgraded.body, upgraded.table, upgraded.rows) == (new.body, new.table, new.rows), name
+
+
+async def test_deferred_skip_indexes_are_left_out_of_the_insert_and_built_by_the_merge(stack: Stack) -> None:
+    """MILLRACE_DEFER_SKIP_INDEXES: the insert's part holds no token or bloom-filter index (the
+    time minmax stays); a merge builds them; every row and every search answer is the same."""
+    deferred = await asyncio.to_thread(store.deferrable_indexes, stack.client, [LOGS_TABLE, EVENTS_TABLE])
+    indexes = stack.query(
+        "SELECT table, name, type FROM system.data_skipping_indices "
+        "WHERE database = currentDatabase() AND table IN ('logs', 'events')"
+    )
+    for table in (LOGS_TABLE, EVENTS_TABLE):
+        named = {name for t, name, kind in indexes if t == table and kind != "minmax"}
+        assert set(deferred.get(table, "").split(",")) - {""} == named
+    assert "idx_message" in deferred[LOGS_TABLE] and "idx_timestamp" not in deferred[LOGS_TABLE]
+
+    run = uuid.uuid4().hex[:10]
+    batch = TableBatch(LOGS_TABLE)
+    messages = [f"deferred {run} needle{i}" for i in range(200)]
+    body = bodies_module.drain_body(messages, project_id="defer", service="defer")
+    envelope = envelope_for(body)
+    batch.add(line_of(Decoded(envelope, record(f"defer-{run}", encode(envelope)))))
+    sizes = {}
+    for name, defer in (("indexed", False), ("deferred", True)):
+        table = f"defer_{name}_{run}"
+        stack.client.command(f"CREATE TABLE {table} AS logs")
+        insert = await pipeline.store_insert(replace(stack.settings, defer_skip_indexes=defer), stack.client)
+        await asyncio.to_thread(insert, stack.client, batch, f"{table}-1", into=table)  # type: ignore[call-arg]
+        sizes[name] = _index_bytes(stack, table)
+    assert sizes["deferred"] < sizes["indexed"] / 4  # only the minmax on timestamp was written
+
+    for name in ("indexed", "deferred"):
+        table = f"defer_{name}_{run}"
+        found = stack.query(f"SELECT count() FROM {table} WHERE hasToken(message, 'needle7')")
+        assert found == [(1,)]
+        assert stack.query(f"SELECT count() FROM {table}") == [(200,)]
+    stack.client.command(f"OPTIMIZE TABLE defer_deferred_{run} FINAL")
+    assert _index_bytes(stack, f"defer_deferred_{run}") == sizes["indexed"]  # the merge built them all
+    for name in ("indexed", "deferred"):
+        stack.client.command(f"DROP TABLE defer_{name}_{run}")
+
+
+def test_deferring_needs_an_engine_that_has_the_setting(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "DEFER_SETTING", "no_such_setting_in_any_engine")
+    with pytest.raises(ConfigError, match="DEFER_SKIP_INDEXES=1 needs a ClickHouse with the setting"):
+        store.deferrable_indexes(stack.client, [LOGS_TABLE])
+
+
+def _index_bytes(stack: Stack, table: str) -> int:
+    ((size,),) = stack.query(
+        "SELECT sum(secondary_indices_uncompressed_bytes) FROM system.parts "
+        "WHERE database = currentDatabase() AND table = {t:String} AND active",
+        t=table,
+    )
+    return int(size)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -55,9 +55,18 @@ def refused(exc: BaseException) -> bool:
     return match is not None and int(match.group(1)) in REFUSED_CODES
 
 
-def insert_table(client: Client, table: TableBatch, token: str, *, into: str | None = None) -> None:
+def insert_table(
+    client: Client,
+    table: TableBatch,
+    token: str,
+    *,
+    into: str | None = None,
+    deferred: Mapping[str, str] | None = None,
+) -> None:
     """The batch of one table as one insert: the engine reads the rows from the lines.
-    `into`: another table with the same columns (tests keep fuzzed rows apart)."""
+    `into`: another table with the same columns (tests keep fuzzed rows apart). `deferred`:
+    per table, the skip indexes left to merges (`store.deferrable_indexes`)."""
+    names = (deferred or {}).get(table.table)
     store.insert_select(
         client,
         into or table.table,
@@ -66,7 +75,7 @@ def insert_table(client: Client, table: TableBatch, token: str, *, into: str | N
         rows.STRUCTURE[table.table],
         table.lines,
         token,
-        rows.INPUT_SETTINGS,
+        {**rows.INPUT_SETTINGS, store.DEFER_SETTING: names} if names else rows.INPUT_SETTINGS,
         {},
     )
 

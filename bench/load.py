@@ -111,6 +111,8 @@ class _Connection(asyncio.Protocol):
             self.close(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # An answer that only ends with the connection (no length, not chunked) is counted as
+        # failed: Millrace and the peer always send a length.
         self.open = False
         self._settle(exc or ConnectionResetError("the server closed the connection"))
 
@@ -147,9 +149,12 @@ class _Connection(asyncio.Protocol):
 
 
 def prepare(cfg: LoadConfig, bodies: list[bytes]) -> list[bytes]:
-    """Each body as the whole HTTP/1.1 request that posts it, prepared before the load starts."""
+    """Each body as the whole HTTP/1.1 request that posts it, prepared before the load starts.
+    Plain http only: ValueError for another scheme (the bench measures loopback, never TLS)."""
     url = urlsplit(cfg.url)
-    target = url.path + ("?" + url.query if url.query else "")
+    if url.scheme != "http":
+        raise ValueError(f"the load generator speaks plain http, not {url.scheme!r}: {cfg.url}")
+    target = (url.path or "/") + ("?" + url.query if url.query else "")
     head = f"POST {target} HTTP/1.1\r\nHost: {url.netloc}\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in cfg.headers.items()
     )
@@ -202,7 +207,9 @@ async def _drive(
             i += cfg.connections
             try:
                 if conn is None or not conn.open:
-                    _, conn = await loop.create_connection(_Connection, host, port)
+                    connecting = loop.create_connection(_Connection, host, port)
+                    _, opened = await asyncio.wait_for(connecting, cfg.timeout_s)
+                    conn = opened
                 status, retry = await asyncio.wait_for(conn.send(prepared[n]), cfg.timeout_s)
             except (OSError, TimeoutError, httptools.HttpParserError) as exc:
                 failed(type(exc).__name__)

@@ -217,11 +217,12 @@ def insert_select(
 # The engine setting that leaves named skip indexes out of an insert's new part; merges (or an
 # explicit MATERIALIZE INDEX) build them. Recent ClickHouse releases and the chDB here have it.
 DEFER_SETTING = "exclude_materialize_skip_indexes_on_insert"
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def deferrable_indexes(client: Client, tables: Sequence[str]) -> dict[str, str]:
     """Per table, its skip indexes an insert may leave to merges (MILLRACE_DEFER_SKIP_INDEXES),
-    as the engine setting names them: all but `minmax`, which is cheap and prunes by time.
+    as the engine setting names them: all but the `minmax` ones, which are cheap and prune by time.
     Read from the tables themselves, so a migration that adds an index is covered. Raises
     ConfigError when the engine does not know the setting (an older server)."""
     known = client.query("SELECT count() FROM system.settings WHERE name = {s:String}", {"s": DEFER_SETTING})
@@ -231,12 +232,16 @@ def deferrable_indexes(client: Client, tables: Sequence[str]) -> dict[str, str]:
             f"this store ({client.server_version}) has none: upgrade it or unset the setting"
         )
     found = client.query(
-        "SELECT table, arrayStringConcat(groupArray(name), ',') FROM system.data_skipping_indices "
+        "SELECT table, groupArray(name) FROM system.data_skipping_indices "
         "WHERE database = currentDatabase() AND table IN {t:Array(String)} AND type != 'minmax' "
         "GROUP BY table",
         {"t": list(tables)},
     )
-    return {str(table): str(names) for table, names in found.result_rows}
+    # The engine reads the setting as a list of names: one it cannot parse would fail every insert.
+    odd = [name for _, names in found.result_rows for name in names if not _PLAIN_NAME.match(name)]
+    if odd:
+        raise ConfigError(f"MILLRACE_DEFER_SKIP_INDEXES=1 cannot name the skip indexes {odd}: rename them")
+    return {str(table): ",".join(names) for table, names in found.result_rows}
 
 
 def _quote(text: str) -> str:

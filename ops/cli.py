@@ -24,7 +24,11 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.server import serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except ConfigError as exc:  # a setting the store cannot honour (MILLRACE_DEFER_SKIP_INDEXES)
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +183,9 @@ def test_micro_answers_each_dialect_as_the_gateway_does(name: str) -> None:
         assert len(orjson.loads(response.body)["items"]) == 20
 
 
-async def _drive_against(handler: Any, bodies: list[bytes], seconds: float = 0.6) -> load.Tally:
+async def _drive_against(
+    handler: Any, bodies: list[bytes], seconds: float = 0.6, timeout_s: float = 5
+) -> load.Tally:
     """The load generator's loop against a real HTTP server answering with `handler`."""
     app = web.Application()
     app.router.add_post("/in", handler)
@@ -195,7 +199,7 @@ async def _drive_against(handler: Any, bodies: list[bytes], seconds: float = 0.6
             logs_per_body=3,
             connections=2,
             duration_s=seconds,
-            timeout_s=5,
+            timeout_s=timeout_s,
         )
         tally = load.Tally()
         counters = [0] * load.SLOTS
@@ -237,3 +241,38 @@ async def test_the_load_generator_counts_refusals_apart_and_reconnects_when_the_
     tally = await _drive_against(every_third_refused_and_closed, [b"{}"])
     assert tally.statuses["429"] >= 1 and set(tally.statuses) == {"429"}
     assert tally.ok + tally.statuses["429"] == answered["n"] and tally.ok >= 2 * tally.statuses["429"] - 1
+
+
+async def test_the_load_generator_counts_a_late_answer_and_a_dropped_connection_as_failed() -> None:
+    calls = {"n": 0}
+
+    async def late_or_dropped(request: web.Request) -> web.Response:
+        await request.read()
+        calls["n"] += 1
+        if calls["n"] % 2:
+            await asyncio.sleep(0.5)  # past the generator's timeout
+        else:
+            assert request.transport is not None
+            request.transport.close()  # the connection dropped before any answer
+        return web.json_response({"ok": True})
+
+    tally = await _drive_against(late_or_dropped, [b"{}"], seconds=1.0, timeout_s=0.2)
+    assert tally.ok == 0 and tally.acked_logs == 0
+    assert tally.statuses["TimeoutError"] >= 1 and tally.statuses["ConnectionResetError"] >= 1
+    assert set(tally.statuses) == {"TimeoutError", "ConnectionResetError"}
+
+
+def test_the_load_generator_refuses_what_it_cannot_speak() -> None:
+    cfg = load.LoadConfig(
+        url="https://example.test/in",
+        headers={},
+        bodies_file="unused",
+        logs_per_body=1,
+        connections=1,
+        duration_s=1,
+    )
+    with pytest.raises(ValueError, match="plain http"):
+        load.prepare(cfg, [b"{}"])
+    (request,) = load.prepare(replace(cfg, url="http://127.0.0.1:9"), [b"{}"])
+    assert request.startswith(b"POST / HTTP/1.1\r\nHost: 127.0.0.1:9\r\n")
+    assert request.endswith(b"Content-Length: 2\r\n\r\n{}")

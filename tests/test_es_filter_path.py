@@ -22,6 +22,7 @@ from gateway.dialects.es_bulk import (
     MAX_FILTER_DEPTH,
     MAX_FILTER_PATHS,
     FilterPathError,
+    _item,
     answering,
     filter_answer,
     request_filters,
@@ -241,3 +242,24 @@ def test_a_filter_past_the_bounds_is_refused() -> None:
     assert not isinstance(
         request_filters(make_mocked_request("POST", "/_bulk?filter_path=items.*.status")), Problem
     )
+
+
+def test_runs_of_one_action_lines_items_are_answered_as_each_alone() -> None:
+    """Items of one action line are one object; the answer writes a run of them from one template.
+    Runs broken by other lines' items, own ids and refusals must answer as `_item` does alone."""
+    logs = BulkItem("create", "logs", None, 201)
+    other = BulkItem("index", "other", None, 201)
+    own = BulkItem("create", "logs", "own-id", 201)
+    refused = BulkItem("update", "logs", "2", 400, "illegal_argument_exception", "update is not supported")
+    items = [logs, logs, own, logs, refused, logs, other, other, logs, refused, refused, logs]
+    received_at_ns = 1_717_171_717_123_456_789
+    parsed = Parsed(
+        rows=[], rejected=[Rejection(4, "no"), Rejection(9, "no"), Rejection(10, "no")], answer=items
+    )
+
+    answer = orjson.loads(ES_BULK.success(parsed, received_at_ns).body)  # type: ignore[union-attr]
+
+    alone = [_item(item, position, received_at_ns) for position, item in enumerate(items)]
+    assert answer["items"] == alone and answer["errors"] is True
+    ids = [next(iter(i.values()))["_id"] for i in answer["items"]]
+    assert len(set(ids)) == len(ids) - 2  # every generated id distinct; `2` is the update's own

@@ -76,13 +76,13 @@ async def run(
     stop: asyncio.Event,
     flood: FloodGuard | None = None,
     *,
-    insert: InsertFn = insert_table,
+    insert: InsertFn | None = None,
     on_start: Callable[[Worker], None] | None = None,
 ) -> Worker:
     """Consume until `stop` is set. `insert` is the store boundary (tests inject failures
-    there); `on_start` sees the worker once it runs (tests watch its consumer)."""
-    if insert is insert_table:
-        insert = await store_insert(settings, client)
+    there; by default `store_insert`'s); `on_start` sees the worker once it runs (tests watch
+    its consumer)."""
+    insert = insert or await store_insert(settings, client)
     consumer, dlq = make_consumer(settings), envelope_producer(settings)  # a dead letter is a whole envelope
     worker = Worker(
         settings, consumer, flood or FloodGuard.from_settings(settings), Watermarks(settings, client)

@@ -171,6 +171,17 @@ def test_deferring_needs_an_engine_that_has_the_setting(
         store.deferrable_indexes(stack.client, [LOGS_TABLE])
 
 
+def test_deferring_refuses_index_names_the_setting_cannot_list(stack: Stack) -> None:
+    table = f"defer_odd_{uuid.uuid4().hex[:10]}"
+    stack.client.command(f"CREATE TABLE {table} AS logs")
+    stack.client.command(f"ALTER TABLE {table} ADD INDEX `odd, name` message TYPE bloom_filter GRANULARITY 1")
+    try:
+        with pytest.raises(ConfigError, match="cannot name the skip indexes"):
+            store.deferrable_indexes(stack.client, [table])
+    finally:
+        stack.client.command(f"DROP TABLE {table}")
+
+
 def _index_bytes(stack: Stack, table: str) -> int:
     ((size,),) = stack.query(
         "SELECT sum(secondary_indices_uncompressed_bytes) FROM system.parts "

@@ -12,7 +12,6 @@ messages and only the last step commits, after the rows are stored.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,14 +22,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
 
-from millrace import store
 from millrace.config import Settings
 from millrace.kafka.topics import envelope_producer
-from schemas.record import EVENTS_TABLE, LOGS_TABLE
 from workers.consumer import consume, make_consumer
 from workers.flood import FloodGuard, HaltOnFlood
-from workers.steps import BatchLines, Commit, Decode, Enrich, Insert, InsertFn, SendDeadLetters, SkipStored
-from workers.steps.insert import insert_table
+from workers.steps import (
+    BatchLines,
+    Commit,
+    Decode,
+    Enrich,
+    Insert,
+    InsertFn,
+    SendDeadLetters,
+    SkipStored,
+    store_insert,
+)
 from workers.watermarks import Watermarks
 
 log = structlog.get_logger()
@@ -58,16 +64,6 @@ def build(worker: Worker, client: Client, dlq: AIOKafkaProducer, insert: InsertF
     halt = HaltOnFlood(worker.insert, worker.flood, lambda: consumer.pause(*consumer.assignment()))
     batch = BatchLines(halt, s.batch_rows, s.batch_age_ms / 1000)
     worker.chain = Decode(SkipStored(Enrich(batch), worker.marks, stats))
-
-
-async def store_insert(settings: Settings, client: Client) -> InsertFn:
-    """The store boundary the settings ask for: `insert_table`, leaving the skip indexes to the
-    merges when MILLRACE_DEFER_SKIP_INDEXES is on (ConfigError when the store cannot)."""
-    if not settings.defer_skip_indexes:
-        return insert_table
-    deferred = await asyncio.to_thread(store.deferrable_indexes, client, (LOGS_TABLE, EVENTS_TABLE))
-    log.info("skip_indexes_deferred_to_merges", indexes=deferred)
-    return functools.partial(insert_table, deferred=deferred)
 
 
 async def run(

@@ -28,8 +28,7 @@ from tests import bodies as bodies_module
 from tests.conftest import Stack
 from tests.formats.test_idempotency import CASES
 from tests.workers.rows_helpers import envelope_for, record
-from workers import pipeline
-from workers.steps import Decoded, TableBatch, decode_envelope, insert_table
+from workers.steps import Decoded, TableBatch, decode_envelope, insert_table, store_insert
 from workers.steps.enrich import line_of
 
 pytestmark = pytest.mark.integration
@@ -147,7 +146,7 @@ async def test_deferred_skip_indexes_are_left_out_of_the_insert_and_built_by_the
     for name, defer in (("indexed", False), ("deferred", True)):
         table = f"defer_{name}_{run}"
         stack.client.command(f"CREATE TABLE {table} AS logs")
-        insert = await pipeline.store_insert(replace(stack.settings, defer_skip_indexes=defer), stack.client)
+        insert = await store_insert(replace(stack.settings, defer_skip_indexes=defer), stack.client)
         await asyncio.to_thread(insert, stack.client, batch, f"{table}-1", into=table)  # type: ignore[call-arg]
         sizes[name] = _index_bytes(stack, table)
     assert sizes["deferred"] < sizes["indexed"] / 4  # only the minmax on timestamp was written

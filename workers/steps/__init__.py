@@ -6,7 +6,7 @@ from workers.steps.commit import Commit
 from workers.steps.dead_letters import SendDeadLetters
 from workers.steps.decode import Decode, Decoded, decode_envelope
 from workers.steps.enrich import Enrich, Line
-from workers.steps.insert import Insert, InsertFn, insert_table
+from workers.steps.insert import Insert, InsertFn, insert_table, store_insert
 from workers.steps.skip_stored import SkipStored
 
 __all__ = [
@@ -28,4 +28,5 @@ __all__ = [
     "TableBatch",
     "decode_envelope",
     "insert_table",
+    "store_insert",
 ]

@@ -16,6 +16,7 @@ becomes a dead letter (`store_refused`); the rest of the batch is stored.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -26,8 +27,10 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from millrace import metrics, store
+from millrace.config import Settings
 from schemas import rows
 from schemas.deadletter import DeadLetter
+from schemas.record import EVENTS_TABLE, LOGS_TABLE
 from workers.steps.base import GiveUp, Message, MessageRejected, Step
 from workers.steps.batch import Batch, TableBatch
 
@@ -78,6 +81,16 @@ def insert_table(
         {**rows.INPUT_SETTINGS, store.DEFER_SETTING: names} if names else rows.INPUT_SETTINGS,
         {},
     )
+
+
+async def store_insert(settings: Settings, client: Client) -> InsertFn:
+    """The store boundary the settings ask for: `insert_table`, leaving the skip indexes to the
+    merges when MILLRACE_DEFER_SKIP_INDEXES is on (ConfigError when the store cannot)."""
+    if not settings.defer_skip_indexes:
+        return insert_table
+    deferred = await asyncio.to_thread(store.deferrable_indexes, client, (LOGS_TABLE, EVENTS_TABLE))
+    log.info("skip_indexes_deferred_to_merges", indexes=deferred)
+    return functools.partial(insert_table, deferred=deferred)
 
 
 class Insert:

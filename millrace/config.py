@@ -19,6 +19,11 @@ class ConfigError(ValueError):
     """A setting has a value Millrace cannot use; the message names the variable and the fix."""
 
 
+# A process's exit status on a ConfigError: `millrace run` does not restart it (it would only
+# fail the same way again).
+CONFIG_ERROR_EXIT = 2
+
+
 def _int(name: str, raw: str, lo: int, hi: int) -> int:
     try:
         value = int(raw)

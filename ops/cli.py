@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from millrace import keys, log
-from millrace.config import ConfigError, Settings, describe
+from millrace.config import CONFIG_ERROR_EXIT, ConfigError, Settings, describe
 
 
 def _gateway(settings: Settings, args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         serve(settings)
     except ConfigError as exc:  # a setting the store cannot honour (MILLRACE_DEFER_SKIP_INDEXES)
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR_EXIT
     return 0
 
 
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR_EXIT
     fmt = settings.log_format
     chores = ("run", "up", "down", "status", "keys", "migrate", "topics", "config", "broker", "dlq")
     if args.command in chores:

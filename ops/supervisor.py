@@ -5,7 +5,8 @@ with each crash of that process inside the window (RESTART_BASE_S, 2x, 4x, ... u
 RESTART_CAP_S). More than MILLRACE_RESTART_LIMIT crashes of one process within
 MILLRACE_RESTART_WINDOW_S means it will not get better by itself (a bad setting, a full
 disk): the supervisor gives up and the runner stops everything, saying which process and
-why. Crashes older than the window are forgotten, so a process that crashes once a day
+why. A process that exits with CONFIG_ERROR_EXIT (a setting it cannot use) is given up on at
+once. Crashes older than the window are forgotten, so a process that crashes once a day
 is restarted at once every time.
 
 The supervisor also keeps a small state file (`<MILLRACE_HOME>/run/state.json`, 0600):
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
+
+from millrace.config import CONFIG_ERROR_EXIT
 
 log = structlog.get_logger()
 
@@ -185,6 +188,12 @@ class Supervisor:
                 if code is None:
                     continue
                 proc.last_exit = describe_exit(code)
+                if code == CONFIG_ERROR_EXIT:
+                    self.write_state()
+                    raise GaveUp(
+                        f"{proc.name} stopped on a configuration error ({proc.last_exit}; its log names "
+                        "the setting): restarting it would fail the same way"
+                    )
                 delay = proc.policy.on_crash(now)
                 if delay is None:
                     self.write_state()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from millrace.config import CONFIG_ERROR_EXIT
 from ops.cli import Console
 from ops.noise import COORDINATOR_LOGGER, CoordinatorRetries
 from ops.supervisor import Command, GaveUp, RestartPolicy, Supervisor, describe_exit, read_state
@@ -93,6 +94,16 @@ def test_a_crash_loop_gives_up_naming_the_process_and_its_exit(tmp_path: Path) -
     proc = healthy.handle.proc  # type: ignore[attr-defined]
     sup.stop([["gateway"], ["worker"]], timeout_s=5)
     assert proc.poll() == -signal.SIGTERM  # stopped, not left behind
+
+
+def test_a_configuration_error_is_not_restarted(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path / "state.json", limit=5, window_s=60, base_s=0.05, cap_s=0.1)
+    worker = sup.start("worker", python(f"import sys; sys.exit({CONFIG_ERROR_EXIT})", tmp_path))
+    healthy = sup.start("gateway", python(SLEEPER, tmp_path))
+    with pytest.raises(GaveUp, match=r"worker stopped on a configuration error \(exit code 2;"):
+        check_until(sup, lambda: False)
+    assert worker.restarts == 0 and healthy.restarts == 0
+    sup.stop([["gateway"], ["worker"]], timeout_s=5)
 
 
 def test_stop_goes_stage_by_stage(tmp_path: Path) -> None:

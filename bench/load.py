@@ -114,7 +114,7 @@ class _Connection(asyncio.Protocol):
         # An answer that only ends with the connection (no length, not chunked) is counted as
         # failed: Millrace and the peer always send a length.
         self.open = False
-        self._settle(exc or ConnectionResetError("the server closed the connection"))
+        self._settle(exc)
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -140,20 +140,28 @@ class _Connection(asyncio.Protocol):
         self.open = False
         if self.transport is not None:
             self.transport.close()
-        self._settle(exc or ConnectionResetError("the server closed the connection"))
+        self._settle(exc)
 
-    def _settle(self, exc: Exception) -> None:
+    def _settle(self, exc: Exception | None) -> None:
+        """Fail the answer awaited, if any: with `exc`, or as a connection the server closed."""
         answer, self.answer = self.answer, None
         if answer is not None and not answer.done():
-            answer.set_exception(exc)
+            answer.set_exception(exc or ConnectionResetError("the server closed the connection"))
+
+
+def plain_http(address: str) -> None:
+    """ValueError unless `address` is a plain http:// URL: the load generator never speaks TLS
+    (the bench measures loopback)."""
+    url = urlsplit(address)
+    if url.scheme != "http" or not url.netloc:
+        raise ValueError(f"the load generator speaks plain http://host:port, not {address!r}")
 
 
 def prepare(cfg: LoadConfig, bodies: list[bytes]) -> list[bytes]:
-    """Each body as the whole HTTP/1.1 request that posts it, prepared before the load starts.
-    Plain http only: ValueError for another scheme (the bench measures loopback, never TLS)."""
+    """Each body as the whole HTTP/1.1 request that posts it, prepared before the load starts
+    (`plain_http` URLs only)."""
+    plain_http(cfg.url)
     url = urlsplit(cfg.url)
-    if url.scheme != "http":
-        raise ValueError(f"the load generator speaks plain http, not {url.scheme!r}: {cfg.url}")
     target = (url.path or "/") + ("?" + url.query if url.query else "")
     head = f"POST {target} HTTP/1.1\r\nHost: {url.netloc}\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in cfg.headers.items()

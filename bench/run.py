@@ -128,8 +128,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.no_start and not (args.url and args.key):
         p.error("--no-start needs --url and --key")
-    if args.no_start and not args.url.startswith("http://"):
-        p.error("--url must be plain http:// (the load generator does not speak TLS)")
+    if args.no_start:
+        try:
+            load.plain_http(args.url)
+        except ValueError as exc:
+            p.error(f"--url: {exc}")
     if args.peer and args.dialect != "astralog":
         p.error("--peer sends AstraLog's logs: compare it with --dialect astralog")
     if args.no_start and args.sweep:

@@ -51,6 +51,25 @@ async def partitions(settings: Settings, *topics: str) -> dict[tuple[str, int], 
     return {(t["topic"], p["partition"]): p for t in described for p in t["partitions"]}
 
 
+async def settled_partitions(
+    settings: Settings, expected: int, *topics: str, timeout_s: float = 30
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """`partitions` once all `expected` partitions are described with three in-sync replicas.
+
+    ensure_topics returns when the broker it asked knows a leader for each partition; a new
+    admin client may ask another broker whose copy of the metadata log is a moment behind
+    (CI once saw no topic at all there), and followers join the ISR after their first fetch.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await partitions(settings, *topics)
+        if len(found) == expected and all(len(p["isr"]) == 3 for p in found.values()):
+            return found
+        if time.monotonic() >= deadline:
+            return found  # the caller's assertions say what is missing
+        await asyncio.sleep(0.2)
+
+
 async def min_insync(settings: Settings, topic: str) -> str:
     async with admin_client(settings) as admin:
         (answer,) = await admin.describe_configs(
@@ -77,8 +96,11 @@ def test_three_local_brokers_replicate_every_topic(tmp_path: Path, broker: Local
 
         async def check() -> None:
             await ensure_topics(settings)
-            found = await partitions(settings, settings.topic, settings.dlq_topic, settings.keys_topic)
-            assert len(found) == 2 * settings.partitions + 1
+            expected = 2 * settings.partitions + 1
+            found = await settled_partitions(
+                settings, expected, settings.topic, settings.dlq_topic, settings.keys_topic
+            )
+            assert len(found) == expected
             for where, p in found.items():
                 assert (sorted(p["replicas"]), sorted(p["isr"])) == ([1, 2, 3], [1, 2, 3]), where
             # Leadership is spread: a broker's failure is a part of the partitions, not all.

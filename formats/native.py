@@ -49,6 +49,7 @@ MODULES: tuple[str, ...] = (
     "formats.goodlogs",
     "formats.hec",
     "formats.loki",
+    "formats.otlp_wire",
     "formats.otlp",
     "formats.tg2g",
     "formats.timberlogs.schema",

@@ -33,9 +33,9 @@ from formats.common import MAX_DEPTH, flatten, level_fields, time_or_received, t
 
 SUPPORTED: Final = frozenset({"index", "create"})
 UNSUPPORTED: Final = frozenset({"update", "delete"})
-_MESSAGE_KEYS: Final = ("message", "log", "msg")
-_LEVEL_KEYS: Final = ("log.level", "level", "severity")
-_COLUMN_KEYS: Final = (
+_MESSAGE_KEYS: Final[tuple[str, ...]] = ("message", "log", "msg")
+_LEVEL_KEYS: Final[tuple[str, ...]] = ("log.level", "level", "severity")
+_COLUMN_KEYS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("service", ("service.name",)),
     ("host", ("host.name", "host.hostname")),
     ("environment", ("service.environment", "deployment.environment", "environment")),

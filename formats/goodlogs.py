@@ -54,7 +54,7 @@ MAX_BATCH: Final = 500
 MAX_BODY_BYTES: Final = 2 * 1024 * 1024
 MAX_MESSAGE_BYTES: Final = 65_536
 SEVERITIES: Final = ("debug", "info", "warn", "error", "fatal")
-LEGACY: Final = ("metadata", "context", "code_location")
+LEGACY: Final[tuple[str, ...]] = ("metadata", "context", "code_location")
 
 _LOG_FIELDS: Final = frozenset({"severity", "message", "properties", "timestamp", *LEGACY})
 _EVENT_FIELDS: Final = frozenset({"event", "distinctId", "properties", "timestamp"})

@@ -48,11 +48,11 @@ INVALID_FORMAT: Final = "Invalid data format"
 EVENT_REQUIRED: Final = "Event field is required"
 EVENT_BLANK: Final = "Event field cannot be blank"
 
-_MESSAGE_KEYS: Final = ("message", "msg", "log", "text")
-_LEVEL_KEYS: Final = ("level", "log_level", "severity", "levelname")
+_MESSAGE_KEYS: Final[tuple[str, ...]] = ("message", "msg", "log", "text")
+_LEVEL_KEYS: Final[tuple[str, ...]] = ("level", "log_level", "severity", "levelname")
 _SKIP: Final = frozenset((*_MESSAGE_KEYS, *_LEVEL_KEYS))
 _FIELD_COLUMNS: Final = {k: v for k, v in WELL_KNOWN_COLUMNS.items() if v not in ("tags", "dataset")}
-_META_KEYS: Final = ("host", "source", "sourcetype", "index")
+_META_KEYS: Final[tuple[str, ...]] = ("host", "source", "sourcetype", "index")
 _ENVELOPE_KEYS: Final = frozenset(("event", "time", "fields", *_META_KEYS))
 _JOINT: Final = re.compile(rb"\}[ \t\r\n]*\{")  # where two concatenated objects meet
 _MAX_MISSES: Final = 8

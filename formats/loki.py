@@ -44,8 +44,8 @@ MAX_DECOMPRESSED: Final = 20 * 1024 * 1024
 MAX_LABELS_LENGTH: Final = 64 * 1024
 
 _MAX_NS: Final = 4_102_444_800 * 10**9  # 2100, as the other parsers
-_SERVICE_LABELS: Final = ("service_name", "service", "app", "application", "job")
-_LEVEL_LABELS: Final = ("level", "detected_level", "severity", "lvl")
+_SERVICE_LABELS: Final[tuple[str, ...]] = ("service_name", "service", "app", "application", "job")
+_LEVEL_LABELS: Final[tuple[str, ...]] = ("level", "detected_level", "severity", "lvl")
 _COLUMN_LABELS: Final = {
     "host": "host",
     "hostname": "host",

@@ -65,7 +65,7 @@ from formats.otlp_wire import Unread, read_request
 
 PROTOBUF: Final = "application/x-protobuf"
 _MAX_NS: Final = 4_102_444_800 * 10**9
-_SEVERITY_LEVELS: Final = (
+_SEVERITY_LEVELS: Final[tuple[str, ...]] = (
     "",
     *("trace",) * 4,
     *("debug",) * 4,

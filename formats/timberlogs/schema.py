@@ -40,13 +40,13 @@ from schemas.record import LEVELS
 
 CODE: Final = "PARSE_ERROR"
 MIN_LOGS, MAX_LOGS = 1, 100
-LEVEL_VALUES: Final = ("debug", "info", "warn", "error")
-ENVIRONMENTS: Final = ("development", "staging", "production")
+LEVEL_VALUES: Final[tuple[str, ...]] = ("debug", "info", "warn", "error")
+ENVIRONMENTS: Final[tuple[str, ...]] = ("development", "staging", "production")
 MAX_MESSAGE, MAX_SOURCE, MAX_TAGS, MAX_TAG, MAX_STEP = 10_000, 100, 20, 50, 1000
 MAX_ISSUES: Final = 100  # enough to fix a batch, bounded so an error body stays small
-QUERY_DEFAULTS: Final = ("source", "environment", "level", "dataset")
+QUERY_DEFAULTS: Final[tuple[str, ...]] = ("source", "environment", "level", "dataset")
 
-FIELDS: Final = (
+FIELDS: Final[tuple[str, ...]] = (
     "level",
     "message",
     "source",
@@ -65,7 +65,7 @@ FIELDS: Final = (
     "stepIndex",
 )
 _KNOWN: Final = frozenset(FIELDS)
-_OPTIONAL_STRINGS: Final = (
+_OPTIONAL_STRINGS: Final[tuple[tuple[str, str], ...]] = (
     ("userId", "user_id"),
     ("sessionId", "session_id"),
     ("requestId", "request_id"),

@@ -33,9 +33,11 @@ from formats.base import ParseContext
 from formats.common import ascii_digits, parse_bsd_timestamp, parse_timestamp
 from formats.timberlogs.schema import MAX_LOGS, decode, fail
 
-SEVERITIES: Final = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
-LEVELS: Final = ("error", "error", "error", "error", "warn", "info", "info", "debug")
-FACILITIES: Final = (
+SEVERITIES: Final[tuple[str, ...]] = (
+    *("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug"),
+)
+LEVELS: Final[tuple[str, ...]] = ("error", "error", "error", "error", "warn", "info", "info", "debug")
+FACILITIES: Final[tuple[str, ...]] = (
     *("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp"),
     *("ntp", "security", "console", "solaris-cron", *[f"local{n}" for n in range(8)]),
 )

@@ -49,7 +49,6 @@ MODULES: tuple[str, ...] = (
     "formats.goodlogs",
     "formats.hec",
     "formats.loki",
-    "formats.otlp_wire",
     "formats.otlp",
     "formats.tg2g",
     "formats.timberlogs.schema",

@@ -1,16 +1,8 @@
 """OTLP/HTTP logs (`POST /v1/logs`): an `ExportLogsServiceRequest`, protobuf or OTLP JSON.
 
 Protobuf when the Content-Type is `application/x-protobuf`, else OTLP JSON (lowerCamelCase
-keys, 64-bit integers as strings or numbers, trace and span ids in hex). The JSON walk
-mirrors the protobuf one.
-
-Protobuf has two readers, for cost, as OTLP JSON has two walkers. formats/otlp_wire.py reads
-the usual body straight off the wire into plain values (2.5x cheaper than walking the
-generated upb messages, whose every field read builds a Python object); a body it does not
-take (a singular message sent twice, a wrong wire type, deep nesting, any malformed input)
-is parsed by upb (`opentelemetry-proto`'s generated messages) and walked as before, which
-holds every error rule. Both end in the same row rules (`_row`, `_put`, `_resource_base`);
-tests/formats/test_otlp_wire.py compares them.
+keys, 64-bit integers as strings or numbers, trace and span ids in hex). Decoding uses the
+generated messages of `opentelemetry-proto`; the JSON walk mirrors the protobuf one.
 
 OTLP JSON has two walkers, for cost. The usual body (what the OTel exporters send) is decoded
 by msgspec into strict typed Structs, which is half the cost of orjson's dicts and cheaper to
@@ -59,9 +51,6 @@ from formats.otlp_json import DECODER as _DECODER
 from formats.otlp_json import Record as _Record
 from formats.otlp_json import Scope as _Scope
 from formats.otlp_json import Value as _Value
-from formats.otlp_wire import Record as WireRecord
-from formats.otlp_wire import Resource as WireResource
-from formats.otlp_wire import Unread, read_request
 
 PROTOBUF: Final = "application/x-protobuf"
 _MAX_NS: Final = 4_102_444_800 * 10**9
@@ -92,13 +81,6 @@ class _Refused(Exception):
 
 def parse(body: bytes, ctx: ParseContext) -> Parsed:
     if media_type(ctx.content_type) == PROTOBUF:
-        try:
-            resources = read_request(body if type(body) is bytes else bytes(body))
-        except Unread:
-            pass  # upb reads it below, with every error rule
-        else:
-            found = _wire_rows(resources, ctx.received_at_ns)
-            return Parsed(rows=found.rows, rejected=found.rejected, answer="protobuf")
         try:
             request = ExportLogsServiceRequest.FromString(body)
         except (DecodeError, RecursionError) as exc:
@@ -365,56 +347,6 @@ def _proto_row(record: Any, base_of: Callable[[], _Base], received_at_ns: int) -
         record.severity_number,
         record.severity_text,
         message,
-        attributes,
-        trace_id.hex() if trace_id else "",
-        span_id.hex() if span_id else "",
-    )
-
-
-def _wire_rows(resources: list[WireResource], received_at_ns: int) -> _Rows:
-    """The rows of a request read by formats/otlp_wire.py, by the rules the upb walk above follows."""
-    out = _Rows()
-    i = 0
-    for pairs, scopes in resources:
-        for name, version, records in scopes:
-
-            def base_of(
-                pairs: list[tuple[str, Any]] = pairs, name: str = name, version: str = version
-            ) -> _Base:
-                return _resource_base(pairs, name, version)
-
-            i = out.take(records, _wire_row, _once(base_of), received_at_ns, i)
-    return out
-
-
-def _wire_row(record: WireRecord, base_of: Callable[[], _Base], received_at_ns: int) -> dict[str, Any]:
-    (
-        time_ns,
-        observed_ns,
-        severity_number,
-        severity_text,
-        body,
-        pairs,
-        flags,
-        event_name,
-        trace_id,
-        span_id,
-    ) = record
-    attributes: dict[str, str] = {}
-    for key, value in pairs:
-        _put(attributes, key, value)
-    if flags:
-        attributes["flags"] = str(flags)
-    if event_name:
-        attributes["event.name"] = event_name
-    return _row(
-        received_at_ns,
-        base_of(),
-        time_ns,
-        observed_ns,
-        severity_number,
-        severity_text,
-        _message(body),
         attributes,
         trace_id.hex() if trace_id else "",
         span_id.hex() if span_id else "",

@@ -55,6 +55,35 @@ def _run(landed: float, acked: float, **us: float | None) -> dict[str, object]:
     }
 
 
+def test_the_sweep_table_shows_whether_all_landed_the_readable_p99_and_the_worker_rss() -> None:
+    run: dict[str, Any] = {
+        "millrace": {
+            "landed_per_s": 90_000.0,
+            "acked_per_s": 120_000.0,
+            "all_landed": True,
+            "readable_lag_ms": {"p50": 3000.0, "p99": 21_171.0},
+        },
+        "processes": {
+            "worker": {"cpu_us_per_log": 9.0, "peak_rss_mb": 2068.6},
+            "gateway": {"cpu_us_per_log": 6.0},
+            "kafka": {"cpu_us_per_log": 1.0},
+        },
+    }
+    lost: dict[str, Any] = {
+        "millrace": {"landed_per_s": 50_000.0, "acked_per_s": 50_000.0, "all_landed": False},
+        "processes": {"worker": {"cpu_us_per_log": 9.0}},
+    }
+    rows = sweep_rows({"astralog": run, "loki": lost})
+    assert (rows[0]["all_landed"], rows[0]["readable_p99_ms"], rows[0]["worker_peak_rss_mb"]) == (
+        True,
+        21_171.0,
+        2068.6,
+    )
+    astra, loki = sweep_table(rows).splitlines()[2:4]
+    assert astra.split()[7:10] == ["yes", "21.2", "2,069"]
+    assert loki.split()[7:10] == ["NO", "n/a", "n/a"]
+
+
 def test_sweep_rows_sum_the_pipeline_processes_and_compare_landed_rates_to_astralog() -> None:
     rows = sweep_rows(
         {

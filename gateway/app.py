@@ -182,10 +182,16 @@ def create_app(settings: Settings) -> web.Application:
     def hec(dialect: Dialect) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             early = hec_route.precheck(request)  # HEC tells a missing token from a malformed header
-            answer = early if early is not None else await request.app[INGESTOR].ingest(request, dialect)
-            return metrics.counted(dialect.name, answer)
+            if early is not None:
+                return metrics.counted(dialect.name, early)
+            # A channel asks for indexer acknowledgment: the success carries the ackId.
+            chosen = hec_route.acking(dialect, request) if hec_route.channel(request) else dialect
+            return metrics.counted(dialect.name, await request.app[INGESTOR].ingest(request, chosen))
 
         return handle
+
+    async def hec_acks(request: web.Request) -> web.Response:
+        return await hec_route.acks(request, request.app[INGESTOR], request.app[READ_API].backend)
 
     async def es_bulk(request: web.Request) -> web.StreamResponse:
         filters = es_bulk_route.request_filters(request)
@@ -232,6 +238,8 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_post(path, hec(HEC_EVENT))
     for path in ("/services/collector/raw", "/services/collector/raw/1.0"):
         app.router.add_post(path, hec(HEC_RAW))
+    for path in ("/services/collector/ack", "/services/collector/ack/1.0"):
+        app.router.add_post(path, hec_acks)
     for path in ("/services/collector/health", "/services/collector/health/1.0"):
         app.router.add_get(path, hec_route.health)
     for path in ("/_license", "/_cluster/health"):

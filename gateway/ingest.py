@@ -34,6 +34,9 @@ from schemas.envelope import Envelope, encode
 log = structlog.get_logger()
 
 REQUEST_ID = web.RequestKey("request_id", str)
+# Where Kafka put the request's envelope, (partition, offset), once it acknowledged it: what
+# HEC's indexer acknowledgment numbers a request by (gateway.dialects.hec).
+PRODUCED_AT = web.RequestKey("produced_at", tuple[int, int])
 RETRY_AFTER_UNAVAILABLE = 5
 CREDENTIAL_PARAMS = frozenset({"api-token", "token"})  # query parameters that carry a key (lower case)
 
@@ -182,7 +185,7 @@ class Ingestor:
                 rows=len(parsed.rows),
             )
             try:
-                await self._produce(envelope)
+                request[PRODUCED_AT] = await self._produce(envelope)
             except (KafkaError, TimeoutError) as exc:
                 code = metrics.produce_failed(exc)
                 log.warning(
@@ -211,11 +214,12 @@ class Ingestor:
         )
         return dialect.success(parsed, received_at_ns)
 
-    async def _produce(self, envelope: Envelope) -> None:
+    async def _produce(self, envelope: Envelope) -> tuple[int, int]:
         # The key is the request id, which the worker names the request by; the partition is
         # any available one (`gateway.app.spread`), so one project's load spreads evenly.
         send = self.producer.send_and_wait(
             self.settings.topic, encode(envelope), key=envelope.request_id.encode()
         )
         with metrics.PRODUCE_SECONDS.time():  # failed attempts too: a timeout shows in the top bucket
-            await asyncio.wait_for(send, timeout=self.settings.produce_timeout_s)
+            sent = await asyncio.wait_for(send, timeout=self.settings.produce_timeout_s)
+        return sent.partition, sent.offset

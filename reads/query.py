@@ -15,12 +15,13 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from millrace import store
 from reads.alerts import RuleError, compile_alert, samples
 from reads.gql import GQLError, compile_query, compile_text
 from reads.gql.ast import Compare, Expr, Field, Limit, Query, Text, Value, Window
 from reads.gql.compile import TIME_COLUMNS, Compiled
 from reads.gql.parser import time_ns, time_range
-from schemas.record import LEVELS
+from schemas.record import LEVELS, LOGS_TABLE
 
 MAX_LIMIT = 1000
 MAX_BATCH = 10  # queries per POST /v1/gql (the seed's "Max 10 queries")
@@ -284,4 +285,18 @@ def read_call(client: Client, op: str, payload: dict[str, Any]) -> Any:
         return discovered_schema(client, project)
     if op == "usage":
         return usage(client, project)
+    if op == "stored_offsets":
+        topic = payload["topic"]
+        if not isinstance(topic, str) or not topic:
+            raise QueryError("'topic' must be a topic name")
+        return stored_offsets(client, topic)
     raise QueryError(f"unknown read {op!r}")
+
+
+def stored_offsets(client: Client, topic: str) -> dict[str, int]:
+    """Per partition of `topic` (as text, for JSON), the highest offset whose logs are stored.
+
+    The worker stores each partition's messages in offset order and the watermark is written by
+    the insert that stores them (migration 001's view), so every message of the partition up to
+    it is readable, or was set aside as a dead letter (an envelope the worker could not read)."""
+    return {str(p): o for (table, p), o in store.watermarks(client, topic).items() if table == LOGS_TABLE}

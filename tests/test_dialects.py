@@ -1115,3 +1115,17 @@ async def test_readme_curl_examples_work(stack: Stack) -> None:
 )
 def test_one_basic_credential_rule_for_loki_hec_and_es_bulk(credential: str, key: str | None) -> None:
     assert basic_key(credential) == key
+
+
+def test_hec_ack_ids_name_a_kafka_position_and_nothing_past_what_they_can_hold() -> None:
+    """An ackId is (offset, partition) packed into one non-negative 63-bit integer, both ways."""
+    from gateway.dialects.hec import PARTITION_BITS, ack_id
+
+    mask = (1 << PARTITION_BITS) - 1
+    top = (1 << (63 - PARTITION_BITS)) - 1
+    for partition, offset in [(0, 0), (1, 0), (0, 1), (mask, top), (7, 123_456_789), (mask, 0), (0, top)]:
+        number = ack_id(partition, offset)
+        assert number is not None and 0 <= number < 1 << 63
+        assert (number & mask, number >> PARTITION_BITS) == (partition, offset)
+    assert len({ack_id(p, o) for p in range(64) for o in range(64)}) == 64 * 64
+    assert ack_id(mask + 1, 0) is None and ack_id(0, top + 1) is None

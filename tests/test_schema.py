@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import re
+import time
+import uuid
+from collections import Counter
+from typing import Any
 
 import pytest
 
 from millrace import store
-from schemas.record import ALERT_EVENT_COLUMNS, ALERT_EVENTS_TABLE, ENGINE_COLUMNS, EVENT_COLUMNS, LOG_COLUMNS
+from reads import query
+from schemas.record import (
+    ALERT_EVENT_COLUMNS,
+    ALERT_EVENTS_TABLE,
+    ENGINE_COLUMNS,
+    EVENT_COLUMNS,
+    LOG_COLUMNS,
+    LOG_DEFAULTS,
+)
 from tests.conftest import Stack
 
 _COLUMN = re.compile(r"^\s{4}([a-z_]+)\s+(.+?)(?:\s+DEFAULT .+?)?(?:\s+CODEC\(.*\))?,?$")
@@ -48,3 +60,38 @@ def test_pipeline_tables_merge_wider_than_the_default(stack: Stack, table: str) 
         t=table,
     )
     assert "merge_selector_base = 20" in create
+
+
+def test_level_and_service_counts_cover_every_row_of_every_insert(stack: Stack) -> None:
+    """schema_fields' log_levels and log_services (migration 003's view) hold each level's and
+    service's exact count over several inserts, and its newest event time."""
+    project = f"schema-values-{uuid.uuid4().hex[:8]}"
+    now = time.time_ns()
+    sent: list[tuple[str, str, int]] = []
+    kinds = [("error", "api"), ("info", "api"), ("info", "web"), ("info", ""), ("warn", "web")]
+    for batch in range(2):
+        rows = [
+            (level, service, now - (batch * 100 + i) * 10**9)
+            for i, (level, service) in enumerate(kinds * (batch + 1))
+        ]
+        sent += rows
+        columns: dict[str, list[Any]] = {name: [] for name in LOG_DEFAULTS}
+        for level, service, ts in rows:
+            row = {**LOG_DEFAULTS, "project": project, "level": level, "service": service}
+            row["timestamp"], row["observed_timestamp"] = ts, now
+            for name, value in row.items():
+                columns[name].append(value)
+        store.insert_columns(stack.client, "logs", columns, dedup_token=f"schema-values-{uuid.uuid4()}")
+
+    schema = query.discovered_schema(stack.client, project)
+    for source, at in (("log_levels", 0), ("log_services", 1)):
+        expected = Counter(r[at] for r in sent if r[at])
+        assert {s["name"]: s["volume"] for s in schema[source]} == expected, source
+    newest = stack.query(
+        "SELECT source, key, toUnixTimestamp64Nano(max(last_seen)) FROM schema_fields "
+        "WHERE project = {p:String} AND source IN ('log_levels', 'log_services') GROUP BY source, key",
+        p=project,
+    )
+    for source, key, seen in newest:
+        at = 0 if source == "log_levels" else 1
+        assert seen == max(ts for *names, ts in sent if names[at] == key), (source, key)

@@ -21,6 +21,7 @@ import pytest
 
 from formats.loki import MAX_DECOMPRESSED, PushRequest
 from gateway.dialects import es_bulk as es_bulk_route
+from gateway.dialects import hec as hec_route
 from millrace import metrics
 from millrace.keys import SCOPE_READ
 from tests.bodies import compress
@@ -709,6 +710,80 @@ async def test_hec_answers_and_error_codes(stack: Stack) -> None:
         p=tenant.project,
     )
     assert raw_query == ("syslog",)
+
+
+async def test_hec_indexer_acknowledgment_says_when_each_request_is_stored(stack: Stack) -> None:
+    """A request naming a channel gets an ackId; `/services/collector/ack` answers it true once
+    its events are stored, and the id is where Kafka put the request."""
+    tenant = await fresh(stack, "hec-ack")
+    channel = str(uuid.uuid4())
+    splunk = {"Authorization": f"Splunk {tenant.key}"}
+
+    async def call(path: str, body: bytes, **headers: str) -> tuple[int, Any]:
+        async with stack.session.post(stack.url + path, data=body, headers=headers) as resp:
+            return resp.status, orjson.loads(await resp.read())
+
+    status, event = await call(
+        "/services/collector/event",
+        b'{"event": "acked event"}',
+        **splunk,
+        **{hec_route.CHANNEL_HEADER: channel},
+    )
+    assert status == 200 and set(event) == {"text", "code", "ackId"}, event
+    status, raw = await call(f"/services/collector/raw?channel={channel}", b"acked line\n", **splunk)
+    assert status == 200 and type(raw["ackId"]) is int and raw["ackId"] != event["ackId"], raw
+    # No channel: HEC's plain answer, as before.
+    assert await call("/services/collector/event", b'{"event": "plain"}', **splunk) == (
+        200,
+        {"text": "Success", "code": 0},
+    )
+    assert await stack.wait_rows(tenant.project, 3) == 3
+
+    mask = (1 << hec_route.PARTITION_BITS) - 1
+    for message, answer in (("acked event", event), ("acked line", raw)):
+        ((partition, offset),) = stack.query(
+            "SELECT kafka_partition, kafka_offset FROM logs "
+            "WHERE project = {p:String} AND message = {m:String}",
+            p=tenant.project,
+            m=message,
+        )
+        assert (answer["ackId"] & mask, answer["ackId"] >> hec_route.PARTITION_BITS) == (partition, offset)
+
+    later = hec_route.ack_id(event["ackId"] & mask, (event["ackId"] >> hec_route.PARTITION_BITS) + 10**9)
+    no_partition = hec_route.ack_id(mask, 0)
+    asked = [event["ackId"], raw["ackId"], later, no_partition]
+    query = orjson.dumps({"acks": asked})
+    expected = {
+        str(event["ackId"]): True,
+        str(raw["ackId"]): True,
+        str(later): False,
+        str(no_partition): False,
+    }
+    deadline = time.monotonic() + 15
+    while True:  # the watermark is written by the same insert as the rows, a moment after them
+        status, acks = await call(
+            "/services/collector/ack", query, **splunk, **{hec_route.CHANNEL_HEADER: channel}
+        )
+        if status != 200 or acks == {"acks": expected} or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert (status, acks) == (200, {"acks": expected})
+    # Another channel (or ?channel=) may ask too: the ids carry no per-channel state.
+    assert await call(f"/services/collector/ack?channel={uuid.uuid4()}", query, **splunk) == (200, acks)
+
+    ack = "/services/collector/ack"
+    cases = [
+        (ack, query, splunk, 400, 10),  # no channel
+        (ack, b'{"acks": "0"}', {**splunk, hec_route.CHANNEL_HEADER: channel}, 400, 6),
+        (ack, b'{"acks": [1.5]}', {**splunk, hec_route.CHANNEL_HEADER: channel}, 400, 6),
+        (ack, b'{"acks": [-1]}', {**splunk, hec_route.CHANNEL_HEADER: channel}, 400, 6),
+        (ack, b"not json", {**splunk, hec_route.CHANNEL_HEADER: channel}, 400, 6),
+        (ack, query, {hec_route.CHANNEL_HEADER: channel}, 401, 2),
+        (ack, query, {"Authorization": "Splunk mr_nope", hec_route.CHANNEL_HEADER: channel}, 403, 4),
+    ]
+    for path, body, headers, want_status, code in cases:
+        got_status, got = await call(path, body, **headers)
+        assert (got_status, got["code"]) == (want_status, code), (body, headers.keys(), got)
 
 
 # -- OTLP/HTTP logs ------------------------------------------------------------------------------
